@@ -1,0 +1,1 @@
+"""Model, batched LOSO training over seeds x folds, and metrics (no ffmpeg in here)."""
