@@ -1,0 +1,142 @@
+"""The one encoder table: encoder -> ffmpeg argv for a quality value `cq`, and its quality mapping.
+
+`cq` is always "lower = better", like x264's CRF; each family maps it onto its own knob and every
+corpus row records the exact argument given (`quality_arg`) and the preset. Files on disk are none of
+this module's business.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from kit.errors import BadInput
+
+DEFAULT_CQS: tuple[int, ...] = (19, 25, 31, 37)
+
+
+def _videotoolbox_q(cq: int) -> int:
+    """VideoToolbox's -q:v is 1..100, higher = better: map cq 0..51 linearly and clamp."""
+    return max(1, min(100, round((51 - cq) * 100 / 51)))
+
+
+@dataclass(frozen=True)
+class Family:
+    """How one family of encoders expresses constant quality."""
+
+    name: str
+    cq_range: tuple[int, int]  # inclusive, in cq units
+    quality_args: Callable[[int], list[str]]  # cq -> the ffmpeg arguments that set quality
+    hw: str | None = None  # None (software), "cuda", "qsv", "vaapi", "videotoolbox"
+
+
+FAMILIES: dict[str, Family] = {
+    # Software CRF.
+    "x26x": Family("x26x", (0, 51), lambda cq: ["-crf", str(cq)]),
+    "svtav1": Family("svtav1", (1, 63), lambda cq: ["-crf", str(cq)]),
+    # NVENC: VBR with a constant-quality target and *no* bitrate cap. ffmpeg's nvenc default
+    # bitrate (2 Mb/s) would otherwise bound quality; -b:v 0 removes it. cq 0 means "auto" there,
+    # so the range starts at 1.
+    "nvenc": Family("nvenc", (1, 51), lambda cq: ["-rc", "vbr", "-cq", str(cq), "-b:v", "0", "-maxrate", "0"], hw="cuda"),
+    "nvenc_av1": Family("nvenc_av1", (1, 63), lambda cq: ["-rc", "vbr", "-cq", str(cq), "-b:v", "0", "-maxrate", "0"], hw="cuda"),
+    # QSV: ICQ, selected by global_quality with no bitrate given.
+    "qsv": Family("qsv", (1, 51), lambda cq: ["-global_quality", str(cq)], hw="qsv"),
+    # VAAPI: constant QP.
+    "vaapi": Family("vaapi", (1, 51), lambda cq: ["-rc_mode", "CQP", "-qp", str(cq)], hw="vaapi"),
+    # VideoToolbox: -q:v 1..100 (higher = better), mapped from cq; -realtime 0 for quality over speed.
+    "videotoolbox": Family(
+        "videotoolbox", (0, 51), lambda cq: ["-q:v", str(_videotoolbox_q(cq)), "-realtime", "0"], hw="videotoolbox"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Encoder:
+    name: str  # ffmpeg encoder name, also the corpus `encoder` value
+    family: str  # key into FAMILIES
+    preset: str  # the preset we always use ("" where the encoder has none)
+    preset_norm: float  # 0 = fastest .. 1 = slowest preset of this encoder: a model input
+    extra: tuple[str, ...] = field(default=())  # fixed extra arguments (logging, tuning)
+
+    @property
+    def quality_family(self) -> Family:
+        return FAMILIES[self.family]
+
+    @property
+    def cq_range(self) -> tuple[int, int]:
+        return self.quality_family.cq_range
+
+    @property
+    def hw(self) -> str | None:
+        return self.quality_family.hw
+
+    def quality_arg(self, cq: int) -> str:
+        """The exact quality argument handed to ffmpeg, as recorded in corpus rows."""
+        return " ".join(self.quality_family.quality_args(cq))
+
+    def preset_args(self) -> list[str]:
+        return ["-preset", self.preset] if self.preset else []
+
+    def argv(self, cq: int) -> list[str]:
+        """Output-side ffmpeg arguments (after the input and any hwupload filter) for this cq."""
+        self.check_cq(cq)
+        return ["-c:v", self.name, *self.preset_args(), *self.quality_family.quality_args(cq), *self.extra]
+
+    def check_cq(self, cq: int) -> None:
+        lo, hi = self.cq_range
+        if not lo <= cq <= hi:
+            raise BadInput(f"--cqs: {cq} is outside {self.name}'s range {lo}..{hi}", hint="pick cq values inside it")
+
+    def cq_norm(self, cq: int) -> float:
+        lo, hi = self.cq_range
+        return (cq - lo) / (hi - lo)
+
+
+ENCODERS: dict[str, Encoder] = {
+    e.name: e
+    for e in (
+        Encoder("libx264", "x26x", "medium", 5 / 9),
+        Encoder("libx265", "x26x", "medium", 5 / 9, ("-x265-params", "log-level=error")),
+        Encoder("libsvtav1", "svtav1", "8", 1 - 8 / 13, ("-svtav1-params", "lp=1")),
+        Encoder("h264_nvenc", "nvenc", "p5", 4 / 6, ("-tune", "hq")),
+        Encoder("hevc_nvenc", "nvenc", "p5", 4 / 6, ("-tune", "hq")),
+        Encoder("av1_nvenc", "nvenc_av1", "p5", 4 / 6, ("-tune", "hq")),
+        Encoder("h264_qsv", "qsv", "medium", 3 / 6),
+        Encoder("hevc_qsv", "qsv", "medium", 3 / 6),
+        Encoder("av1_qsv", "qsv", "medium", 3 / 6),
+        Encoder("h264_vaapi", "vaapi", "", 0.5),
+        Encoder("hevc_vaapi", "vaapi", "", 0.5),
+        Encoder("h264_videotoolbox", "videotoolbox", "", 0.5),
+        Encoder("hevc_videotoolbox", "videotoolbox", "", 0.5),
+    )
+}
+
+SOFTWARE_ENCODERS: tuple[str, ...] = tuple(n for n, e in ENCODERS.items() if e.hw is None)
+
+
+def get(name: str) -> Encoder:
+    try:
+        return ENCODERS[name]
+    except KeyError:
+        raise BadInput(
+            f"--encoders: unknown encoder {name!r}", hint=f"choose from {', '.join(ENCODERS)}"
+        ) from None
+
+
+def parse_cqs(text: str) -> tuple[int, ...]:
+    """'19,25,31' -> (19, 25, 31); a bad value is bad input naming the flag."""
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise BadInput(f"--cqs: {text!r} is not a comma-separated list of integers", hint="e.g. --cqs 19,25,31,37") from None
+    if not values:
+        raise BadInput("--cqs is empty", hint="e.g. --cqs 19,25,31,37")
+    return tuple(sorted(set(values)))
+
+
+def codec_inputs(encoder: str, cq: int, preset: str | None = None) -> tuple[float, float]:
+    """(preset_norm, cq_norm) for the model's codec block; unknown encoders get neutral values."""
+    enc = ENCODERS.get(encoder)
+    if enc is None:
+        return 0.5, max(0.0, min(1.0, cq / 51))
+    return enc.preset_norm, max(0.0, min(1.0, enc.cq_norm(cq)))
