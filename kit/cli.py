@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from pathlib import Path
 
 import click
 
@@ -73,5 +74,77 @@ def main() -> None:
 # ---- environment, platform, prereqs, env export, build-libvmaf (issue: environments) -----------
 
 # ---- pipeline, bundle, verify, compare, dist (issue: pipeline) ---------------------------------
+
+
+@main.command("bundle")
+@click.argument("run_dir", type=click.Path(path_type=Path), default=Path("runs/demo"))
+@click.option("--out", "out", type=click.Path(path_type=Path), default=None,
+              help="Where to write the tarball (a file or a folder); default: inside RUN_DIR.")
+def bundle_cmd(run_dir: Path, out: Path | None) -> None:
+    """Pack this run's results into ensemble-results-<platform>-<box>-<utc>.tar.gz.
+
+    Only files this run wrote go in, hashed in manifest.json; the same run always gives the same bytes.
+
+    \b
+    Example:
+      ensemble-kit bundle runs/demo
+    """
+    from kit import bundle
+
+    result = bundle.make_bundle(run_dir, out)
+    err.print(f"bundle: {len(result.manifest['files'])} files, verdict {result.manifest['verdict']['verdict']}")
+    err.print(f"sha256: {result.sha256}")
+    click.echo(str(result.path))
+
+
+@main.command("verify")
+@click.argument("bundle_path", metavar="BUNDLE", type=click.Path(path_type=Path))
+@click.option("--max-bytes", type=click.IntRange(min=1), default=None,
+              help="Refuse bundles whose content exceeds this many bytes (default 8 GiB).")
+def verify_cmd(bundle_path: Path, max_bytes: int | None) -> None:
+    """Check a returned bundle: safe extraction, every file's sha256, the manifest, the schema version.
+
+    \b
+    Example:
+      ensemble-kit verify ensemble-results-linux-cuda-x86_64-3f9c0a1b2c4d-20261125T101500Z.tar.gz
+    """
+    from kit import bundle
+
+    result = bundle.verify(bundle_path, max_total_bytes=max_bytes or bundle.DEFAULT_MAX_BUNDLE_BYTES)
+    m = result.manifest
+    click.echo(f"OK {bundle_path}: {result.n_files} files, {result.total_bytes} bytes, verdict {m['verdict']['verdict']}, "
+               f"platform {m.get('platform')}, box {m.get('box_id')}, kit {m.get('kit_version')}")
+    click.echo(f"sha256 {result.sha256}")
+
+
+@main.command("compare")
+@click.argument("lead", type=click.Path(path_type=Path))
+@click.argument("collab", type=click.Path(path_type=Path))
+@click.option("--plcc-tol", type=float, default=0.0, show_default=True,
+              help="Largest |PLCC difference| per seed and per fold still counted as reproduced (0 = exact).")
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON on stdout.")
+@click.option("-v", "--verbose", is_flag=True, help="List every fold's PLCC.")
+def compare_cmd(lead: Path, collab: Path, plcc_tol: float, as_json: bool, verbose: bool) -> None:
+    """Does COLLAB reproduce LEAD? Bundles or run directories; exit 0 REPRODUCED, 1 DIVERGED.
+
+    Compares verdicts, per-seed and per-fold PLCCs, shared sources and environments.
+
+    \b
+    Examples:
+      ensemble-kit compare runs/lead ensemble-results-linux-cpu-x86_64-ab12cd34ef56-20261125T101500Z.tar.gz
+      ensemble-kit compare lead.tar.gz collab.tar.gz --plcc-tol 0.005   # different hardware
+    """
+    from kit import bundle
+    from kit.fsio import canonical_json
+
+    cmp = bundle.compare(lead, collab, plcc_tol=plcc_tol)
+    if as_json:
+        click.echo(canonical_json(cmp.to_dict()), nl=False)
+    else:
+        for line in bundle.comparison_lines(cmp, verbose=verbose):
+            click.echo(line)
+    if not cmp.reproduced:
+        sys.exit(int(ExitCode.HOLD))
+
 
 # ---- reference packs (issue: refs) -------------------------------------------------------------

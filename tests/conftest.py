@@ -14,3 +14,60 @@ def shared_media() -> Path:
     if not SHARED_MEDIA.is_dir():
         pytest.skip("../shared/media is absent (a user's clone): real-footage tests need the shared samples")
     return SHARED_MEDIA
+
+
+# ---- synthetic finished run directories (pipeline issue: bundle/compare/verify unit tests) -------------
+
+def _write_fake_run(root: Path, *, seeds=(0, 1), plcc=0.97, verdict="PROMOTE", n_sources=3,
+                    encoders=("libx264",), fingerprint=None) -> Path:
+    """A finished run's artefacts with valid layouts but made-up numbers: for bundle/compare tests only."""
+    import pandas as pd
+
+    from kit.fsio import sha256_bytes, write_json
+    from kit.rundir import RunDir
+    from kit.schema import CORPUS_COLUMNS
+
+    rd = RunDir(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for s in range(n_sources):
+        for enc in encoders:
+            for cq in (20, 30):
+                for f in range(3):
+                    row = {c: 0 for c in CORPUS_COLUMNS}
+                    row.update(src=f"src{s}.y4m", src_sha256=sha256_bytes(f"src{s}".encode()), width=64, height=48,
+                               pix_fmt="yuv420p", fps=25.0, encoder=enc, cq=cq, quality_arg=f"-crf {cq}",
+                               preset="medium", frame_index=f, vmaf=90.0 - cq + f, platform="linux-cpu-x86_64",
+                               box_id="box0", ffmpeg_version="n9", libvmaf_version="3", vmaf_model="vmaf_v0.6.1",
+                               env_fingerprint="fp", cell_id=f"c{s}{enc}{cq}")
+                    rows.append(row)
+    df = pd.DataFrame(rows).astype(CORPUS_COLUMNS)
+    df.to_parquet(rd.corpus, index=False)
+    srcs = sorted({(r["src_sha256"], r["src"]) for r in rows})
+    fp = fingerprint or {"platform": "linux-cpu-x86_64", "packages": {"torch": "2.13.0"}, "ffmpeg": {"version": "n9"}}
+    per_fold = [{"seed": s, "src_sha256": sha, "src": name, "plcc": plcc + 0.001 * i}
+                for s in seeds for i, (sha, name) in enumerate(srcs)]
+    write_json(rd.verdict, {
+        "schema_version": 1, "verdict": verdict, "generated_at_utc": "2026-11-25T10:15:00Z", "seeds": list(seeds),
+        "gate": {"mean_plcc": plcc + 0.001, "per_seed_plccs": [plcc + 0.001 for _ in seeds], "plcc_spread": 0.0,
+                 "passed": verdict == "PROMOTE"},
+        "per_fold": per_fold,
+        "corpus": {"sha256": "c" * 64, "n_rows": len(rows), "n_sources": n_sources,
+                   "sources": [{"src": n, "src_sha256": h} for h, n in srcs]},
+        "fingerprint": fp, "recommendation": "fine",
+    })
+    write_json(rd.run_json, {"started_at_utc": "2026-11-25T10:00:00Z", "platform": "linux-cpu-x86_64",
+                             "box_id": "0123456789ab", "options": {"seeds": list(seeds)}, "fingerprint": fp})
+    rd.loso_dir.mkdir(exist_ok=True)
+    for s in seeds:
+        (rd.loso_dir / f"seed{s}_metrics.json").write_text(f'{{"seed": {s}}}\n')
+    rd.report_dir.mkdir(exist_ok=True)
+    (rd.report_dir / "plcc.png").write_bytes(b"\x89PNG fake")
+    (rd.report_dir / "index.html").write_text('<html><body><img src="plcc.png"><a href="https://x.org">x</a></body></html>')
+    return root
+
+
+@pytest.fixture
+def fake_run():
+    """Factory: fake_run(path, **kw) -> a finished run directory with synthetic artefacts."""
+    return _write_fake_run

@@ -1,0 +1,203 @@
+"""Results bundle: only this run's files, reproducible bytes, verification, compare."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from kit import bundle
+from kit.archive import write_reproducible_tar
+from kit.cli import main
+from kit.errors import BadInput
+from kit.fsio import read_json, write_json
+
+
+def _tar_names(path: Path) -> list[str]:
+    with tarfile.open(path) as tf:
+        return sorted(m.name for m in tf.getmembers() if m.isfile())
+
+
+def test_bundle_holds_only_this_runs_files(tmp_path, fake_run):
+    run = fake_run(tmp_path / "run", seeds=(0, 1))
+    # Leftovers from earlier runs in the same directory: must not ride along.
+    (run / "loso" / "seed7_metrics.json").write_text("{}")  # a seed this run did not train
+    (run / "report" / "old_plot.png").write_bytes(b"old")  # not linked from this report
+    (run / "models").mkdir()
+    write_json(run / "models" / "ensemble.json", {"corpus_sha256": "d" * 64, "members": []})  # another corpus
+    (run / "PROMOTE.json").write_text("{}")  # the old kit's stray verdict files
+    (run / "notes.txt").write_text("private")
+
+    result = bundle.make_bundle(run)
+    assert result.path.parent == run
+    assert result.path.name == "ensemble-results-linux-cpu-x86_64-0123456789ab-20261125T100000Z.tar.gz"
+    stem = result.path.name.removesuffix(".tar.gz")
+    names = [n.removeprefix(stem + "/") for n in _tar_names(result.path)]
+    assert names == sorted([
+        "corpus.parquet", "loso/seed0_metrics.json", "loso/seed1_metrics.json", "manifest.json",
+        "report/index.html", "report/plcc.png", "run.json", "verdict.json",
+    ])
+    manifest = result.manifest
+    assert [f["path"] for f in manifest["files"]] == [n for n in names if n != "manifest.json"]
+    assert manifest["verdict"]["verdict"] == "PROMOTE"
+    assert manifest["fingerprint"]["packages"]["torch"] == "2.13.0"
+    assert all(len(f["sha256"]) == 64 and f["size"] > 0 for f in manifest["files"])
+
+
+def test_models_included_only_when_they_belong_to_this_corpus(tmp_path, fake_run):
+    run = fake_run(tmp_path / "run")
+    models = run / "models"
+    models.mkdir()
+    (models / "ens_seed0.onnx").write_bytes(b"onnx-bytes")
+    write_json(models / "ens_seed0.json", {"seed": 0})
+    from kit.fsio import sha256_file
+
+    write_json(models / "ensemble.json", {"corpus_sha256": "c" * 64, "members": [
+        {"onnx": "ens_seed0.onnx", "sha256": sha256_file(models / "ens_seed0.onnx"), "sidecar": "ens_seed0.json"}]})
+    rels = [rel for rel, _ in bundle.run_files(run)]
+    assert {"models/ensemble.json", "models/ens_seed0.onnx", "models/ens_seed0.json"} <= set(rels)
+    (models / "ens_seed0.onnx").write_bytes(b"changed")  # no longer what ensemble.json hashed
+    with pytest.raises(BadInput, match="sha256 differs"):
+        bundle.run_files(run)
+
+
+def test_same_run_gives_same_bytes(tmp_path, fake_run):
+    run = fake_run(tmp_path / "run")
+    (tmp_path / "a").mkdir()
+    first = bundle.make_bundle(run, tmp_path / "a")  # into a folder elsewhere
+    second = bundle.make_bundle(run)  # into the run dir: the earlier bundle there is not an input
+    third = bundle.make_bundle(run)
+    assert first.path.name == second.path.name == third.path.name
+    assert first.sha256 == second.sha256 == third.sha256
+    with tarfile.open(second.path) as tf:
+        for m in tf.getmembers():
+            assert (m.mtime, m.uid, m.gid, m.uname, m.gname) == (0, 0, 0, "", "")
+
+
+def test_verify_accepts_a_good_bundle_and_reports_its_hash(tmp_path, fake_run):
+    run = fake_run(tmp_path / "run")
+    made = bundle.make_bundle(run)
+    result = bundle.verify(made.path)
+    assert result.sha256 == made.sha256
+    assert result.n_files == len(made.manifest["files"])
+    r = CliRunner().invoke(main, ["verify", str(made.path)])
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith(f"OK {made.path}") and made.sha256 in r.output
+
+
+def _repack(bundle_path: Path, tmp_path: Path, edit) -> Path:
+    """Unpack a bundle, let `edit(root)` change it, pack it again (a tampered copy)."""
+    work = tmp_path / "repack"
+    shutil.rmtree(work, ignore_errors=True)
+    with tarfile.open(bundle_path) as tf:
+        tf.extractall(work, filter="data")
+    (top,) = list(work.iterdir())
+    edit(top)
+    out = tmp_path / f"tampered-{bundle_path.name}"
+    write_reproducible_tar([(f"{top.name}/{p.relative_to(top).as_posix()}", p) for p in sorted(top.rglob("*")) if p.is_file()], out)
+    return out
+
+
+def _edit_verdict_plcc(top: Path) -> None:
+    """Same size, different content: only the sha256 can catch it."""
+    text = (top / "verdict.json").read_text()
+    assert '"mean_plcc": 0.971' in text
+    (top / "verdict.json").write_text(text.replace('"mean_plcc": 0.971', '"mean_plcc": 0.991', 1))
+
+
+def _grow_verdict(top: Path) -> None:
+    v = read_json(top / "verdict.json")
+    v["verdict"] = "PROMOTE!"
+    write_json(top / "verdict.json", v)
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (_edit_verdict_plcc, "verdict.json sha256 .* differs from the manifest"),
+    (_grow_verdict, "verdict.json is .* bytes, the manifest says"),
+    (lambda top: (top / "corpus.parquet").unlink(), "corpus.parquet is listed in the manifest but missing"),
+    (lambda top: (top / "extra.sh").write_text("rm -rf ~"), "extra.sh is in the bundle but not in its manifest"),
+    (lambda top: (top / "manifest.json").unlink(), "no manifest.json inside"),
+])
+def test_verify_rejects_a_tampered_bundle(tmp_path, fake_run, edit, message):
+    made = bundle.make_bundle(fake_run(tmp_path / "run"))
+    bad = _repack(made.path, tmp_path, edit)
+    with pytest.raises(BadInput, match=message):
+        bundle.verify(bad)
+    r = CliRunner().invoke(main, ["verify", str(bad)])
+    assert r.exit_code == 2
+    assert "Traceback" not in r.output
+
+
+def test_verify_rejects_another_schema_version(tmp_path, fake_run):
+    made = bundle.make_bundle(fake_run(tmp_path / "run"))
+
+    def bump(top: Path) -> None:
+        m = json.loads((top / "manifest.json").read_text())
+        m["schema_version"] = 99
+        (top / "manifest.json").write_text(json.dumps(m))
+
+    bad = _repack(made.path, tmp_path, bump)
+    with pytest.raises(BadInput, match="bundle schema version 99, this ensemble-kit .* reads version 1"):
+        bundle.verify(bad)
+
+
+def test_compare_same_run_reproduced(tmp_path, fake_run):
+    run = fake_run(tmp_path / "run")
+    made = bundle.make_bundle(run)
+    copy = tmp_path / "copy.tar.gz"
+    shutil.copy(made.path, copy)
+    cmp = bundle.compare(made.path, copy)
+    assert cmp.reproduced and cmp.reasons == []
+    assert len(cmp.per_seed) == 2 and all(s["delta"] == 0 for s in cmp.per_seed)
+    assert len(cmp.per_fold) == 6
+    assert [s["lead_encoders"] for s in cmp.sources] == [["libx264"]] * 3
+    # a bundle against the run directory it came from
+    assert bundle.compare(run, made.path).reproduced
+    r = CliRunner().invoke(main, ["compare", str(run), str(made.path)])
+    assert r.exit_code == 0 and r.output.startswith("REPRODUCED"), r.output
+
+
+def test_compare_diverged_reasons_first(tmp_path, fake_run):
+    lead = fake_run(tmp_path / "lead", plcc=0.97)
+    collab = fake_run(tmp_path / "collab", plcc=0.9702, verdict="HOLD", encoders=("libx264", "h264_nvenc"),
+                      fingerprint={"platform": "linux-cuda-x86_64", "packages": {"torch": "2.13.0+cu"}})
+    cmp = bundle.compare(lead, collab)
+    assert not cmp.reproduced
+    assert cmp.reasons[0] == "verdicts differ: lead PROMOTE, collaborator HOLD"
+    assert any("seed 0 mean PLCC differs by 0.0002" in r for r in cmp.reasons)
+    assert any("fold PLCC(s) differ" in r for r in cmp.reasons)
+    assert {d["key"] for d in cmp.fingerprint_diffs} >= {"platform", "packages.torch", "ffmpeg.version"}
+    assert cmp.sources[0]["collab_encoders"] == ["h264_nvenc", "libx264"]
+    r = CliRunner().invoke(main, ["compare", str(lead), str(collab)])
+    assert r.exit_code == 1
+    lines = r.output.splitlines()
+    assert lines[0].startswith("DIVERGED") and lines[1].startswith("  reason: verdicts differ")
+
+
+def test_compare_tolerance_is_explicit(tmp_path, fake_run):
+    lead = fake_run(tmp_path / "lead", plcc=0.97)
+    collab = fake_run(tmp_path / "collab", plcc=0.9702)
+    assert not bundle.compare(lead, collab).reproduced  # default: exact
+    loose = bundle.compare(lead, collab, plcc_tol=0.001)
+    assert loose.reproduced, loose.reasons
+    r = CliRunner().invoke(main, ["compare", str(lead), str(collab), "--plcc-tol", "0.001", "--json"])
+    assert r.exit_code == 0
+    assert json.loads(r.output)["outcome"] == "REPRODUCED"
+    with pytest.raises(BadInput, match="--plcc-tol"):
+        bundle.compare(lead, collab, plcc_tol=-1)
+
+
+def test_corpus_from_accepts_file_run_dir_and_bundle(tmp_path, fake_run):
+    run = fake_run(tmp_path / "run")
+    made = bundle.make_bundle(run)
+    assert bundle.corpus_from(run / "corpus.parquet") == run / "corpus.parquet"
+    assert bundle.corpus_from(run) == run / "corpus.parquet"
+    extracted = bundle.corpus_from(made.path, tmp_path / "x")
+    assert extracted.read_bytes() == (run / "corpus.parquet").read_bytes()
+    assert extracted.is_relative_to(tmp_path / "x")
+    with pytest.raises(BadInput, match="corpus not found"):
+        bundle.corpus_from(tmp_path / "nope")
