@@ -140,3 +140,35 @@ def codec_inputs(encoder: str, cq: int, preset: str | None = None) -> tuple[floa
     if enc is None:
         return 0.5, max(0.0, min(1.0, cq / 51))
     return enc.preset_norm, max(0.0, min(1.0, enc.cq_norm(cq)))
+
+
+# Bitstream each encoder produces, and the raw elementary-stream muxer/demuxer we write it with: raw streams
+# make enc_bytes the coded size (no container overhead) and are decoded straight back into libvmaf.
+CODEC_STREAM_FORMAT: dict[str, str] = {"h264": "h264", "hevc": "hevc", "av1": "ivf"}
+
+
+def codec_of(encoder: Encoder) -> str:
+    """'h264' | 'hevc' | 'av1', from the ffmpeg encoder name."""
+    name = encoder.name
+    if name in ("libx264",) or name.startswith("h264_"):
+        return "h264"
+    if name in ("libx265",) or name.startswith("hevc_"):
+        return "hevc"
+    return "av1"
+
+
+def hw_setup(encoder: Encoder, device: str | None, *, ten_bit: bool) -> tuple[list[str], str | None]:
+    """(global ffmpeg args before the inputs, filter chain for the encoder input) for hardware families.
+
+    QSV/VAAPI need frames uploaded to a device created on a render node (the one the probe found to work,
+    never a hard-coded renderD129); NVENC and VideoToolbox take system-memory frames directly.
+    """
+    upload_fmt = "p010" if ten_bit and codec_of(encoder) != "h264" else "nv12"
+    if encoder.hw == "vaapi":
+        node = device or "/dev/dri/renderD128"
+        return ["-init_hw_device", f"vaapi=va:{node}", "-filter_hw_device", "va"], f"format={upload_fmt},hwupload"
+    if encoder.hw == "qsv":
+        node = device or "/dev/dri/renderD128"
+        return (["-init_hw_device", f"qsv=qs:hw_any,child_device={node}", "-filter_hw_device", "qs"],
+                f"format={upload_fmt},hwupload=extra_hw_frames=64")
+    return [], None

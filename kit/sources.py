@@ -1,0 +1,311 @@
+"""Reference discovery: per-source geometry, exact frame counts, and a content sha256 for each clip.
+
+Every source carries its own geometry (the old kit forced 1920x1080/25 fps/yuv420p on everything).
+Raw .yuv geometry comes from a `<name>.json` sidecar, else the file name (`_1920x1080_`, `_25fps`,
+`10bit`/`yuv420p10le`), else the --width/--height/--pix-fmt/--fps fallbacks. The sha256 and frame count
+are cached keyed by path+size+mtime, so re-runs do not re-hash 100 GiB of raw video.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import subprocess
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+
+from kit.console import warn
+from kit.errors import BadInput
+from kit.fsio import sha256_file, write_json
+from kit.tools import FFmpeg, _stderr_reason, cache_dir
+
+RAW_EXTS = frozenset({".yuv"})
+Y4M_EXTS = frozenset({".y4m"})
+CONTAINER_EXTS = frozenset({".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".ts", ".mts", ".m2ts", ".mxf",
+                            ".flv", ".mpg", ".mpeg", ".nut", ".264", ".h264", ".265", ".hevc", ".ivf", ".obu"})
+SOURCE_CACHE_VERSION = 1
+DEFAULT_RAW_FPS = 25.0
+
+# Raw layouts we can size: pix_fmt -> (chroma subsampling (x, y) shifts or None for no chroma, bytes/sample).
+RAW_PIX_FMTS: dict[str, tuple[tuple[int, int] | None, int]] = {
+    "yuv420p": ((1, 1), 1), "yuv422p": ((1, 0), 1), "yuv444p": ((0, 0), 1), "gray": (None, 1),
+    "yuv420p10le": ((1, 1), 2), "yuv422p10le": ((1, 0), 2), "yuv444p10le": ((0, 0), 2), "gray10le": (None, 2),
+    "yuv420p12le": ((1, 1), 2), "yuv422p12le": ((1, 0), 2), "yuv444p12le": ((0, 0), 2),
+    "yuv420p16le": ((1, 1), 2), "yuv444p16le": ((0, 0), 2),
+}
+
+# Y4M colourspace tag -> pix_fmt.
+Y4M_COLORSPACES: dict[str, str] = {
+    "420jpeg": "yuv420p", "420paldv": "yuv420p", "420mpeg2": "yuv420p", "420": "yuv420p",
+    "422": "yuv422p", "444": "yuv444p", "mono": "gray",
+    "420p10": "yuv420p10le", "422p10": "yuv422p10le", "444p10": "yuv444p10le", "mono10": "gray10le",
+    "420p12": "yuv420p12le", "422p12": "yuv422p12le", "444p12": "yuv444p12le", "420p16": "yuv420p16le",
+    "444p16": "yuv444p16le",
+}
+
+
+def frame_bytes(width: int, height: int, pix_fmt: str) -> int:
+    """Bytes of one raw planar frame."""
+    try:
+        sub, bps = RAW_PIX_FMTS[pix_fmt]
+    except KeyError:
+        raise BadInput(f"pix_fmt {pix_fmt!r} is not a raw layout ensemble-kit can size",
+                       hint=f"use one of {', '.join(RAW_PIX_FMTS)}") from None
+    luma = width * height
+    if sub is None:
+        return luma * bps
+    cw, ch = -(-width // (1 << sub[0])), -(-height // (1 << sub[1]))
+    return (luma + 2 * cw * ch) * bps
+
+
+def fps_arg(fps: float) -> str:
+    """25.0 -> '25', 29.97002997 -> '30000/1001': exact rationals for ffmpeg."""
+    fr = Fraction(fps).limit_denominator(1001)
+    return str(fr.numerator) if fr.denominator == 1 else f"{fr.numerator}/{fr.denominator}"
+
+
+@dataclass(frozen=True)
+class Source:
+    path: Path
+    src: str  # file stem: the LOSO group name
+    src_sha256: str  # content hash of the file
+    kind: str  # "yuv" | "y4m" | "container"
+    width: int
+    height: int
+    pix_fmt: str
+    fps: float
+    n_frames: int
+
+    def input_args(self) -> list[str]:
+        """ffmpeg input args (ending in `-i path`) that read exactly the reference frames; map with `N:v:0`."""
+        path = str(self.path)
+        if self.kind == "yuv":
+            return ["-f", "rawvideo", "-pix_fmt", self.pix_fmt, "-video_size", f"{self.width}x{self.height}",
+                    "-framerate", fps_arg(self.fps), "-i", path]
+        if self.kind == "y4m":
+            return ["-f", "yuv4mpegpipe", "-i", path]
+        return ["-noautorotate", "-i", path]
+
+    @property
+    def bit_depth(self) -> int:
+        m = re.search(r"p(\d+)(?:le|be)$", self.pix_fmt)
+        return int(m.group(1)) if m else 8
+
+    @property
+    def geometry(self) -> dict[str, object]:
+        """What, besides the bytes, decides which frames a cell sees: part of every cell_id."""
+        return {"kind": self.kind, "width": self.width, "height": self.height, "pix_fmt": self.pix_fmt,
+                "fps": fps_arg(self.fps), "n_frames": self.n_frames}
+
+
+# ---- geometry from names and sidecars --------------------------------------------------------------
+
+_SIZE_RE = re.compile(r"(?<![0-9])(\d{2,5})x(\d{2,5})(?![0-9])")
+_FPS_RE = re.compile(r"(?<![0-9.])(\d{1,3}(?:\.\d+)?)\s*fps", re.I)
+_PIXFMT_RE = re.compile("|".join(sorted(RAW_PIX_FMTS, key=len, reverse=True)))
+
+
+def geometry_from_name(name: str) -> dict[str, object]:
+    """'foo_1920x1080_50fps_10bit.yuv' -> {width, height, fps, pix_fmt}; only what the name says."""
+    out: dict[str, object] = {}
+    if m := _SIZE_RE.search(name):
+        out["width"], out["height"] = int(m.group(1)), int(m.group(2))
+    if m := _FPS_RE.search(name):
+        out["fps"] = float(m.group(1))
+    if m := _PIXFMT_RE.search(name.lower()):
+        out["pix_fmt"] = m.group(0)
+    elif re.search(r"(?<![0-9])10b(it)?(?![a-z])", name, re.I):
+        out["pix_fmt"] = "yuv420p10le"
+    return out
+
+
+def _sidecar(path: Path) -> dict[str, object]:
+    for cand in (path.with_suffix(".json"), path.with_name(path.name + ".json")):
+        if cand.is_file():
+            try:
+                data = json.loads(cand.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise BadInput(f"geometry sidecar {cand} is not valid JSON: {exc}",
+                               hint='write e.g. {"width": 1920, "height": 1080, "pix_fmt": "yuv420p", "fps": 25}') from None
+            if not isinstance(data, dict):
+                raise BadInput(f"geometry sidecar {cand} must hold a JSON object",
+                               hint='e.g. {"width": 1920, "height": 1080, "pix_fmt": "yuv420p", "fps": 25}')
+            return {k: data[k] for k in ("width", "height", "pix_fmt", "fps") if k in data}
+    return {}
+
+
+# ---- probing one file --------------------------------------------------------------------------------
+
+def _raw_source(path: Path, size: int, fallback: dict[str, object]) -> dict[str, object]:
+    geo = {k: v for k, v in fallback.items() if v is not None}
+    geo.update(geometry_from_name(path.name))
+    geo.update(_sidecar(path))
+    if "width" not in geo or "height" not in geo:
+        raise BadInput(f"{path}: cannot tell the frame size of this raw file",
+                       hint=f"name it like clip_1920x1080_25fps.yuv, add {path.with_suffix('.json').name} "
+                            "with width/height/pix_fmt/fps, or pass --width/--height")
+    try:
+        width, height = int(geo["width"]), int(geo["height"])  # type: ignore[call-overload]
+        fps = float(geo.get("fps") or 0) or None  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise BadInput(f"{path}: geometry {geo} is not numeric", hint="fix the sidecar or the flags") from None
+    if width <= 0 or height <= 0:
+        raise BadInput(f"{path}: frame size {width}x{height} is not positive", hint="fix the name, sidecar or flags")
+    pix_fmt = str(geo.get("pix_fmt") or "yuv420p")
+    if fps is None:
+        warn(f"{path.name}: no frame rate in its name, sidecar or --fps; assuming {DEFAULT_RAW_FPS:g} fps")
+        fps = DEFAULT_RAW_FPS
+    fb = frame_bytes(width, height, pix_fmt)
+    if size % fb:
+        raise BadInput(f"{path}: size {size} bytes is not a whole number of {width}x{height} {pix_fmt} frames "
+                       f"({fb} bytes each; {size / fb:.3f} frames)",
+                       hint="the file is truncated or the geometry is wrong: fix the name, sidecar or flags")
+    return {"kind": "yuv", "width": width, "height": height, "pix_fmt": pix_fmt, "fps": fps, "n_frames": size // fb}
+
+
+def _y4m_source(path: Path, size: int) -> dict[str, object]:
+    with open(path, "rb") as fh:
+        header = fh.readline(4096)
+        if not header.startswith(b"YUV4MPEG2 ") or not header.endswith(b"\n"):
+            raise BadInput(f"{path}: not a YUV4MPEG2 file (bad header)", hint="re-export it as .y4m or rename it")
+        tags = {t[:1]: t[1:] for t in header.decode("ascii", "replace").split()[1:]}
+        try:
+            width, height = int(tags["W"]), int(tags["H"])
+            num, den = (int(x) for x in tags.get("F", "25:1").split(":"))
+            fps = num / den
+        except (KeyError, ValueError, ZeroDivisionError):
+            raise BadInput(f"{path}: Y4M header {header[:80]!r} lacks a valid W/H/F", hint="re-export the clip") from None
+        cs = tags.get("C", "420jpeg")
+        if cs not in Y4M_COLORSPACES:
+            raise BadInput(f"{path}: Y4M colourspace C{cs} is not supported",
+                           hint=f"convert to one of {', '.join('C' + c for c in Y4M_COLORSPACES)}")
+        pix_fmt = Y4M_COLORSPACES[cs]
+        fb = frame_bytes(width, height, pix_fmt)
+        n, pos = 0, fh.tell()
+        while pos < size:  # walk FRAME headers: exact count, and a truncated last frame is caught
+            fh.seek(pos)
+            line = fh.readline(1024)
+            if not line.startswith(b"FRAME") or not line.endswith(b"\n"):
+                raise BadInput(f"{path}: frame {n} has no FRAME header at byte {pos}", hint="the file is corrupt; re-export it")
+            pos += len(line) + fb
+            if pos > size:
+                raise BadInput(f"{path}: size {size} bytes ends inside frame {n} ({fb} bytes each at {width}x{height} "
+                               f"{pix_fmt})", hint="the file is truncated; re-export or re-copy it")
+            n += 1
+    if n == 0:
+        raise BadInput(f"{path}: has a Y4M header but no frames", hint="re-export the clip")
+    return {"kind": "y4m", "width": width, "height": height, "pix_fmt": pix_fmt, "fps": fps, "n_frames": n}
+
+
+def _split_top(text: str) -> list[str]:
+    """Split ffmpeg's stream description on top-level ', ' (not inside parentheses)."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch == "," and depth == 0:
+            parts.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    return [*parts, cur.strip()]
+
+
+def _container_source(path: Path, ff: FFmpeg) -> dict[str, object]:
+    """Decode the first video stream once: geometry from ffmpeg's stream line, frames counted exactly."""
+    argv = [str(ff.path), "-nostdin", "-hide_banner", "-noautorotate", "-i", str(path), "-map", "0:v:0",
+            "-fps_mode", "passthrough", "-progress", "pipe:1", "-nostats", "-f", "null", "-"]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, errors="replace", stdin=subprocess.DEVNULL)
+    except OSError as exc:
+        raise BadInput(f"{path}: cannot run ffmpeg on it: {exc}", hint="check the file and --ffmpeg") from None
+    stream = re.search(r"Stream #0:\d+[^:]*: Video: (.*)", proc.stderr)
+    frames = re.findall(r"^frame=(\d+)", proc.stdout, re.M)
+    if proc.returncode != 0 or not stream or not frames or int(frames[-1]) == 0:
+        raise BadInput(f"{path}: ffmpeg cannot decode a video stream from it ({_stderr_reason(proc.stderr)})",
+                       hint="the file is unreadable, truncated or has no video; re-copy or re-export it")
+    parts = _split_top(stream.group(1))
+    pix_fmt = re.sub(r"\(.*", "", parts[1]).strip() if len(parts) > 1 else "yuv420p"
+    size = next((m for p in parts if (m := re.match(r"(\d+)x(\d+)", p))), None)
+    rate = next((m for p in parts if (m := re.match(r"([\d.]+)(k?) (?:fps|tbr)$", p))), None)
+    if size is None:
+        raise BadInput(f"{path}: ffmpeg reports no frame size for its video stream", hint="re-export the clip")
+    fps = float(rate.group(1)) * (1000 if rate and rate.group(2) else 1) if rate else DEFAULT_RAW_FPS
+    return {"kind": "container", "width": int(size.group(1)), "height": int(size.group(2)), "pix_fmt": pix_fmt,
+            "fps": float(Fraction(fps).limit_denominator(1001)), "n_frames": int(frames[-1])}
+
+
+def open_source(path: Path, *, ff: FFmpeg, width: int | None = None, height: int | None = None,
+                pix_fmt: str | None = None, fps: float | None = None) -> Source:
+    """Probe one reference file (cached on path+size+mtime+fallback geometry)."""
+    path = Path(path).resolve()
+    try:
+        st = path.stat()
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise BadInput(f"cannot read reference {path}: {exc.strerror}", hint="check the path and its permissions") from None
+    if st.st_size == 0:
+        raise BadInput(f"reference {path} is empty (0 bytes)", hint="re-copy it or remove it from the folder")
+    ext = path.suffix.lower()
+    fallback = {"width": width, "height": height, "pix_fmt": pix_fmt, "fps": fps}
+    sidecar_stat = [(c.stat().st_mtime_ns, c.stat().st_size) for c in (path.with_suffix(".json"),) if c.is_file()]
+    key = repr((SOURCE_CACHE_VERSION, str(path), st.st_size, st.st_mtime_ns, sorted(fallback.items()), sidecar_stat,
+                ff.version if ext not in RAW_EXTS | Y4M_EXTS else ""))
+    cache_file = cache_dir() / "sources" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+    try:
+        d = json.loads(cache_file.read_text())
+        return Source(path=path, **{k: v for k, v in d.items() if k != "path"})
+    except (OSError, ValueError, TypeError):
+        pass
+    if ext in RAW_EXTS:
+        info = _raw_source(path, st.st_size, fallback)
+    elif ext in Y4M_EXTS:
+        info = _y4m_source(path, st.st_size)
+    elif ext in CONTAINER_EXTS:
+        info = _container_source(path, ff)
+    else:
+        raise BadInput(f"{path}: unknown reference type {ext!r}",
+                       hint=f"use .yuv, .y4m or a container ({', '.join(sorted(CONTAINER_EXTS))})")
+    source = Source(path=path, src=path.stem, src_sha256=sha256_file(path), **info)  # type: ignore[arg-type]
+    try:
+        d = asdict(source)
+        d["path"] = str(path)
+        write_json(cache_file, d)
+    except OSError:
+        pass
+    return source
+
+
+def discover(ref_dir: Path, *, ff: FFmpeg, width: int | None = None, height: int | None = None,
+             pix_fmt: str | None = None, fps: float | None = None) -> list[Source]:
+    """Every reference clip in `ref_dir` (not recursive), sorted by name, duplicates by content dropped."""
+    ref_dir = Path(ref_dir)
+    if not ref_dir.is_dir():
+        raise BadInput(f"--ref-dir {ref_dir} is not a directory", hint="pass the folder holding your reference clips")
+    known = RAW_EXTS | Y4M_EXTS | CONTAINER_EXTS
+    files = sorted(p for p in ref_dir.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in known)
+    if not files:
+        raise BadInput(f"--ref-dir {ref_dir} holds no reference clips",
+                       hint="add .yuv (with geometry in the name or a sidecar), .y4m or video files such as .mp4")
+    sources: list[Source] = []
+    by_sha: dict[str, Source] = {}
+    by_src: dict[str, Source] = {}
+    for path in files:
+        s = open_source(path, ff=ff, width=width, height=height, pix_fmt=pix_fmt, fps=fps)
+        if s.src_sha256 in by_sha:
+            warn(f"{path.name} has the same content as {by_sha[s.src_sha256].path.name}: using {by_sha[s.src_sha256].src} once")
+            continue
+        if s.src in by_src:
+            raise BadInput(f"{by_src[s.src].path.name} and {path.name} have the same name {s.src!r} but different content",
+                           hint="rename one: the name is the source's identity in the corpus")
+        by_sha[s.src_sha256] = by_src[s.src] = s
+        sources.append(s)
+    return sources
+
+
+def duration_s(source: Source) -> float:
+    return source.n_frames / source.fps if source.fps > 0 else math.nan
