@@ -147,4 +147,24 @@ def compare_cmd(lead: Path, collab: Path, plcc_tol: float, as_json: bool, verbos
         sys.exit(int(ExitCode.HOLD))
 
 
+@main.command("dist")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Tarball path or folder (default: dist/ in the checkout).")
+@click.option("--with-wheels", "with_wheels", metavar="PLATFORM", default=None,
+              help="Add the locked wheels for PLATFORM (linux-64, linux-aarch64, osx-arm64, osx-64) for offline installs.")
+def dist_cmd(out: Path | None, with_wheels: str | None) -> None:
+    """Build the distribution tarball a collaborator unpacks and runs with ./run (no clone needed).
+
+    \b
+    Examples:
+      ensemble-kit dist                          # dist/ensemble-kit-<version>.tar.gz, < 50 MiB
+      ensemble-kit dist --with-wheels linux-64   # + every locked wheel, installs offline
+    """
+    from kit import dist
+
+    result = dist.make_dist(out, with_wheels=with_wheels)
+    err.print(f"dist: {result.n_files} files, {result.size / 2**20:.1f} MiB, sha256 {result.sha256}")
+    click.echo(str(result.path))
+
+
 # ---- reference packs (issue: refs) -------------------------------------------------------------

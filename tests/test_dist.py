@@ -1,0 +1,98 @@
+"""The distribution tarball: self-contained, reproducible, small, and it installs and runs from an empty folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import sysconfig
+import tarfile
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from kit import dist
+from kit.archive import safe_extract
+from kit.cli import main
+from kit.errors import BadInput
+
+STEM = "ensemble-kit-" + __import__("kit").__version__
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> dist.DistResult:
+    return dist.make_dist(tmp_path_factory.mktemp("dist") / "ek.tar.gz")
+
+
+def test_dist_contents_are_self_contained(built):
+    with tarfile.open(built.path) as tf:
+        members = {m.name.removeprefix(STEM + "/"): m for m in tf.getmembers()}
+    names = set(members)
+    root = dist.source_root()
+    # every module of the package, the build file, the pixi manifest, the README and the bootstrap
+    for py in (root / "kit").rglob("*.py"):
+        assert py.relative_to(root).as_posix() in names, py
+    assert {"pyproject.toml", "README.md", "run", "DIST.json"} <= names
+    for optional in ("pixi.toml", "pixi.lock"):
+        assert ((root / optional).is_file()) == (optional in names)
+    for env_file in (root / "environments").glob("*") if (root / "environments").is_dir() else []:
+        if env_file.is_file() and not env_file.name.startswith("."):
+            assert f"environments/{env_file.name}" in names
+    # nothing generated or private
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc") or n.startswith(("runs/", "tests/", ".venv"))]
+    assert members["run"].mode == 0o755
+    assert built.size < 50 << 20
+
+
+def test_dist_is_reproducible(built, tmp_path):
+    again = dist.make_dist(tmp_path / "again.tar.gz")
+    assert again.sha256 == built.sha256
+
+
+def test_run_script_is_valid_bash_and_pins_torch():
+    text = dist.render_run_script(wheels=False, reqs_rel=None)
+    subprocess.run(["bash", "-n"], input=text, text=True, check=True)
+    assert f'"torch=={dist.torch_pin()}"' in text
+    assert "pixi run" in text and "python3" in text
+
+
+def test_with_wheels_unknown_platform_is_bad_input(tmp_path):
+    with pytest.raises(BadInput, match="--with-wheels 'windows-64'"):
+        dist.make_dist(tmp_path / "x.tar.gz", with_wheels="windows-64")
+    r = CliRunner().invoke(main, ["dist", "--out", str(tmp_path / "x.tar.gz"), "--with-wheels", "windows-64"])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+
+
+def _borrowing_venv(venv: Path) -> None:
+    """A venv without pip whose site-packages sees this test venv's packages (torch & co. are not
+    downloaded again); the kit itself is then installed into it from the unpacked tarball by ./run."""
+    base = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base, "-m", "venv", "--without-pip", str(venv)], check=True)
+    purelib = Path(sysconfig.get_paths()["purelib"])
+    (venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages" / "_borrow.pth").write_text(
+        f"{purelib}\n")
+
+
+def test_unpack_install_and_run_from_an_empty_folder(built, tmp_path):
+    unpacked = tmp_path / "empty"
+    unpacked.mkdir()
+    safe_extract(built.path, unpacked)
+    home = unpacked / STEM
+    venv = tmp_path / "venv"
+    _borrowing_venv(venv)
+    env = {**os.environ, "EKIT_NO_PIXI": "1", "EKIT_VENV": str(venv), "PIP_NO_INDEX": "1",
+           "PIP_NO_BUILD_ISOLATION": "0"}
+    elsewhere = tmp_path / "work"
+    elsewhere.mkdir()
+    r = subprocess.run([str(home / "run"), "--version"], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "ensemble-kit, version" in r.stdout
+    where = subprocess.run([str(venv / "bin" / "python"), "-c", "import kit; print(kit.__file__)"], cwd=elsewhere,
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert Path(where).is_relative_to(venv), where  # the installed copy, not this checkout
+    # second call: no reinstall
+    r2 = subprocess.run([str(home / "run"), "verify", str(tmp_path / "missing.tar.gz")], cwd=elsewhere, env=env,
+                        capture_output=True, text=True, timeout=120)
+    assert "installing" not in r2.stderr
+    assert r2.returncode == 2 and "bundle not found" in r2.stderr
