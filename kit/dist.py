@@ -27,14 +27,16 @@ SKIP_PARTS = {"__pycache__", ".pytest_cache", ".ruff_cache", ".ipynb_checkpoints
 SKIP_SUFFIXES = (".pyc", ".pyo", ".tmp")
 SIZE_LIMIT = 50 << 20  # the issue's promise for a tarball without wheels
 
-# pixi platform -> the pip platform tags whose wheels run there (newest first).
+# Platforms a wheels tarball can target (kit.locks' pip platform keys) -> pip platform tags (newest first).
+# Each needs its hash-pinned lock in environments/ (see WHEEL_LOCKS).
 PIP_PLATFORMS: dict[str, tuple[str, ...]] = {
-    "linux-64": ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "linux_x86_64"),
-    "linux-aarch64": ("manylinux_2_28_aarch64", "manylinux_2_17_aarch64", "manylinux2014_aarch64"),
-    "osx-arm64": ("macosx_14_0_arm64", "macosx_13_0_arm64", "macosx_12_0_arm64", "macosx_11_0_arm64"),
-    "osx-64": ("macosx_13_0_x86_64", "macosx_12_0_x86_64", "macosx_11_0_x86_64", "macosx_10_15_x86_64",
-               "macosx_10_9_x86_64"),
+    "linux-x86_64": ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "linux_x86_64"),
 }
+# platform -> (the runtime lock, the torch pin file): the same files the venv bootstrap installs from.
+WHEEL_LOCKS: dict[str, tuple[str, str]] = {
+    "linux-x86_64": ("environments/linux-cpu.txt", "environments/torch-cpu.txt"),
+}
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 WHEELS_DIR = "wheels"
 
 
@@ -55,9 +57,9 @@ RUN_TEMPLATE = r"""#!/usr/bin/env bash
 #
 # With pixi on PATH it runs the locked pixi environment for this box (EKIT_PIXI_ENV=default|cuda|sycl|osx
 # overrides the guess). Without pixi it makes a venv in .venv (EKIT_VENV overrides) and installs with
-# pip: offline from wheels/ when this tarball carries them, otherwise from PyPI with torch pinned to
-# __TORCH__ first (on Linux an unpinned `pip install torch` pulls a multi-GB CUDA build; set
-# EKIT_TORCH_INDEX=https://download.pytorch.org/whl/cpu to force the CPU build from PyTorch's index).
+# pip: offline from wheels/ when this tarball carries them, otherwise from PyPI with the hash-pinned
+# lock in environments/ and torch __TORCH__ (CPU build) installed first: an unpinned `pip install torch`
+# pulls a multi-GB CUDA build on Linux. EKIT_TORCH_INDEX overrides where the CPU torch comes from.
 # EKIT_NO_PIXI=1 forces the venv path. Exit codes are ensemble-kit's (docs/operator-guide.md).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -87,21 +89,34 @@ if ! command -v "$py" >/dev/null 2>&1 || ! "$py" -c 'import sys; sys.exit(sys.ve
 fi
 venv="${EKIT_VENV:-$here/.venv}"
 stamp="$venv/.ensemble-kit-installed"
+# The hash-pinned lock for this platform, when environments/ has one (torch is pinned apart from it).
+lock="" torch_req=""
+if [ "$(uname -s)-$(uname -m)" = Linux-x86_64 ]; then
+  lock="environments/linux-cpu.txt" torch_req="environments/torch-cpu.txt"
+fi
 if [ ! -f "$stamp" ]; then
   echo "ensemble-kit: first run, installing into $venv (once)" >&2
   [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"   # an existing venv (EKIT_VENV) is reused
   pip=("$venv/bin/python" -m pip install --disable-pip-version-check)
   if [ -d "$here/__WHEELS__" ]; then
     # Offline: every locked wheel for this platform travelled in the tarball.
-    if [ -n "__REQS__" ]; then
-      "${pip[@]}" --no-index --find-links "$here/__WHEELS__" --require-hashes -r "$here/__REQS__"
-    fi
-    "${pip[@]}" --no-index --find-links "$here/__WHEELS__" --no-deps "$here"
+    offline=(--no-index --find-links "$here/__WHEELS__")
+    [ -f "$here/$torch_req" ] && "${pip[@]}" "${offline[@]}" -r "$here/$torch_req"
+    [ -f "$here/$lock" ] && "${pip[@]}" "${offline[@]}" --require-hashes -r "$here/$lock"
+    "${pip[@]}" "${offline[@]}" --no-deps "$here"
   else
-    torch_index=()
-    [ -n "${EKIT_TORCH_INDEX:-}" ] && torch_index=(--index-url "$EKIT_TORCH_INDEX")
-    "${pip[@]}" "${torch_index[@]}" "torch==__TORCH__"
-    "${pip[@]}" "$here"
+    # CPU torch first, from PyTorch's CPU index: PyPI's Linux torch is a multi-GB CUDA build.
+    if [ -f "$here/$torch_req" ]; then
+      "${pip[@]}" --extra-index-url "${EKIT_TORCH_INDEX:-__TORCH_INDEX__}" -r "$here/$torch_req"
+    else
+      "${pip[@]}" "torch==__TORCH__"
+    fi
+    if [ -f "$here/$lock" ]; then
+      "${pip[@]}" --require-hashes -r "$here/$lock"
+      "${pip[@]}" --no-deps "$here"
+    else
+      "${pip[@]}" "$here"
+    fi
   fi
   touch "$stamp"
 fi
@@ -140,33 +155,23 @@ def source_files(root: Path) -> list[tuple[str, Path]]:
     return sorted(files.items())
 
 
-def requirements_for(root: Path, platform: str) -> Path:
-    """The hash-pinned requirements file in environments/ for a pixi platform (linux-64, osx-arm64…)."""
-    env_dir = root / "environments"
-    candidates = sorted(p for p in env_dir.glob("*.txt") if platform in p.name) if env_dir.is_dir() else []
-    # Prefer the CPU/default environment's lock: the bootstrap's venv path is the CPU path.
-    candidates.sort(key=lambda p: (not any(k in p.name for k in ("default", "cpu")), p.name))
-    if not candidates:
-        have = ", ".join(sorted(p.name for p in env_dir.glob("*.txt"))) if env_dir.is_dir() else "none"
-        raise BadInput(f"--with-wheels {platform}: no requirements lock for it in {env_dir} (have: {have})",
-                       hint="pick a platform that environments/ has a .txt lock for, e.g. linux-64")
-    return candidates[0]
-
-
-def download_wheels(root: Path, platform: str, dest: Path) -> Path:
-    """`pip download` every locked wheel for `platform` plus a wheel of the kit itself into `dest`."""
+def download_wheels(root: Path, platform: str, dest: Path) -> None:
+    """`pip download` torch and every locked wheel for `platform`, plus a wheel of the kit, into `dest`."""
     if platform not in PIP_PLATFORMS:
-        raise BadInput(f"--with-wheels {platform!r}: unknown platform", hint=f"choose from {', '.join(PIP_PLATFORMS)}")
-    reqs = requirements_for(root, platform)
+        raise BadInput(f"--with-wheels {platform!r}: no lock for that platform",
+                       hint=f"choose from {', '.join(PIP_PLATFORMS)} (environments/ holds their locks)")
+    lock, torch_req = (root / rel for rel in WHEEL_LOCKS[platform])
+    for need in (lock, torch_req):
+        if not need.is_file():
+            raise BadInput(f"--with-wheels {platform}: {need} is missing", hint="run bash environments/regenerate.sh")
     dest.mkdir(parents=True, exist_ok=True)
     plat_args = [a for tag in PIP_PLATFORMS[platform] for a in ("--platform", tag)]
-    cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--only-binary=:all:",
-           *plat_args, "--implementation", "cp", "--python-version", "3.11", "--require-hashes",
-           "-r", str(reqs), "-d", str(dest)]
-    _run(cmd, f"downloading the locked wheels for {platform}")
+    base = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--only-binary=:all:",
+            *plat_args, "--implementation", "cp", "--python-version", "3.11", "--no-deps", "-d", str(dest)]
+    _run([*base, "--extra-index-url", TORCH_CPU_INDEX, "-r", str(torch_req)], f"downloading torch for {platform}")
+    _run([*base, "--require-hashes", "-r", str(lock)], f"downloading the locked wheels for {platform}")
     _run([sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check", "--no-deps", "-w", str(dest), str(root)],
          "building the ensemble-kit wheel")
-    return reqs
 
 
 def _run(cmd: list[str], what: str) -> None:
@@ -184,9 +189,9 @@ class DistResult:
     sha256: str
 
 
-def render_run_script(*, wheels: bool, reqs_rel: str | None) -> str:
-    text = RUN_TEMPLATE.replace("__TORCH__", torch_pin()).replace("__WHEELS__", WHEELS_DIR)
-    return text.replace("__REQS__", reqs_rel if (wheels and reqs_rel) else "")
+def render_run_script() -> str:
+    return (RUN_TEMPLATE.replace("__TORCH__", torch_pin()).replace("__WHEELS__", WHEELS_DIR)
+            .replace("__TORCH_INDEX__", TORCH_CPU_INDEX))
 
 
 def dist_name(with_wheels: str | None) -> str:
@@ -210,13 +215,11 @@ def make_dist(out: Path | None = None, *, with_wheels: str | None = None, root: 
     with tempfile.TemporaryDirectory(prefix="ekit-dist-") as tmp:
         staging = Path(tmp)
         extra: list[tuple[str, Path]] = []
-        reqs_rel = None
         if with_wheels:
-            reqs = download_wheels(root, with_wheels, staging / WHEELS_DIR)
-            reqs_rel = reqs.relative_to(root).as_posix()
+            download_wheels(root, with_wheels, staging / WHEELS_DIR)
             extra += [(f"{WHEELS_DIR}/{w.name}", w) for w in sorted((staging / WHEELS_DIR).iterdir()) if w.is_file()]
         run_script = staging / "run"
-        write_text(run_script, render_run_script(wheels=bool(with_wheels), reqs_rel=reqs_rel))
+        write_text(run_script, render_run_script())
         run_script.chmod(0o755)
         extra.append(("run", run_script))
         listing = sorted(files + extra)

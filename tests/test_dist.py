@@ -51,14 +51,15 @@ def test_dist_is_reproducible(built, tmp_path):
 
 
 def test_run_script_is_valid_bash_and_pins_torch():
-    text = dist.render_run_script(wheels=False, reqs_rel=None)
+    text = dist.render_run_script()
     subprocess.run(["bash", "-n"], input=text, text=True, check=True)
-    assert f'"torch=={dist.torch_pin()}"' in text
+    assert f'"torch=={dist.torch_pin()}"' in text  # where environments/ has no torch pin
+    assert "environments/torch-cpu.txt" in text and dist.TORCH_CPU_INDEX in text
     assert "pixi run" in text and "python3" in text
 
 
 def test_with_wheels_unknown_platform_is_bad_input(tmp_path):
-    with pytest.raises(BadInput, match="--with-wheels 'windows-64'"):
+    with pytest.raises(BadInput, match="--with-wheels 'windows-64': no lock"):
         dist.make_dist(tmp_path / "x.tar.gz", with_wheels="windows-64")
     r = CliRunner().invoke(main, ["dist", "--out", str(tmp_path / "x.tar.gz"), "--with-wheels", "windows-64"])
     assert r.exit_code == 2 and "Traceback" not in r.output
