@@ -69,6 +69,297 @@ def main() -> None:
 
 # ---- corpus engine (issue: corpus) ------------------------------------------------------------
 
+
+def _corpus_sources(ff, demo: bool, ref_dir: Path | None, out_dir: Path, geometry: dict):
+    from kit import demo as demo_mod
+    from kit import sources
+    from kit.errors import BadInput
+
+    if demo and ref_dir:
+        raise BadInput("--demo and --ref-dir are mutually exclusive", hint="pass one of them")
+    if not demo and not ref_dir:
+        raise BadInput("no references: pass --ref-dir DIR (your clips) or --demo (built-in lavfi clips)",
+                          hint="e.g. ensemble-kit corpus --demo --out-dir runs/demo")
+    if demo:
+        ref_dir = demo_mod.make_demo_sources(out_dir / "demo-refs", ff)
+    return sources.discover(ref_dir, ff=ff, **geometry)
+
+
+def _corpus_encoders(ff, text: str | None) -> list[str]:
+    from kit import platform
+    from kit.console import warn
+    from kit.errors import PrereqError
+
+    if text:
+        return [e.strip() for e in text.split(",") if e.strip()]
+    choice = platform.default_encoders(ffmpeg=ff)
+    for line in choice.warnings:
+        warn(line)
+    if not choice.encoders:
+        raise PrereqError("no encoder passes a test encode on this box", hint="see `ensemble-kit prereqs`")
+    return list(choice.encoders)
+
+
+def _progress_printer(quiet: bool):
+    """(on_plan, on_cell, close): a rich bar with ETA at a terminal; one line per failure otherwise."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from kit.console import progress_enabled
+
+    bar = None
+    if progress_enabled(quiet):
+        bar = Progress(TextColumn("corpus"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[last]}"),
+                       TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err, transient=False)
+    task = None
+
+    def on_plan(n: int) -> None:
+        nonlocal task
+        if bar is not None:
+            bar.start()
+            task = bar.add_task("cells", total=n, last="")
+
+    def on_cell(outcome, done: int, total: int) -> None:
+        if outcome.status == "failed" and not quiet:
+            err.print(f"[red]cell failed:[/red] {outcome.cell.label}: {outcome.reason}")
+        if bar is not None and task is not None:
+            bar.update(task, completed=done, last=outcome.cell.label)
+
+    def close() -> None:
+        if bar is not None:
+            bar.stop()
+
+    return on_plan, on_cell, close
+
+
+@main.group("corpus", invoke_without_command=True, epilog=EPILOG_EXIT_CODES)
+@click.option("--demo", is_flag=True, help="Use built-in deterministic lavfi clips (no data needed).")
+@click.option("--ref-dir", type=click.Path(path_type=Path), help="Folder of reference clips (.yuv, .y4m, .mp4, .mkv, ...).")
+@click.option("--width", type=int, help="Fallback width for .yuv files whose name/sidecar does not say.")
+@click.option("--height", type=int, help="Fallback height for .yuv files.")
+@click.option("--pix-fmt", help="Fallback pixel format for .yuv files (default yuv420p).")
+@click.option("--fps", type=float, help="Fallback frame rate for .yuv files (default 25).")
+@click.option("--encoders", help="Comma-separated encoders (default: this box's working ones, by real test encodes).")
+@click.option("--cqs", default="19,25,31,37", show_default=True, help="Comma-separated quality values (lower = better).")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), help="Cells in parallel (default: one per core).")
+@click.option("--shard", help="Run only shard K/N of the grid (0-based: 0/4 .. 3/4), e.g. from a Slurm array index.")
+@click.option("--out-dir", type=click.Path(path_type=Path), default=Path("runs/corpus"), show_default=True,
+              help="Run directory: corpus/cells/*.parquet, corpus/failures.jsonl, corpus.parquet.")
+@click.option("--ffmpeg", "ffmpeg_path", help="ffmpeg binary with libvmaf (default: $ENSEMBLE_KIT_FFMPEG, binaries/, PATH, imageio-ffmpeg).")
+@click.option("--vmaf-threads", type=click.IntRange(min=1), help="libvmaf n_threads per cell (default: cores / jobs).")
+@click.option("--scorer", type=click.Choice(["ffmpeg", "vmaf"]), default="ffmpeg", show_default=True,
+              help="ffmpeg's libvmaf filter, or the vmaf CLI staged in binaries/<platform>/bin/.")
+@click.option("--cell-timeout", type=float, help="Seconds before a hung encode/score is killed (default: scales with clip size).")
+@click.option("--format", "fmt", type=click.Choice(["parquet", "jsonl"]), default="parquet", show_default=True,
+              help="jsonl also writes corpus.jsonl with the old kit's column names.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or per-cell lines.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
+@click.pass_context
+def corpus_cmd(ctx: click.Context, demo: bool, ref_dir: Path | None, width: int | None, height: int | None,
+               pix_fmt: str | None, fps: float | None, encoders: str | None, cqs: str, jobs: int | None,
+               shard: str | None, out_dir: Path, ffmpeg_path: str | None, vmaf_threads: int | None, scorer: str,
+               cell_timeout: float | None, fmt: str, quiet: bool, as_json: bool) -> None:
+    """Encode every reference at every cq with every encoder and score each frame with libvmaf.
+
+    Cells (source x encoder x cq) run in parallel and are written atomically; a rerun reuses finished
+    cells, so a killed run resumes. Failed cells go to corpus/failures.jsonl and the command ends with
+    exit code 4 after finishing the others.
+
+    \b
+    Examples:
+      ensemble-kit corpus --demo --out-dir runs/demo
+      ensemble-kit corpus --ref-dir refs/ --encoders libx264,libx265 --cqs 22,27,32 --out-dir runs/x
+      ensemble-kit corpus --ref-dir refs/ --shard $SLURM_ARRAY_TASK_ID/8 --out-dir /shared/run
+      ensemble-kit corpus import old_kit_corpus.jsonl --out-dir runs/imported
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    import json as _json
+    import signal
+
+    from kit import corpus, legacy, scoring, tools
+    from kit import encoders as enc_table
+    from kit.errors import PrereqError, WorkFailed
+    from kit.rundir import RunDir
+
+    def _term(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _term)
+    cq_values = enc_table.parse_cqs(cqs)
+    shard_kn = corpus.parse_shard(shard) if shard else None
+    if encoders:
+        names = [e.strip() for e in encoders.split(",") if e.strip()]
+        for name in names:
+            enc_table.get(name)
+        corpus.check_cqs(names, cq_values)
+    ff = tools.find_ffmpeg(ffmpeg_path)
+    vmaf_cli = None
+    if scorer == "vmaf":
+        vmaf_cli = tools.find_vmaf_cli()
+        if vmaf_cli is None:
+            raise PrereqError("--scorer vmaf: no vmaf CLI in binaries/<platform>/bin/ or $ENSEMBLE_KIT_VMAF",
+                                 hint="build it (`ensemble-kit build-libvmaf`) or use --scorer ffmpeg")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = _corpus_encoders(ff, encoders)
+    srcs = _corpus_sources(ff, demo, ref_dir, out_dir, {"width": width, "height": height, "pix_fmt": pix_fmt, "fps": fps})
+    on_plan, on_cell, close = _progress_printer(quiet)
+    run_dir = RunDir(out_dir)
+    try:
+        summary = corpus.run_corpus(run_dir, srcs, names, cq_values, ff=ff, jobs=jobs, shard=shard_kn,
+                                    vmaf_threads=vmaf_threads, timeout=cell_timeout, vmaf_cli=vmaf_cli,
+                                    progress=on_cell, on_plan=on_plan)
+    except KeyboardInterrupt:
+        scoring.kill_all()
+        raise
+    finally:
+        close()
+    if fmt == "jsonl" and summary.corpus_path:
+        legacy.export_jsonl(run_dir.corpus, run_dir.root / "corpus.jsonl")
+    if as_json:
+        click.echo(_json.dumps(summary.to_json(), indent=2, sort_keys=True))
+    elif not quiet:
+        where = summary.corpus_path or "(not assembled: other shards' cells are still missing)"
+        err.print(f"corpus: {summary.done} cells computed, {summary.reused} reused, {len(summary.failed)} failed "
+                  f"of {summary.planned}; {summary.corpus_rows} rows -> {where}")
+    if summary.failed:
+        raise WorkFailed(f"{len(summary.failed)} of {summary.planned} cells failed (details in "
+                            f"{run_dir.failures}); the other cells are kept",
+                            hint="fix the cause and rerun the same command: finished cells are reused")
+
+
+@corpus_cmd.command("import")
+@click.argument("jsonl", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out-dir", type=click.Path(path_type=Path), required=True, help="Run directory to write corpus.parquet into.")
+@click.option("--json", "as_json", is_flag=True, help="Print the import report as JSON.")
+def corpus_import_cmd(jsonl: tuple[Path, ...], out_dir: Path, as_json: bool) -> None:
+    """Import the old bash kit's per-frame JSONL into corpus.parquet (exact duplicate rows dropped).
+
+    \b
+    Example:
+      ensemble-kit corpus import old/corpus.jsonl --out-dir runs/imported
+    """
+    import json as _json
+
+    from kit import legacy
+    from kit.rundir import RunDir
+
+    report = legacy.import_jsonl(list(jsonl), RunDir(out_dir))
+    if as_json:
+        click.echo(_json.dumps(report, indent=2, sort_keys=True))
+    else:
+        err.print(f"imported {report['rows']} rows ({report['sources']} sources) -> {report['corpus']}; "
+                  f"{report['duplicates_dropped']} duplicate rows dropped, {report['conflicts']} conflicting")
+
+
+@corpus_cmd.command("export")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), help="Output .jsonl (default RUN_DIR/corpus.jsonl).")
+def corpus_export_cmd(run_dir: Path, out: Path | None) -> None:
+    """Export RUN_DIR/corpus.parquet as JSONL with the old kit's column names.
+
+    \b
+    Example:
+      ensemble-kit corpus export runs/demo --out corpus.jsonl
+    """
+    from kit import legacy
+    from kit.rundir import RunDir
+
+    rd = RunDir(run_dir)
+    target = out or rd.root / "corpus.jsonl"
+    n = legacy.export_jsonl(rd.corpus, target)
+    err.print(f"wrote {n} rows -> {target}")
+
+
+@main.command("score", epilog=EPILOG_EXIT_CODES)
+@click.argument("ref", type=click.Path(path_type=Path))
+@click.argument("dis", type=click.Path(path_type=Path))
+@click.option("--width", type=int, help="Width for raw .yuv inputs whose name/sidecar does not say.")
+@click.option("--height", type=int, help="Height for raw .yuv inputs.")
+@click.option("--pix-fmt", help="Pixel format for raw .yuv inputs (default yuv420p).")
+@click.option("--fps", type=float, help="Frame rate for raw .yuv inputs (default 25).")
+@click.option("--ffmpeg", "ffmpeg_path", help="ffmpeg binary with libvmaf.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="libvmaf n_threads (default: all cores).")
+@click.option("--scorer", type=click.Choice(["ffmpeg", "vmaf"]), default="ffmpeg", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Per-frame and pooled values as JSON on stdout.")
+def score_cmd(ref: Path, dis: Path, width: int | None, height: int | None, pix_fmt: str | None, fps: float | None,
+              ffmpeg_path: str | None, threads: int | None, scorer: str, as_json: bool) -> None:
+    """Score one distorted clip against its reference with libvmaf (vmaf_v0.6.1): per-frame and pooled.
+
+    \b
+    Examples:
+      ensemble-kit score ref_1920x1080_25fps.yuv encoded.mp4
+      ensemble-kit score ref.y4m dis.y4m --json > scores.json
+    """
+    import json as _json
+
+    from kit import scoring, tools
+    from kit.errors import PrereqError
+    from kit.schema import FEATURES, LIBVMAF_KEYS
+
+    ff = tools.find_ffmpeg(ffmpeg_path)
+    vmaf_cli = tools.find_vmaf_cli() if scorer == "vmaf" else None
+    if scorer == "vmaf" and vmaf_cli is None:
+        raise PrereqError("--scorer vmaf: no vmaf CLI in binaries/<platform>/bin/", hint="use --scorer ffmpeg")
+    r, d, result = scoring.score_files(ff, ref, dis, n_threads=threads or tools.cpu_count(), vmaf_cli=vmaf_cli,
+                                       width=width, height=height, pix_fmt=pix_fmt, fps=fps)
+    pooled = result.pooled()
+    if as_json:
+        click.echo(_json.dumps({"reference": str(r.path), "distorted": str(d.path), "model": result.model,
+                                "libvmaf_version": result.libvmaf_version, "backend": result.backend,
+                                "frames": [{"frame_index": i, **f} for i, f in enumerate(result.frames)],
+                                "pooled_mean": pooled, "libvmaf_pooled_vmaf": result.libvmaf_pooled}, indent=2))
+        return
+    from rich.table import Table
+
+    from kit.console import out
+
+    table = Table("frame", *LIBVMAF_KEYS, title=f"{d.path.name} vs {r.path.name} ({result.model})")
+    for i, f in enumerate(result.frames):
+        table.add_row(str(i), *(f"{f[k]:.4f}" for k in LIBVMAF_KEYS))
+    table.add_row("mean", *(f"{pooled[k]:.4f}" for k in LIBVMAF_KEYS), style="bold")
+    out.print(table)
+    out.print(f"VMAF {pooled['vmaf']:.6f} (mean of {result.n_frames} frames; features {', '.join(FEATURES)})")
+
+
+@main.command("merge", epilog=EPILOG_EXIT_CODES)
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out", type=click.Path(path_type=Path), required=True,
+              help="Output corpus (.parquet, or .jsonl for the old kit's columns).")
+@click.option("--json", "as_json", is_flag=True, help="Print the merge report as JSON.")
+def merge_cmd(inputs: tuple[Path, ...], out: Path, as_json: bool) -> None:
+    """Combine corpora or shards from several boxes, de-duplicated on (src_sha256, encoder, cq, frame_index).
+
+    Inputs are run directories, corpus .parquet files or old-kit .jsonl files. Identical duplicates are
+    dropped; conflicting duplicates (same key, different values) keep the first input's row and are
+    reported and written to OUT.conflicts.parquet.
+
+    \b
+    Example:
+      ensemble-kit merge runs/boxA runs/boxB shard-dirs/* --out merged/corpus.parquet
+    """
+    import json as _json
+
+    from kit import corpus
+    from kit.console import warn
+
+    report = corpus.merge(list(inputs), out)
+    if as_json:
+        click.echo(_json.dumps(report, indent=2, sort_keys=True))
+    else:
+        err.print(f"merged {report['inputs']} inputs: {report['rows']} rows -> {report['out']}; "
+                  f"{report['duplicates_dropped']} duplicates dropped")
+    if report["conflicts"]:
+        warn(f"{report['conflicts']} conflicting duplicate keys (same src/encoder/cq/frame, different values): "
+             f"kept the first input's rows; all versions are in {report['conflicts_file']}")
+
+
 # ---- training, verdict, export, predict, report (issue: trainer) -------------------------------
 
 # ---- environment, platform, prereqs, env export, build-libvmaf (issue: environments) -----------

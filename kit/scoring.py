@@ -1,0 +1,253 @@
+"""Running libvmaf and parsing its per-frame features.
+
+The distorted stream is decoded straight into ffmpeg's libvmaf filter next to the reference (no decoded
+YUV ever touches the disk). Frames are paired by index (`setpts=N` on both sides), so container
+timestamps, B-frame delays or raw elementary streams cannot shift the pairing. A score is only accepted
+when every frame carries every requested key (libvmaf with n_threads > 0 silently drops a feature that
+fails) and the distorted stream has exactly the reference's frame count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kit.schema import DEFAULT_VMAF_MODEL, LIBVMAF_KEYS
+from kit.sources import Source
+from kit.tools import FFmpeg, _stderr_reason
+
+# libvmaf takes these planar layouts; anything else is converted (both sides the same way).
+VMAF_PIX_FMTS = frozenset({"yuv420p", "yuv422p", "yuv444p", "yuv420p10le", "yuv422p10le", "yuv444p10le",
+                           "yuv420p12le", "yuv422p12le", "yuv444p12le", "yuv420p16le", "yuv422p16le", "yuv444p16le"})
+STDERR_TAIL = 4000
+
+
+def vmaf_pix_fmt(pix_fmt: str) -> str:
+    """The libvmaf layout a source is scored in: its own when libvmaf takes it, else 4:2:0 of its depth."""
+    if pix_fmt in VMAF_PIX_FMTS:
+        return pix_fmt
+    if pix_fmt.startswith("yuvj4"):
+        return pix_fmt.replace("yuvj", "yuv")
+    return "yuv420p10le" if any(t in pix_fmt for t in ("10", "p010", "12", "16")) else "yuv420p"
+
+
+class ToolFailed(Exception):
+    """An ffmpeg/vmaf run failed: which stage, why (one line) and the tool's stderr tail."""
+
+    def __init__(self, stage: str, reason: str, stderr_tail: str = "", returncode: int | None = None) -> None:
+        super().__init__(f"{stage}: {reason}")
+        self.stage, self.reason, self.stderr_tail, self.returncode = stage, reason, stderr_tail, returncode
+
+
+# ---- subprocesses that can be killed as a group (a hung encoder, Ctrl-C) ----------------------------
+
+_live: set[subprocess.Popen[bytes]] = set()
+_live_lock = threading.Lock()
+
+
+def kill_all() -> None:
+    """Kill every tool process group still running (Ctrl-C / shutdown): nothing keeps burning CPU."""
+    with _live_lock:
+        procs = list(_live)
+    for p in procs:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(p.pid, signal.SIGKILL)
+
+
+def run_tool(stage: str, argv: Sequence[str], *, timeout: float | None, cwd: Path | None = None) -> tuple[float, str]:
+    """Run one tool in its own process group; -> (wall ms, stderr). Timeout or non-zero exit -> ToolFailed."""
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                cwd=cwd, start_new_session=True)
+    except OSError as exc:
+        raise ToolFailed(stage, f"cannot start {argv[0]}: {exc.strerror}") from None
+    with _live_lock:
+        _live.add(proc)
+    try:
+        try:
+            _, err_bytes = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            _, err_bytes = proc.communicate()
+            stderr = err_bytes.decode("utf-8", "replace")
+            raise ToolFailed(stage, f"timed out after {timeout:.0f}s (hung?); killed", stderr[-STDERR_TAIL:], None) from None
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+    finally:
+        with _live_lock:
+            _live.discard(proc)
+    stderr = err_bytes.decode("utf-8", "replace")
+    if proc.returncode != 0:
+        code = proc.returncode
+        how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        raise ToolFailed(stage, f"{Path(argv[0]).name} failed ({how}): {_stderr_reason(stderr)}", stderr[-STDERR_TAIL:], code)
+    return (time.perf_counter() - t0) * 1000.0, stderr
+
+
+# ---- parsing -------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ScoreResult:
+    frames: list[dict[str, float]]  # per frame: vmaf + FEATURES under their canonical names
+    libvmaf_pooled: dict[str, float]  # libvmaf's own pooled vmaf (mean, harmonic_mean, min, max)
+    libvmaf_version: str
+    model: str
+    score_time_ms: float
+    backend: str = "ffmpeg-libvmaf"
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.frames)
+
+    def pooled(self) -> dict[str, float]:
+        """Mean of the per-frame values (libvmaf's default pooling), per canonical key."""
+        return {k: math.fsum(f[k] for f in self.frames) / len(self.frames) for k in LIBVMAF_KEYS}
+
+
+def parse_vmaf_json(text: str, *, expected_frames: int | None, stage: str = "score") -> tuple[list[dict[str, float]], dict[str, float], str]:
+    """libvmaf JSON log -> (frames, pooled vmaf, version); missing keys or a wrong frame count -> ToolFailed."""
+    try:
+        log = json.loads(text)
+        raw_frames = log["frames"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ToolFailed(stage, f"libvmaf wrote no readable JSON log ({exc})") from None
+    frames: list[dict[str, float]] = []
+    for i, fr in enumerate(raw_frames):
+        metrics = fr.get("metrics", {})
+        missing = [key for key in LIBVMAF_KEYS.values() if key not in metrics]
+        if missing:
+            raise ToolFailed(stage, f"libvmaf frame {i} lacks {', '.join(missing)} (a feature failed silently)")
+        if fr.get("frameNum", i) != i:
+            raise ToolFailed(stage, f"libvmaf frames out of order at {i} (frameNum {fr.get('frameNum')})")
+        values = {name: float(metrics[key]) for name, key in LIBVMAF_KEYS.items()}
+        if not all(math.isfinite(v) for v in values.values()):
+            raise ToolFailed(stage, f"libvmaf frame {i} has a non-finite value: {values}")
+        frames.append(values)
+    if not frames:
+        raise ToolFailed(stage, "the distorted stream decoded to 0 frames")
+    if expected_frames is not None and len(frames) != expected_frames:
+        raise ToolFailed(stage, f"the encode decodes to {len(frames)} frames but the reference has {expected_frames}")
+    pooled = log.get("pooled_metrics", {}).get("vmaf", {})
+    return frames, {k: float(v) for k, v in pooled.items()}, str(log.get("version", "unknown"))
+
+
+# ---- scoring -------------------------------------------------------------------------------------------
+
+def _libvmaf_filter(pix_fmt: str, *, model: str, n_threads: int) -> str:
+    pair = f"settb=1,setpts=N,format={pix_fmt}"
+    return (f"[0:v]{pair}[dis];[1:v]{pair}[ref];[dis][ref]libvmaf=model=version={model}:n_threads={n_threads}"
+            ":log_fmt=json:log_path=vmaf.json")
+
+
+def score(ff: FFmpeg, ref: Source, dis_input_args: Sequence[str], *, n_threads: int = 1, model: str = DEFAULT_VMAF_MODEL,
+          expected_frames: int | None = None, timeout: float | None = None, workdir: Path | None = None,
+          vmaf_cli: Path | None = None) -> ScoreResult:
+    """Score a distorted input (ffmpeg input args ending in `-i path`) against a reference source.
+
+    `expected_frames` defaults to the reference's frame count. `vmaf_cli` selects the standalone vmaf
+    binary (fed through FIFOs, still no YUV on disk) instead of ffmpeg's libvmaf filter.
+    """
+    expected = ref.n_frames if expected_frames is None else expected_frames
+    with contextlib.ExitStack() as stack:
+        wd = workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ekit-score-")))
+        log = wd / "vmaf.json"
+        log.unlink(missing_ok=True)
+        if vmaf_cli is not None:
+            ms, stderr = _score_vmaf_cli(vmaf_cli, ff, ref, dis_input_args, n_threads=n_threads, model=model,
+                                         timeout=timeout, wd=wd)
+            backend = "vmaf-cli"
+        else:
+            argv = [str(ff.path), "-nostdin", "-hide_banner", "-v", "error", *dis_input_args, *ref.input_args(),
+                    "-lavfi", _libvmaf_filter(vmaf_pix_fmt(ref.pix_fmt), model=model, n_threads=n_threads),
+                    "-f", "null", "-"]
+            ms, stderr = run_tool("score", argv, timeout=timeout, cwd=wd)
+            backend = "ffmpeg-libvmaf"
+        try:
+            text = log.read_text(encoding="utf-8")
+        except OSError:
+            raise ToolFailed("score", "libvmaf wrote no log", stderr[-STDERR_TAIL:]) from None
+        try:
+            frames, pooled, version = parse_vmaf_json(text, expected_frames=expected)
+        except ToolFailed as exc:
+            exc.stderr_tail = stderr[-STDERR_TAIL:]
+            raise
+    return ScoreResult(frames=frames, libvmaf_pooled=pooled, libvmaf_version=version, model=model,
+                       score_time_ms=ms, backend=backend)
+
+
+def _score_vmaf_cli(vmaf: Path, ff: FFmpeg, ref: Source, dis_input_args: Sequence[str], *, n_threads: int, model: str,
+                    timeout: float | None, wd: Path) -> tuple[float, str]:
+    """vmaf CLI backend: two ffmpeg decoders write Y4M into FIFOs that vmaf reads (no YUV file on disk)."""
+    pix_fmt = vmaf_pix_fmt(ref.pix_fmt)
+    fifos = {"ref": wd / "ref.y4m", "dis": wd / "dis.y4m"}
+    for f in fifos.values():
+        f.unlink(missing_ok=True)
+        os.mkfifo(f)
+    decode = {
+        "ref": [str(ff.path), "-nostdin", "-v", "error", *ref.input_args(), "-map", "0:v:0"],
+        "dis": [str(ff.path), "-nostdin", "-v", "error", *dis_input_args, "-map", "0:v:0"],
+    }
+    errors: dict[str, BaseException] = {}
+
+    def feed(name: str) -> None:
+        try:
+            run_tool(f"decode {name}", [*decode[name], "-fps_mode", "passthrough", "-pix_fmt", pix_fmt, "-strict", "-1",
+                                         "-f", "yuv4mpegpipe", "-y", str(fifos[name])], timeout=timeout)
+        except BaseException as exc:  # noqa: BLE001 - reported after vmaf returns
+            errors[name] = exc
+
+    feeders = [threading.Thread(target=feed, args=(n,), daemon=True) for n in fifos]
+    for t in feeders:
+        t.start()
+    try:
+        result = run_tool("score", [str(vmaf), "--reference", fifos["ref"].name, "--distorted", fifos["dis"].name,
+                                    "--model", f"version={model}", "--threads", str(n_threads), "--json",
+                                    "--output", "vmaf.json", "--quiet"], timeout=timeout, cwd=wd)
+    finally:
+        for f in fifos.values():  # unblock a feeder whose reader died
+            with contextlib.suppress(OSError):
+                fd = os.open(f, os.O_RDONLY | os.O_NONBLOCK)
+                os.close(fd)
+        for t in feeders:
+            t.join(timeout=5)
+    if errors:
+        exc = next(iter(errors.values()))
+        raise exc if isinstance(exc, ToolFailed) else ToolFailed("score", str(exc))
+    return result
+
+
+
+def score_files(ff: FFmpeg, ref_path: Path, dis_path: Path, *, n_threads: int = 1, model: str = DEFAULT_VMAF_MODEL,
+                vmaf_cli: Path | None = None, **geometry: object) -> tuple[Source, Source, ScoreResult]:
+    """`ensemble-kit score REF DIS`: both files probed like references (raw geometry from name/sidecar/flags)."""
+    from kit.errors import BadInput, WorkFailed
+    from kit.sources import open_source
+
+    ref = open_source(Path(ref_path), ff=ff, **geometry)  # type: ignore[arg-type]
+    dis = open_source(Path(dis_path), ff=ff, **geometry)  # type: ignore[arg-type]
+    if (dis.width, dis.height) != (ref.width, ref.height):
+        raise BadInput(f"{dis.path.name} is {dis.width}x{dis.height} but {ref.path.name} is {ref.width}x{ref.height}",
+                       hint="VMAF compares equal-size frames: scale the distorted clip to the reference size first")
+    if dis.n_frames != ref.n_frames:
+        raise BadInput(f"{dis.path.name} has {dis.n_frames} frames but {ref.path.name} has {ref.n_frames}",
+                       hint="score clips with the same frames (trim one of them)")
+    try:
+        return ref, dis, score(ff, ref, dis.input_args(), n_threads=n_threads, model=model, vmaf_cli=vmaf_cli)
+    except ToolFailed as exc:
+        raise WorkFailed(f"scoring {dis.path.name} against {ref.path.name} failed: {exc}") from None
