@@ -459,3 +459,148 @@ def dist_cmd(out: Path | None, with_wheels: str | None) -> None:
 
 
 # ---- reference packs (issue: refs) -------------------------------------------------------------
+
+
+class _RefsProgress:
+    """A rich bar over raw bytes at a terminal, a line per source elsewhere; called as (name, bytes, total)."""
+
+    def __init__(self, label: str) -> None:
+        from rich import progress as rp
+
+        from kit.console import progress_enabled
+
+        self.label = label
+        self.bar = rp.Progress(rp.TextColumn("{task.description}"), rp.BarColumn(), rp.DownloadColumn(),
+                               rp.TransferSpeedColumn(), rp.TimeRemainingColumn(), console=err) if progress_enabled() else None
+        self.task = None
+
+    def __enter__(self) -> _RefsProgress:
+        if self.bar:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar:
+            self.bar.__exit__(*exc)
+
+    def __call__(self, name: str, nbytes: int, total: int) -> None:
+        if self.bar is None:
+            if name:
+                err.print(f"  {self.label}: {name} done")
+            return
+        if self.task is None:
+            self.task = self.bar.add_task(self.label, total=total)
+        self.bar.update(self.task, advance=nbytes, description=f"{self.label} {name}".rstrip())
+
+
+_JOBS_HELP = "Sources processed at once (default: all cores); each drives its own ffmpeg."
+
+
+@main.group("refs")
+def refs_group() -> None:
+    """Ship reference clips bit-exactly: lossless packs with a sha256 of every source's raw frames.
+
+    \b
+    Example (lead user packs, collaborator unpacks, both run on the same frames):
+      ensemble-kit refs pack --ref-dir refs/ --out refs-pack.tar
+      ensemble-kit refs unpack refs-pack.tar --out refs/
+      ensemble-kit refs verify refs/
+    """
+
+
+@refs_group.command("pack")
+@click.option("--ref-dir", required=True, type=click.Path(path_type=Path, exists=True, file_okay=False),
+              help="Folder of reference clips (.yuv with geometry, .y4m, .mkv/.mp4...).")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Pack to write: a directory, or a single .tar / .tar.gz file.")
+@click.option("--codec", type=click.Choice(["ffv1", "x265-lossless", "av1-lossless"]), default="ffv1",
+              show_default=True, help="Lossless codec (FFV1 is in every ffmpeg build and stores every layout).")
+@click.option("--jobs", type=click.IntRange(min=1), default=None, help=_JOBS_HELP)
+@click.option("--ffmpeg", "ffmpeg_path", default=None, help="ffmpeg binary to use (default: found automatically).")
+@click.option("--width", type=int, default=None, help="Fallback width for .yuv files without geometry.")
+@click.option("--height", type=int, default=None, help="Fallback height for .yuv files without geometry.")
+@click.option("--pix-fmt", default=None, help="Fallback pixel format for .yuv files (e.g. yuv420p10le).")
+@click.option("--fps", type=float, default=None, help="Fallback frame rate for .yuv files.")
+def refs_pack_cmd(ref_dir: Path, out: Path, codec: str, jobs: int | None, ffmpeg_path: str | None,
+                  width: int | None, height: int | None, pix_fmt: str | None, fps: float | None) -> None:
+    """Encode every reference losslessly into a pack (directory or tarball) with refs.json.
+
+    Every member is decoded again and compared with the source's raw frames before it is kept.
+    Rerunning an interrupted pack keeps the members already finished.
+
+    \b
+    Examples:
+      ensemble-kit refs pack --ref-dir refs/ --out refs-pack.tar
+      ensemble-kit refs pack --ref-dir refs/ --out refs-pack/ --codec x265-lossless --jobs 4
+    """
+    from kit import refs
+    from kit.tools import find_ffmpeg
+
+    ff = find_ffmpeg(ffmpeg_path, require_libvmaf=False)
+    with _RefsProgress("pack") as progress:
+        result = refs.pack(ref_dir, out, codec=codec, jobs=jobs, ff=ff, width=width, height=height,
+                           pix_fmt=pix_fmt, fps=fps, progress=progress)
+    mib = result.raw_bytes / 2**20
+    err.print(f"packed {len(result.manifest.sources)} source(s): {mib:.1f} MiB raw -> "
+              f"{result.packed_bytes / 2**20:.1f} MiB ({result.packed_bytes / max(1, result.raw_bytes):.1%}), "
+              f"{mib / max(result.seconds, 1e-9):.1f} MiB/s" + (f", {result.reused} kept from before" if result.reused else ""))
+    err.print(f"unpack with: ensemble-kit refs unpack {out} --out <dir>")
+    click.echo(str(out))
+
+
+@refs_group.command("unpack")
+@click.argument("pack_path", metavar="PACK", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Directory for the raw reference files.")
+@click.option("--y4m", is_flag=True, help="Write .y4m files instead of .yuv + .json geometry sidecars.")
+@click.option("--jobs", type=click.IntRange(min=1), default=None, help=_JOBS_HELP)
+@click.option("--ffmpeg", "ffmpeg_path", default=None, help="ffmpeg binary to use (default: found automatically).")
+def refs_unpack_cmd(pack_path: Path, out: Path, y4m: bool, jobs: int | None, ffmpeg_path: str | None) -> None:
+    """Decode a pack to raw files that --ref-dir finds, checking every raw-frame sha256.
+
+    A file appears only once its frames match refs.json; a damaged member is named and exits 2.
+    Rerunning skips files already verified.
+
+    \b
+    Examples:
+      ensemble-kit refs unpack refs-pack.tar --out refs/
+      ensemble-kit corpus --ref-dir refs/ ...
+    """
+    from kit import refs
+    from kit.tools import find_ffmpeg
+
+    ff = find_ffmpeg(ffmpeg_path, require_libvmaf=False)
+    with _RefsProgress("unpack") as progress:
+        result = refs.unpack(pack_path, out, y4m=y4m, jobs=jobs, ff=ff, progress=progress)
+    mib = result.raw_bytes / 2**20
+    err.print(f"unpacked and verified {len(result.files)} source(s), {mib:.1f} MiB raw"
+              + (f" ({result.reused} already verified)" if result.reused else "")
+              + f", {mib / max(result.seconds, 1e-9):.1f} MiB/s")
+    click.echo(str(out))
+
+
+@refs_group.command("verify")
+@click.argument("ref_dir", metavar="DIR", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--refs-json", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="refs.json to check against (default: DIR/refs.json).")
+@click.option("--jobs", type=click.IntRange(min=1), default=None, help=_JOBS_HELP)
+@click.option("--ffmpeg", "ffmpeg_path", default=None, help="ffmpeg binary to use (default: found automatically).")
+def refs_verify_cmd(ref_dir: Path, refs_json: Path | None, jobs: int | None, ffmpeg_path: str | None) -> None:
+    """Check a reference directory against refs.json without unpacking (raw-frame sha256 + geometry).
+
+    \b
+    Examples:
+      ensemble-kit refs verify refs/
+      ensemble-kit refs verify my-copy/ --refs-json refs-pack/refs.json
+    """
+    from kit import refs
+    from kit.errors import BadInput
+    from kit.tools import find_ffmpeg
+
+    ff = find_ffmpeg(ffmpeg_path, require_libvmaf=False)
+    report = refs.verify(ref_dir, refs_json=refs_json, jobs=jobs, ff=ff)
+    for row in report.rows:
+        click.echo(f"{row.status:8} {row.name:24} {row.file or '-'}" + (f"  ({row.detail})" if row.detail else ""))
+    if not report.ok:
+        bad = ", ".join(f"{r.file or r.name} ({r.status})" for r in report.problems())
+        raise BadInput(f"{ref_dir} does not match refs.json: {bad}",
+                       hint="re-unpack those sources with `ensemble-kit refs unpack`, or re-copy them")

@@ -1,0 +1,238 @@
+"""Reference packs: lossless round trip (8/10-bit, 4:2:0/4:2:2/4:4:4), verification, corruption, resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from kit import refs
+from kit.cli import main
+from kit.errors import BadInput, ExitCode
+from kit.sources import discover
+from kit.tools import find_ffmpeg
+
+B10 = "b420p10_64x48_30fps_yuv420p10le"
+# source name (the file stem) -> (file name written into the reference dir, pix_fmt); 64x48, 5 frames each.
+CLIPS = {
+    "a420": ("a420.y4m", "yuv420p"),
+    B10: (f"{B10}.yuv", "yuv420p10le"),  # geometry from the name
+    "c444": ("c444.y4m", "yuv444p"),
+    "d444p10": ("d444p10.yuv", "yuv444p10le"),  # geometry from a sidecar
+    "e422": ("e422.y4m", "yuv422p"),
+    "f264": ("f264.mp4", "yuv420p"),  # a container: decoded frames are the reference
+}
+
+
+@pytest.fixture(scope="module")
+def ff():
+    return find_ffmpeg(require_libvmaf=False)
+
+
+def _lavfi(ff, out: Path, pix_fmt: str, *extra: str, pattern: str = "testsrc2") -> None:
+    subprocess.run([str(ff.path), "-nostdin", "-v", "error", "-y", "-f", "lavfi",
+                    "-i", f"{pattern}=size=64x48:rate=30", "-frames:v", "5", "-pix_fmt", pix_fmt, *extra,
+                    str(out)], check=True)
+
+
+@pytest.fixture(scope="module")
+def ref_dir(tmp_path_factory, ff) -> Path:
+    d = tmp_path_factory.mktemp("refs-src")
+    for name, (file, pix_fmt) in CLIPS.items():
+        path = d / file
+        if file.endswith(".yuv"):
+            _lavfi(ff, path, pix_fmt, "-f", "rawvideo")
+        elif file.endswith(".mp4"):
+            _lavfi(ff, path, pix_fmt, "-c:v", "libx264", "-crf", "30", pattern="mandelbrot")
+        else:
+            _lavfi(ff, path, pix_fmt, "-strict", "-1")
+        if name == "d444p10":
+            (d / "d444p10.json").write_text(json.dumps({"width": 64, "height": 48, "pix_fmt": pix_fmt, "fps": 30}))
+    return d
+
+
+def _raw_frames(ff, path: Path, pix_fmt: str) -> bytes:
+    """The reference frames, decoded independently of kit.refs."""
+    if path.suffix == ".yuv":
+        return path.read_bytes()
+    return subprocess.run([str(ff.path), "-nostdin", "-v", "error", "-i", str(path), "-f", "rawvideo",
+                           "-pix_fmt", pix_fmt, "-"], check=True, capture_output=True).stdout
+
+
+@pytest.fixture(scope="module")
+def pack_dir(tmp_path_factory, ref_dir, ff) -> Path:
+    out = tmp_path_factory.mktemp("pack") / "pack"
+    refs.pack(ref_dir, out, ff=ff, jobs=2)
+    return out
+
+
+def test_pack_unpack_round_trips_every_layout_bit_exactly(pack_dir, ref_dir, ff, tmp_path):
+    manifest = refs.read_manifest(pack_dir)
+    assert sorted(e.name for e in manifest.sources) == sorted(CLIPS)
+    assert sorted(p.name for p in pack_dir.iterdir()) == sorted(
+        ["refs.json", "README.txt", *(f"{n}.mkv" for n in CLIPS)])  # no state file left behind
+    out = tmp_path / "unpacked"
+    result = refs.unpack(pack_dir, out, ff=ff, jobs=2)
+    assert result.reused == 0
+    for entry in manifest.sources:
+        file, pix_fmt = CLIPS[entry.name]
+        assert entry.pix_fmt == pix_fmt and (entry.width, entry.height, entry.n_frames) == (64, 48, 5)
+        original = _raw_frames(ff, ref_dir / file, pix_fmt)
+        unpacked = (out / f"{entry.name}.yuv").read_bytes()
+        assert unpacked == original, entry.name
+        assert refs.hashlib.sha256(unpacked).hexdigest() == entry.raw_sha256
+    # --ref-dir on the unpacked directory finds every source under its original name and geometry.
+    found = {s.src: s for s in discover(out, ff=ff)}
+    assert set(found) == set(CLIPS)
+    for entry in manifest.sources:
+        s = found[entry.name]
+        assert (s.kind, s.width, s.height, s.pix_fmt, s.n_frames) == ("yuv", 64, 48, entry.pix_fmt, 5)
+        assert s.fps == pytest.approx(30)
+    assert (out / "refs.json").read_bytes() == (pack_dir / "refs.json").read_bytes()
+    assert refs.verify(out, ff=ff).ok
+
+
+def test_tar_pack_is_reproducible_and_unpacks_to_y4m(ref_dir, ff, tmp_path):
+    first, second = tmp_path / "a" / "refs.tar", tmp_path / "b" / "refs.tar"
+    refs.pack(ref_dir, first, ff=ff, jobs=2)
+    refs.pack(ref_dir, second, ff=ff, jobs=1)
+    assert first.read_bytes() == second.read_bytes()  # same inputs, same bytes, whatever the parallelism
+    assert not (tmp_path / "a" / ".refs.tar.partial").exists()
+    with tarfile.open(first) as tf:
+        assert sorted(tf.getnames()) == sorted(["README.txt", "refs.json", *(f"{n}.mkv" for n in CLIPS)])
+    out = tmp_path / "y4m"
+    refs.unpack(first, out, ff=ff, y4m=True)
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(
+        ["refs.json", *(f"{n}.y4m" for n in CLIPS)])  # extraction staging removed
+    for s in discover(out, ff=ff):
+        file, pix_fmt = CLIPS[s.src]
+        assert s.kind == "y4m" and s.pix_fmt == pix_fmt and s.n_frames == 5
+        assert _raw_frames(ff, s.path, pix_fmt) == _raw_frames(ff, ref_dir / file, pix_fmt)
+    assert refs.verify(out, ff=ff).ok
+
+
+@pytest.mark.parametrize("codec", ["x265-lossless", "av1-lossless"])
+def test_other_lossless_codecs_round_trip_10bit_and_444(codec, ref_dir, ff, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in (B10, "d444p10", "c444"):
+        shutil.copy(ref_dir / CLIPS[name][0], src / CLIPS[name][0])
+    shutil.copy(ref_dir / "d444p10.json", src / "d444p10.json")
+    pack = refs.pack(src, tmp_path / "pack", codec=codec, ff=ff)
+    assert {e.encoder for e in pack.manifest.sources} <= {"libx265", "libaom-av1", "libsvtav1"}
+    out = tmp_path / "out"
+    refs.unpack(tmp_path / "pack", out, ff=ff)
+    for e in pack.manifest.sources:
+        assert (out / f"{e.name}.yuv").read_bytes() == _raw_frames(ff, src / CLIPS[e.name][0], e.pix_fmt)
+
+
+def test_corrupted_pack_member_is_named_with_exit_code_2_and_leaves_no_output(pack_dir, ff, tmp_path):
+    bad_pack = tmp_path / "pack"
+    shutil.copytree(pack_dir, bad_pack)
+    member = bad_pack / "c444.mkv"
+    data = bytearray(member.read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + 256] = bytes(b ^ 0x5A for b in data[mid:mid + 256])  # damage inside frame data
+    member.write_bytes(bytes(data))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["refs", "unpack", str(bad_pack), "--out", str(out), "--jobs", "2"])
+    assert result.exit_code == ExitCode.BAD_INPUT, result.output
+    assert "c444.mkv" in result.output and "corrupt" in result.output and "Traceback" not in result.output
+    assert not (out / "c444.yuv").exists()
+    assert (out / "a420.yuv").is_file()  # the good members still finished
+
+    # Same damage, but refs.json "agrees" with the damaged file: the raw-frame check still catches it.
+    doc = json.loads((bad_pack / "refs.json").read_text())
+    for e in doc["sources"]:
+        if e["packed_file"] == "c444.mkv":
+            e["packed_sha256"] = refs.sha256_file(member)
+    (bad_pack / "refs.json").write_text(json.dumps(doc))
+    with pytest.raises(BadInput, match=r"c444\.(yuv.*do not match refs\.json.*removed|mkv.*cannot be decoded)"):
+        refs.unpack(bad_pack, out, ff=ff)
+    assert not (out / "c444.yuv").exists()
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_unpack_resumes_without_decoding_verified_files_again(pack_dir, ff, tmp_path):
+    out = tmp_path / "out"
+    refs.unpack(pack_dir, out, ff=ff)
+    again = refs.unpack(pack_dir, out, ff=ff)
+    assert again.reused == len(CLIPS)
+    damaged = out / "a420.yuv"
+    damaged.write_bytes(damaged.read_bytes()[:-10])  # size/mtime change: not trusted any more
+    third = refs.unpack(pack_dir, out, ff=ff)
+    assert third.reused == len(CLIPS) - 1
+    assert refs.verify(out, ff=ff).ok
+
+
+def test_verify_names_changed_and_missing_files(pack_dir, ff, tmp_path):
+    out = tmp_path / "out"
+    refs.unpack(pack_dir, out, ff=ff)
+    raw = out / f"{B10}.yuv"
+    data = bytearray(raw.read_bytes())
+    data[100] ^= 0x01
+    raw.write_bytes(bytes(data))
+    (out / "e422.yuv").unlink()
+    report = refs.verify(out, ff=ff)
+    problems = {(r.name, r.status) for r in report.problems()}
+    assert problems == {(B10, "mismatch"), ("e422", "missing")}
+    result = CliRunner().invoke(main, ["refs", "verify", str(out)])
+    assert result.exit_code == ExitCode.BAD_INPUT
+    assert f"{B10}.yuv" in result.output and "e422" in result.output
+
+
+def test_pack_directory_itself_verifies_and_indexes_by_raw_sha(pack_dir, ref_dir, ff):
+    assert refs.verify(pack_dir, ff=ff).ok  # the lossless .mkv files decode to the same frames
+    index = refs.raw_sha256_index(pack_dir)
+    manifest = refs.read_manifest(pack_dir)
+    for e in manifest.sources:
+        for name in (f"{e.name}.yuv", f"{e.name}.y4m", e.packed_file, CLIPS[e.name][0]):
+            assert index[name] == e.raw_sha256
+    assert refs.raw_sha256_index(ref_dir) == {}  # no refs.json there
+
+
+@pytest.mark.parametrize(("field", "value", "match"), [
+    ("packed_file", "../../etc/passwd", "plain file name"),
+    ("name", "sub/dir", "plain file name"),
+    ("raw_sha256", "abc", "sha256"),
+    ("width", -3, "valid int"),
+    ("raw_bytes", 7, "disagrees with its geometry"),
+])
+def test_untrusted_refs_json_is_validated(pack_dir, tmp_path, field, value, match):
+    doc = json.loads((pack_dir / "refs.json").read_text())
+    doc["sources"][0][field] = value
+    (tmp_path / "refs.json").write_text(json.dumps(doc))
+    with pytest.raises(BadInput, match=match):
+        refs.read_manifest(tmp_path)
+
+
+def test_tar_pack_with_a_link_is_refused(pack_dir, ff, tmp_path):
+    evil = tmp_path / "evil.tar"
+    with tarfile.open(evil, "w") as tf:
+        tf.add(pack_dir / "refs.json", arcname="refs.json")
+        link = tarfile.TarInfo("a420.mkv")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tf.addfile(link)
+    with pytest.raises(BadInput, match=r"'a420.mkv'.*symbolic link"):
+        refs.unpack(evil, tmp_path / "out", ff=ff)
+
+
+def test_cli_pack_and_unpack(ref_dir, tmp_path):
+    runner = CliRunner()
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(ref_dir / "a420.y4m", src)
+    r = runner.invoke(main, ["refs", "pack", "--ref-dir", str(src), "--out", str(tmp_path / "p.tar"), "--jobs", "1"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(main, ["refs", "unpack", str(tmp_path / "p.tar"), "--out", str(tmp_path / "u")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "u" / "a420.yuv").is_file()
+    r = runner.invoke(main, ["refs", "pack", "--ref-dir", str(src), "--out", str(tmp_path / "q"), "--codec", "nope"])
+    assert r.exit_code == ExitCode.BAD_INPUT
+    r = runner.invoke(main, ["refs", "unpack", str(tmp_path / "missing.tar"), "--out", str(tmp_path / "u")])
+    assert r.exit_code == ExitCode.BAD_INPUT and "missing.tar" in r.output
