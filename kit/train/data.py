@@ -1,0 +1,205 @@
+"""Corpus in, model inputs out: the one loader, the codec vocabulary, checks and the corpus hash.
+
+`load_corpus(path)` is the single entry point for every corpus format (corpus.parquet, the old kit's
+per-frame JSONL, and later a results bundle), so every command reads corpora the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from kit.encoders import ENCODERS, codec_inputs
+from kit.errors import BadInput
+from kit.schema import CORPUS_COLUMNS, FEATURES, LEGACY_JSONL_COLUMNS, SORT_KEY, TARGET
+
+# The codec one-hot vocabulary. Bump the version whenever the list changes: a model's sidecar records
+# it, so a consumer can tell which column means which encoder. Order = kit.encoders.ENCODERS order.
+VOCAB_VERSION = 1
+UNKNOWN = "unknown"
+VOCAB: tuple[str, ...] = (*ENCODERS, UNKNOWN)
+CODEC_COLUMNS: tuple[str, ...] = (*(f"onehot:{v}" for v in VOCAB), "preset_norm", "cq_norm")
+MIN_SOURCES = 3
+
+# Columns a training corpus must have; everything else in CORPUS_COLUMNS is optional provenance.
+REQUIRED = ("src", "encoder", "cq", "frame_index", TARGET, *FEATURES)
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    return pd.read_parquet(path)
+
+
+def _read_legacy_jsonl(path: Path) -> pd.DataFrame:
+    """The old bash kit's per-frame JSONL (one object per line, LEGACY_JSONL_COLUMNS)."""
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise BadInput(f"{path}:{lineno}: not valid JSON ({exc.msg})", hint="fix or drop that line") from None
+    df = pd.DataFrame(rows)
+    missing = [c for c in LEGACY_JSONL_COLUMNS if c not in df.columns]
+    if missing:
+        raise BadInput(f"{path}: old-kit JSONL lacks {', '.join(missing)}", hint="pass a corpus.parquet or a complete JSONL")
+    return df
+
+
+READERS: dict[str, Callable[[Path], pd.DataFrame]] = {
+    ".parquet": _read_parquet,
+    ".jsonl": _read_legacy_jsonl,
+    ".json": _read_legacy_jsonl,
+}
+
+
+def legacy_src_sha256(src: str) -> str:
+    """A stable stand-in for a source's content hash where an old corpus never recorded one."""
+    return hashlib.sha256(f"ensemble-kit:legacy-src:{src}".encode()).hexdigest()
+
+
+def normalise(df: pd.DataFrame) -> pd.DataFrame:
+    """Fill what old corpora lack (src_sha256 from src, neutral preset) and fix dtypes."""
+    df = df.copy()
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise BadInput(f"corpus lacks column(s) {', '.join(missing)}", hint="regenerate it with `ensemble-kit corpus`")
+    if "src_sha256" not in df.columns:
+        df["src_sha256"] = df["src"].astype(str).map(legacy_src_sha256)
+    else:
+        blank = df["src_sha256"].isna() | (df["src_sha256"].astype(str) == "")
+        df.loc[blank, "src_sha256"] = df.loc[blank, "src"].astype(str).map(legacy_src_sha256)
+    if "preset" not in df.columns:
+        df["preset"] = ""
+    df["preset"] = df["preset"].fillna("")
+    for col in ("cq", "frame_index"):
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype("int64")
+    for col in (TARGET, *FEATURES):
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
+    for col in ("src", "src_sha256", "encoder", "preset"):
+        df[col] = df[col].astype(str)
+    return df
+
+
+def load_corpus(path: str | Path) -> pd.DataFrame:
+    """Read any supported corpus file into the canonical frame (sorted by SORT_KEY)."""
+    p = Path(path)
+    if p.is_dir() and (p / "corpus.parquet").is_file():
+        p = p / "corpus.parquet"
+    if not p.is_file():
+        raise BadInput(f"corpus not found: {p}", hint="run `ensemble-kit corpus` first or pass --corpus PATH")
+    reader = READERS.get(p.suffix.lower())
+    if reader is None:
+        raise BadInput(f"{p}: unknown corpus format {p.suffix!r}", hint=f"pass one of {', '.join(READERS)}")
+    try:
+        df = reader(p)
+    except BadInput:
+        raise
+    except Exception as exc:  # pyarrow / pandas parse errors: the file is the problem, not us
+        raise BadInput(f"{p}: cannot read corpus ({type(exc).__name__}: {exc})", hint="regenerate it") from None
+    return canonical_order(normalise(df))
+
+
+def canonical_order(df: pd.DataFrame) -> pd.DataFrame:
+    return df.sort_values(list(SORT_KEY), kind="mergesort").reset_index(drop=True)
+
+
+def usable(df: pd.DataFrame) -> pd.Series:
+    """Rows with a finite target and finite features: the only rows training may see."""
+    return pd.Series(np.isfinite(df[[TARGET, *FEATURES]].to_numpy(dtype=float)).all(axis=1), index=df.index)
+
+
+def check_trainable(df: pd.DataFrame) -> pd.DataFrame:
+    """Bad input unless >= 3 sources each with usable frames; returns only the usable rows."""
+    sources = sorted(df["src_sha256"].unique()) if len(df) else []
+    if len(sources) < MIN_SOURCES:
+        raise BadInput(
+            f"corpus has {len(sources)} source(s); leave-one-source-out needs at least {MIN_SOURCES}",
+            hint="add reference clips and rebuild the corpus",
+        )
+    ok = usable(df)
+    per_source = ok.groupby(df["src_sha256"]).sum()
+    empty = [s for s in sources if per_source.get(s, 0) == 0]
+    if empty:
+        names = sorted(df.loc[df["src_sha256"].isin(empty), "src"].unique())
+        raise BadInput(
+            f"source(s) {', '.join(names)} have no usable frames (vmaf or features missing/NaN)",
+            hint="rescore those sources or remove them from the corpus",
+        )
+    return df.loc[ok].reset_index(drop=True)
+
+
+def features(df: pd.DataFrame) -> np.ndarray:
+    return df[list(FEATURES)].to_numpy(dtype=np.float64)
+
+
+def target(df: pd.DataFrame) -> np.ndarray:
+    return df[TARGET].to_numpy(dtype=np.float64)
+
+
+def codec_block(df: pd.DataFrame) -> np.ndarray:
+    """[N, len(VOCAB)+2]: one-hot encoder (unknown names -> 'unknown'), preset_norm, cq_norm."""
+    n = len(df)
+    block = np.zeros((n, len(VOCAB) + 2), dtype=np.float32)
+    index = {name: i for i, name in enumerate(VOCAB)}
+    enc = df["encoder"].to_numpy()
+    cq = df["cq"].to_numpy()
+    preset = df["preset"].to_numpy() if "preset" in df.columns else np.full(n, "")
+    cache: dict[tuple[str, int, str], tuple[float, float]] = {}
+    for i in range(n):
+        key = (enc[i], int(cq[i]), preset[i])
+        if key not in cache:
+            cache[key] = codec_inputs(enc[i], int(cq[i]), preset[i] or None)
+        block[i, index.get(enc[i], index[UNKNOWN])] = 1.0
+        block[i, -2], block[i, -1] = cache[key]
+    return block
+
+
+def codec_layout() -> dict[str, Any]:
+    return {"vocab": list(VOCAB), "vocab_version": VOCAB_VERSION, "columns": list(CODEC_COLUMNS)}
+
+
+def corpus_sha256(df: pd.DataFrame) -> str:
+    """Content hash of the rows in canonical order over every corpus column present.
+
+    Column by column: name, then values as little-endian int64/float64 bytes or UTF-8 strings joined
+    by an unused separator. Independent of file format, row order on disk and pandas version.
+    """
+    df = canonical_order(df)
+    h = hashlib.sha256()
+    for col in [c for c in CORPUS_COLUMNS if c in df.columns]:
+        h.update(f"\x1e{col}\x1e".encode())
+        values = df[col]
+        if CORPUS_COLUMNS[col] == "int64":
+            h.update(pd.to_numeric(values, errors="coerce").fillna(-1).to_numpy(dtype="<i8").tobytes())
+        elif CORPUS_COLUMNS[col] == "float64":
+            h.update(pd.to_numeric(values, errors="coerce").to_numpy(dtype="<f8").tobytes())
+        else:
+            h.update("\x1f".join("\x00" if pd.isna(v) else str(v) for v in values).encode())
+    return h.hexdigest()
+
+
+def corpus_summary(df: pd.DataFrame) -> dict[str, Any]:
+    """What the verdict says about its corpus: hash, sizes, and each source with its sha256."""
+    sources = (
+        df.groupby("src_sha256", sort=True)
+        .agg(src=("src", "first"), n_rows=("src", "size"))
+        .reset_index()
+    )
+    return {
+        "sha256": corpus_sha256(df),
+        "n_rows": int(len(df)),
+        "n_sources": int(len(sources)),
+        "n_encoders": int(df["encoder"].nunique()),
+        "encoders": sorted(df["encoder"].unique().tolist()),
+        "sources": [
+            {"src": str(r.src), "src_sha256": str(r.src_sha256), "n_rows": int(r.n_rows)} for r in sources.itertuples()
+        ],
+    }
