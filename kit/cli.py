@@ -180,18 +180,27 @@ def corpus_cmd(ctx: click.Context, demo: bool, ref_dir: Path | None, width: int 
     """
     if ctx.invoked_subcommand is not None:
         return
-    import json as _json
     import signal
-
-    from kit import corpus, legacy, scoring, tools
-    from kit import encoders as enc_table
-    from kit.errors import PrereqError, WorkFailed
-    from kit.rundir import RunDir
 
     def _term(*_):
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, _term)
+    previous = signal.signal(signal.SIGTERM, _term)
+    try:
+        _corpus_run(demo, ref_dir, width, height, pix_fmt, fps, encoders, cqs, jobs, shard, out_dir, ffmpeg_path,
+                    vmaf_threads, scorer, cell_timeout, fmt, quiet, as_json)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _corpus_run(demo, ref_dir, width, height, pix_fmt, fps, encoders, cqs, jobs, shard, out_dir, ffmpeg_path,
+                vmaf_threads, scorer, cell_timeout, fmt, quiet, as_json) -> None:
+    import json as _json
+
+    from kit import corpus, legacy, scoring, tools
+    from kit import encoders as enc_table
+    from kit.errors import PrereqError, WorkFailed
+
     cq_values = enc_table.parse_cqs(cqs)
     shard_kn = corpus.parse_shard(shard) if shard else None
     if encoders:
@@ -206,11 +215,10 @@ def corpus_cmd(ctx: click.Context, demo: bool, ref_dir: Path | None, width: int 
         if vmaf_cli is None:
             raise PrereqError("--scorer vmaf: no vmaf CLI in binaries/<platform>/bin/ or $ENSEMBLE_KIT_VMAF",
                                  hint="build it (`ensemble-kit build-libvmaf`) or use --scorer ffmpeg")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = corpus.prepare_run_dir(out_dir)
     names = _corpus_encoders(ff, encoders)
     srcs = _corpus_sources(ff, demo, ref_dir, out_dir, {"width": width, "height": height, "pix_fmt": pix_fmt, "fps": fps})
     on_plan, on_cell, close = _progress_printer(quiet)
-    run_dir = RunDir(out_dir)
     try:
         summary = corpus.run_corpus(run_dir, srcs, names, cq_values, ff=ff, jobs=jobs, shard=shard_kn,
                                     vmaf_threads=vmaf_threads, timeout=cell_timeout, vmaf_cli=vmaf_cli,
@@ -336,20 +344,22 @@ def score_cmd(ref: Path, dis: Path, width: int | None, height: int | None, pix_f
 def merge_cmd(inputs: tuple[Path, ...], out: Path, as_json: bool) -> None:
     """Combine corpora or shards from several boxes, de-duplicated on (src_sha256, encoder, cq, frame_index).
 
-    Inputs are run directories, corpus .parquet files or old-kit .jsonl files. Identical duplicates are
+    Inputs are run directories, corpus .parquet files, results bundles (.tar.gz) or old-kit .jsonl files. Identical duplicates are
     dropped; conflicting duplicates (same key, different values) keep the first input's row and are
     reported and written to OUT.conflicts.parquet.
 
     \b
     Example:
       ensemble-kit merge runs/boxA runs/boxB shard-dirs/* --out merged/corpus.parquet
+      ensemble-kit merge ensemble-results-linux-cuda-*.tar.gz runs/lead --out merged/corpus.parquet
     """
     import json as _json
 
     from kit import corpus
+    from kit.bundle import corpus_from, is_bundle  # results bundles: verified, safely extracted
     from kit.console import warn
 
-    report = corpus.merge(list(inputs), out)
+    report = corpus.merge([corpus_from(p) if is_bundle(p) else p for p in inputs], out)
     if as_json:
         click.echo(_json.dumps(report, indent=2, sort_keys=True))
     else:

@@ -201,3 +201,17 @@ def test_corpus_from_accepts_file_run_dir_and_bundle(tmp_path, fake_run):
     assert extracted.is_relative_to(tmp_path / "x")
     with pytest.raises(BadInput, match="corpus not found"):
         bundle.corpus_from(tmp_path / "nope")
+
+
+def test_merge_accepts_bundles(tmp_path, fake_run):
+    import pandas as pd
+
+    lead = bundle.make_bundle(fake_run(tmp_path / "lead")).path
+    collab = bundle.make_bundle(fake_run(tmp_path / "collab", encoders=("libx264", "h264_nvenc"))).path
+    out = tmp_path / "merged.parquet"
+    r = CliRunner().invoke(main, ["merge", str(lead), str(collab), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    merged = pd.read_parquet(out)
+    assert len(merged) == 3 * 2 * 2 * 3  # libx264 rows shared, h264_nvenc rows added
+    assert set(merged["encoder"]) == {"libx264", "h264_nvenc"}
+    assert set(merged["box_id"]) == {"box0"}
