@@ -144,11 +144,14 @@ def target(df: pd.DataFrame) -> np.ndarray:
     return df[TARGET].to_numpy(dtype=np.float64)
 
 
-def codec_block(df: pd.DataFrame) -> np.ndarray:
-    """[N, len(VOCAB)+2]: one-hot encoder (unknown names -> 'unknown'), preset_norm, cq_norm."""
+def codec_block(df: pd.DataFrame, vocab: tuple[str, ...] | list[str] = VOCAB) -> np.ndarray:
+    """[N, len(vocab)+2]: one-hot encoder (names not in vocab -> 'unknown'), preset_norm, cq_norm.
+
+    `vocab` defaults to this kit's; a model sidecar's own vocab can be passed to feed older models.
+    """
     n = len(df)
-    block = np.zeros((n, len(VOCAB) + 2), dtype=np.float32)
-    index = {name: i for i, name in enumerate(VOCAB)}
+    block = np.zeros((n, len(vocab) + 2), dtype=np.float32)
+    index = {name: i for i, name in enumerate(vocab)}
     enc = df["encoder"].to_numpy()
     cq = df["cq"].to_numpy()
     preset = df["preset"].to_numpy() if "preset" in df.columns else np.full(n, "")

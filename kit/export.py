@@ -1,0 +1,223 @@
+"""Full-corpus fit per seed, self-contained ONNX export verified against PyTorch, and ensemble predict.
+
+Each member is one ONNX file (opset 17, weights inside the file: no `.onnx.data`), inputs
+`features` [N, 6] (raw libvmaf values, in kit.schema.FEATURES order; the scaler is in the graph) and
+`codec_onehot` [N, K] (one-hot over the sidecar's vocab, then preset_norm, then cq_norm), output
+`score` [N], dynamic batch. A sidecar JSON beside it records everything needed to use and trust it,
+and models/ensemble.json lists the members with their sha256.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pandas as pd
+import torch
+from scipy import stats
+
+from kit.errors import BadInput, WorkFailed
+from kit.fsio import read_json, sha256_bytes, sha256_file, write_bytes, write_json, write_with
+from kit.schema import FEATURES
+from kit.train.batched import Job, deterministic_torch, train_models
+from kit.train.config import TrainConfig
+from kit.train.data import (
+    VOCAB,
+    canonical_order,
+    check_trainable,
+    codec_block,
+    codec_layout,
+    corpus_summary,
+    features,
+    normalise,
+    target,
+)
+from kit.train.loso import FULL_TAG, Scaler, _json_safe, model_inputs
+from kit.train.model import ScoringModel
+
+OPSET = 17
+PARITY_TOL = 1e-4
+SCHEMA_VERSION = 1
+DEFAULT_NAME = "ensemble"
+
+
+def _to_onnx(model: ScoringModel, n_codec: int) -> bytes:
+    """Export with the TorchScript exporter: deterministic bytes and no onnxscript dependency."""
+    buf = io.BytesIO()
+    example = (torch.zeros(2, len(FEATURES)), torch.zeros(2, n_codec))
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, example, buf, input_names=["features", "codec_onehot"], output_names=["score"],
+            opset_version=OPSET, dynamo=False,
+            dynamic_axes={"features": {0: "N"}, "codec_onehot": {0: "N"}, "score": {0: "N"}},
+        )
+    proto = onnx.load_from_string(buf.getvalue())
+    # Self-contained: every initializer inline (never external data), then the strict checker.
+    onnx.external_data_helper.convert_model_from_external_data(proto)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto.SerializeToString()
+
+
+def _ort_scores(onnx_bytes: bytes, feats: np.ndarray, codec: np.ndarray) -> np.ndarray:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    session = ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
+    return session.run(["score"], {"features": feats.astype(np.float32), "codec_onehot": codec.astype(np.float32)})[0]
+
+
+def export_ensemble(
+    corpus_df: pd.DataFrame,
+    config: TrainConfig,
+    seeds: tuple[int, ...] | list[int],
+    gate_snapshot: dict[str, Any] | None,
+    models_dir: str | Path,
+    force: bool = False,
+    *,
+    name: str = DEFAULT_NAME,
+    progress=None,
+) -> dict[str, Any]:
+    """Fit one model per seed on the whole corpus, export and verify each, write ensemble.json.
+
+    Refuses (bad input) unless the gate snapshot says PROMOTE or `force`. ONNX/PyTorch disagreement
+    beyond 1e-4 on any corpus row is a work failure (exit 4).
+    """
+    verdict = (gate_snapshot or {}).get("verdict")
+    if verdict != "PROMOTE" and not force:
+        raise BadInput(
+            f"the verdict is {verdict or 'missing'}: models are exported only on PROMOTE",
+            hint="pass --force to export anyway (the sidecars record the verdict)",
+        )
+    seeds = tuple(sorted({int(s) for s in seeds}))
+    full = canonical_order(normalise(corpus_df))
+    corpus = corpus_summary(full)
+    df = check_trainable(full)
+    scaler = Scaler.fit(features(df))
+    x, y = model_inputs(df, scaler), target(df).astype(np.float32)
+    jobs = [Job(block=0, key=(seed, FULL_TAG)) for seed in seeds]
+    net = train_models([(x, y)], jobs, config, names=[f"seed {s} (full corpus)" for s in seeds], progress=progress)
+    raw_feats = features(df).astype(np.float32)
+    codec = codec_block(df)
+    from kit.environment import fingerprint, fingerprint_id
+
+    fp = fingerprint()
+    models_dir = Path(models_dir)
+    members = []
+    for m, seed in enumerate(seeds):
+        with deterministic_torch(config.threads):
+            module = ScoringModel(net.weights(m).to_module(config), scaler.mean, scaler.std).eval()
+            with torch.no_grad():
+                torch_scores = module(torch.from_numpy(raw_feats), torch.from_numpy(codec)).numpy()
+            onnx_bytes = _to_onnx(module, codec.shape[1])
+        ort_scores = _ort_scores(onnx_bytes, raw_feats, codec)
+        worst = float(np.max(np.abs(ort_scores - torch_scores))) if len(df) else 0.0
+        if not math.isfinite(worst) or worst > PARITY_TOL:
+            raise WorkFailed(
+                f"ONNX export of seed {seed} disagrees with PyTorch by {worst:.3g} (> {PARITY_TOL}) on the corpus",
+                hint="report this with the environment fingerprint; no models were published",
+            )
+        stem = f"{name}_seed{seed}"
+        onnx_name, sidecar_name = f"{stem}.onnx", f"{stem}.json"
+        write_bytes(models_dir / onnx_name, onnx_bytes)
+        digest = sha256_bytes(onnx_bytes)
+        sidecar = {
+            "schema_version": SCHEMA_VERSION,
+            "seed": seed,
+            "onnx": onnx_name,
+            "onnx_sha256": digest,
+            "opset": OPSET,
+            "inputs": {"features": ["N", len(FEATURES)], "codec_onehot": ["N", codec.shape[1]]},
+            "output": {"score": ["N"]},
+            "feature_order": list(FEATURES),
+            "scaler": {**scaler.to_dict(), "in_graph": True, "note": "features are fed raw; the graph standardises"},
+            "codec": codec_layout(),
+            "target": "vmaf",
+            "parity": {"max_abs_diff": worst, "tolerance": PARITY_TOL, "rows": int(len(df))},
+            "config": config.to_dict(),
+            "gate": gate_snapshot or {},
+            "forced": bool(force and verdict != "PROMOTE"),
+            "corpus_sha256": corpus["sha256"],
+            "fingerprint": fp,
+            "fingerprint_id": fingerprint_id(fp),
+        }
+        write_json(models_dir / sidecar_name, _json_safe(sidecar))
+        members.append({"seed": seed, "onnx": onnx_name, "sidecar": sidecar_name, "sha256": digest,
+                        "sidecar_sha256": sha256_file(models_dir / sidecar_name)})
+    ensemble = _json_safe({
+        "schema_version": SCHEMA_VERSION,
+        "name": name,
+        "members": members,
+        "seeds": list(seeds),
+        "corpus_sha256": corpus["sha256"],
+        "codec": codec_layout(),
+        "feature_order": list(FEATURES),
+        "config": config.to_dict(),
+        "gate": gate_snapshot or {},
+        "forced": bool(force and verdict != "PROMOTE"),
+        "fingerprint": fp,
+        "fingerprint_id": fingerprint_id(fp),
+    })
+    write_json(models_dir / "ensemble.json", ensemble)
+    return ensemble
+
+
+def load_ensemble(models_dir: str | Path) -> tuple[dict[str, Any], list[tuple[dict[str, Any], bytes]]]:
+    """ensemble.json and each member's (sidecar, onnx bytes), every sha256 verified."""
+    models_dir = Path(models_dir)
+    ensemble = read_json(models_dir / "ensemble.json", what="models/ensemble.json")
+    members = []
+    for member in ensemble.get("members", []):
+        path = models_dir / member["onnx"]
+        if not path.is_file():
+            raise BadInput(f"{path}: listed in ensemble.json but missing", hint="rerun `ensemble-kit export`")
+        data = path.read_bytes()
+        if sha256_bytes(data) != member["sha256"]:
+            raise BadInput(f"{path}: sha256 differs from ensemble.json (file changed)", hint="rerun `ensemble-kit export`")
+        sidecar = read_json(models_dir / member["sidecar"], what=f"sidecar {member['sidecar']}")
+        members.append((sidecar, data))
+    if not members:
+        raise BadInput(f"{models_dir / 'ensemble.json'} lists no members", hint="rerun `ensemble-kit export`")
+    return ensemble, members
+
+
+def predict_ensemble(models_dir: str | Path, corpus_df: pd.DataFrame) -> pd.DataFrame:
+    """Every member's score per row, their mean, std (ddof=1) and a 95% interval of the mean.
+
+    Interval: mean +- t(0.975, n-1) * std / sqrt(n) over the n members (NaN with one member).
+    """
+    _, members = load_ensemble(models_dir)
+    df = canonical_order(normalise(corpus_df))
+    feats = features(df).astype(np.float32)
+    out = pd.DataFrame({c: df[c] for c in ("src", "src_sha256", "encoder", "cq", "frame_index") if c in df.columns})
+    if "vmaf" in df.columns:
+        out["vmaf"] = df["vmaf"].to_numpy()
+    scores = []
+    for sidecar, data in members:
+        vocab = tuple(sidecar.get("codec", {}).get("vocab", VOCAB))
+        s = _ort_scores(data, feats, codec_block(df, vocab)).astype(np.float64)
+        out[f"pred_seed{sidecar['seed']}"] = s
+        scores.append(s)
+    stack = np.vstack(scores)
+    n = stack.shape[0]
+    mean = stack.mean(axis=0)
+    std = stack.std(axis=0, ddof=1) if n > 1 else np.full(stack.shape[1], np.nan)
+    half = stats.t.ppf(0.975, n - 1) * std / math.sqrt(n) if n > 1 else np.full(stack.shape[1], np.nan)
+    out["pred_mean"], out["pred_std"] = mean, std
+    out["pred_ci95_low"], out["pred_ci95_high"] = mean - half, mean + half
+    return out
+
+
+def write_predictions(df: pd.DataFrame, path: str | Path) -> None:
+    """Atomically write predictions as .csv or .parquet (by suffix)."""
+    p = Path(path)
+    if p.suffix.lower() == ".csv":
+        write_with(p, lambda tmp: df.to_csv(tmp, index=False, lineterminator="\n", float_format="%.9g"))
+    else:
+        write_with(p, lambda tmp: df.to_parquet(tmp, index=False))

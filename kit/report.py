@@ -1,0 +1,160 @@
+"""report/index.html: the verdict at a glance, with plots a reviewer would rather look at than read.
+
+Plots (PNG, matplotlib's Agg backend, no display needed):
+  fold_plcc.png       per-fold PLCC per seed, with the gate threshold
+  pred_vs_actual.png  held-out predictions (mean over seeds) vs measured VMAF, one panel per source
+  rate_quality.png    bitrate vs mean VMAF per encoder, one panel per source (from the corpus)
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from kit.errors import BadInput  # noqa: E402
+from kit.fsio import read_json, write_text, write_with  # noqa: E402
+from kit.rundir import RunDir  # noqa: E402
+from kit.train.data import load_corpus  # noqa: E402
+from kit.train.loso import load_loso  # noqa: E402
+
+PNG_META = {"Software": None}  # no matplotlib version stamp: same data -> same image bytes
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, metadata=PNG_META, bbox_inches="tight"))
+    plt.close(fig)
+
+
+def _grid(n: int) -> tuple[plt.Figure, list[plt.Axes]]:
+    cols = min(3, max(1, n))
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    flat = list(axes.flat)
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
+def plot_fold_plcc(folds: pd.DataFrame, threshold: float, path: Path) -> None:
+    sources = sorted(folds["fold_src"].astype(str).unique())
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(sources) + 2), 4))
+    x = np.arange(len(sources))
+    for seed in sorted(folds["seed"].unique()):
+        part = folds[folds["seed"] == seed].set_index("fold_src")["plcc"]
+        ax.plot(x, [part.get(s, np.nan) for s in sources], marker="o", linestyle="-", alpha=0.8, label=f"seed {seed}")
+    ax.axhline(threshold, color="crimson", linestyle="--", linewidth=1, label=f"threshold {threshold}")
+    ax.set_xticks(x, sources, rotation=30, ha="right")
+    ax.set_ylabel("PLCC (held-out source, per frame)")
+    ax.set_title("LOSO: per-fold PLCC per seed")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncols=2)
+    _save(fig, path)
+
+
+def plot_pred_vs_actual(predictions: pd.DataFrame, path: Path) -> None:
+    mean = predictions.groupby(["src", "encoder", "cq", "frame_index"], sort=True)[["pred", "vmaf"]].mean().reset_index()
+    sources = sorted(mean["src"].astype(str).unique())
+    fig, axes = _grid(len(sources))
+    for ax, src in zip(axes, sources, strict=True):
+        part = mean[mean["src"] == src]
+        for enc in sorted(part["encoder"].unique()):
+            e = part[part["encoder"] == enc]
+            ax.scatter(e["vmaf"], e["pred"], s=6, alpha=0.6, label=enc)
+        lo = float(min(part["vmaf"].min(), part["pred"].min()))
+        hi = float(max(part["vmaf"].max(), part["pred"].max()))
+        ax.plot([lo, hi], [lo, hi], color="grey", linewidth=1)
+        ax.set_title(src, fontsize=9)
+        ax.set_xlabel("measured VMAF")
+        ax.set_ylabel("predicted (held out)")
+        ax.legend(fontsize=7)
+    fig.suptitle("Predicted vs measured VMAF, each source held out")
+    _save(fig, path)
+
+
+def plot_rate_quality(corpus: pd.DataFrame, path: Path) -> None:
+    rate_col = "bitrate_kbps" if "bitrate_kbps" in corpus.columns and corpus["bitrate_kbps"].notna().any() else "enc_bytes"
+    cells = corpus.groupby(["src", "encoder", "cq"], sort=True).agg(rate=(rate_col, "first"), vmaf=("vmaf", "mean")).reset_index()
+    sources = sorted(cells["src"].astype(str).unique())
+    fig, axes = _grid(len(sources))
+    for ax, src in zip(axes, sources, strict=True):
+        part = cells[cells["src"] == src]
+        for enc in sorted(part["encoder"].unique()):
+            e = part[part["encoder"] == enc].sort_values("rate")
+            ax.plot(e["rate"], e["vmaf"], marker="o", label=enc)
+        ax.set_xscale("log")
+        ax.set_title(src, fontsize=9)
+        ax.set_xlabel("bitrate (kbit/s)" if rate_col == "bitrate_kbps" else "encoded bytes")
+        ax.set_ylabel("mean VMAF")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("Rate-quality per encoder per source")
+    _save(fig, path)
+
+
+def _table(df: pd.DataFrame) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    rows = []
+    for row in df.itertuples(index=False):
+        cells = "".join(f"<td>{html.escape(f'{v:.4f}' if isinstance(v, float) else str(v))}</td>" for v in row)
+        rows.append(f"<tr>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def build_report(run_dir: str | Path, corpus_df: pd.DataFrame | None = None) -> Path:
+    """Write run_dir/report/index.html and its PNGs from loso/, verdict.json and the corpus."""
+    rd = RunDir(Path(run_dir))
+    loso = load_loso(rd.loso_dir, with_predictions=True)
+    verdict: dict[str, Any] = read_json(rd.verdict, what="verdict.json") if rd.verdict.is_file() else {}
+    if corpus_df is None and rd.corpus.is_file():
+        corpus_df = load_corpus(rd.corpus)
+    out = rd.report_dir
+    out.mkdir(parents=True, exist_ok=True)
+    threshold = float(verdict.get("gate", {}).get("per_seed_min", 0.95))
+    images = [("fold_plcc.png", "Per-fold PLCC per seed")]
+    plot_fold_plcc(loso.folds, threshold, out / "fold_plcc.png")
+    if len(loso.predictions):
+        plot_pred_vs_actual(loso.predictions, out / "pred_vs_actual.png")
+        images.append(("pred_vs_actual.png", "Predicted vs measured VMAF per held-out source"))
+    if corpus_df is not None and len(corpus_df):
+        plot_rate_quality(corpus_df, out / "rate_quality.png")
+        images.append(("rate_quality.png", "Rate-quality curves per encoder per source"))
+    elif corpus_df is None:
+        raise BadInput(f"{rd.corpus}: no corpus for the rate-quality plot", hint="pass --corpus PATH")
+    gate = verdict.get("gate", {})
+    name = verdict.get("verdict", "no verdict yet")
+    colour = {"PROMOTE": "#1a7f37", "HOLD": "#b35900"}.get(name, "#555")
+    gate_rows = pd.DataFrame(
+        [(k, gate[k]) for k in ("mean_plcc", "mean_plcc_threshold", "plcc_spread", "plcc_spread_max", "per_seed_min",
+                                "failing_seeds") if k in gate], columns=["gate", "value"])
+    fold_cols = [c for c in ("seed", "fold_src", "plcc", "srocc", "krocc", "rmse", "encode_plcc", "encode_srocc", "n_frames")
+                 if c in loso.folds.columns]
+    body = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>ensemble-kit report</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1300px}} table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:right}} .verdict{{font-size:2em;color:{colour}}}
+img{{max-width:100%;border:1px solid #eee;margin:0.5em 0}}</style></head><body>
+<h1>ensemble-kit report</h1>
+<p class="verdict"><b>{html.escape(str(name))}</b></p>
+<p>{html.escape(str(verdict.get("recommendation", "")))}</p>
+<p>Corpus sha256 <code>{html.escape(str(loso.corpus.get("sha256", "")))}</code>: {loso.corpus.get("n_rows")} rows,
+{loso.corpus.get("n_sources")} sources, {loso.corpus.get("n_encoders")} encoders; seeds {", ".join(map(str, loso.seeds))};
+environment <code>{html.escape(loso.fingerprint_id)}</code>.</p>
+{_table(gate_rows) if len(gate_rows) else ""}
+{"".join(f'<h2>{html.escape(t)}</h2><img src="{f}" alt="{html.escape(t)}">' for f, t in images)}
+<h2>Per-fold metrics</h2>
+{_table(loso.folds[fold_cols])}
+<h2>Training config</h2>
+{_table(pd.DataFrame(sorted(loso.config.to_dict().items()), columns=["field", "value"]))}
+</body></html>
+"""
+    write_text(out / "index.html", body)
+    return out / "index.html"
