@@ -23,7 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from fractions import Fraction
 from pathlib import Path
 from typing import IO, Any
@@ -79,9 +79,10 @@ _AOM_FMTS = frozenset({"yuv420p", "yuv422p", "yuv444p", "yuv420p10le", "yuv422p1
                        "yuv420p12le", "yuv422p12le", "yuv444p12le", "gray", "gray10le", "gray12le"})
 _X265_FMTS = _AOM_FMTS
 CODECS: dict[str, Codec] = {
-    # Intra-only FFV1 v3 with range coder and per-slice CRCs: robust (damage stays in one frame and is
-    # detected) and every slice decodes in parallel.
-    "ffv1": Codec("ffv1", ".mkv", (Variant("ffv1", ("-c:v", "ffv1", "-level", "3", "-coder", "1", "-context", "1",
+    # Intra-only FFV1 v3 with per-slice CRCs: damage stays in one frame and is detected, and the 16 slices
+    # encode/decode in parallel. Golomb-Rice with the small context (the defaults) measured 2x faster
+    # AND ~6% smaller than the range coder / large context on 1080p noise (ffmpeg 9.0.2, 2 threads).
+    "ffv1": Codec("ffv1", ".mkv", (Variant("ffv1", ("-c:v", "ffv1", "-level", "3", "-coder", "0", "-context", "0",
                                                     "-g", "1", "-slices", "16", "-slicecrc", "1")),)),
     "x265-lossless": Codec("x265-lossless", ".mkv", (
         Variant("libx265", ("-c:v", "libx265", "-preset", "medium", "-x265-params", "lossless=1:log-level=error"),
@@ -117,6 +118,7 @@ def choose_variant(codec: str, pix_fmt: str, ff: FFmpeg, *, where: str) -> Varia
 # ---- refs.json -----------------------------------------------------------------------------------
 
 _SHA = re.compile(r"[0-9a-f]{64}")
+COLOR_RANGES = ("", "pc", "tv")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+@=,-]*")
 
 
@@ -138,6 +140,7 @@ class RefEntry:
     packed_sha256: str
     packed_bytes: int
     encoder: str
+    color_range: str = ""  # "pc" (full), "tv" (limited) or "" (untagged): kept so no step converts ranges
 
     def raw_file(self, *, y4m: bool = False) -> str:
         """File name `refs unpack` gives these frames: `<name>.y4m`, or `<name>.yuv` + a `<name>.json`
@@ -195,11 +198,14 @@ def _entry(path: Path, raw: Any, index: int) -> RefEntry:
     if not isinstance(raw, dict):
         raise _bad_manifest(path, f"sources[{index}] is not an object")
     kinds = {f.name: f.type for f in fields(RefEntry)}
-    missing = [k for k in kinds if k not in raw]
+    optional = {f.name for f in fields(RefEntry) if f.default is not MISSING}
+    missing = [k for k in kinds if k not in raw and k not in optional]
     if missing:
         raise _bad_manifest(path, f"sources[{index}] lacks {', '.join(missing)}")
     values: dict[str, Any] = {}
     for key, kind in kinds.items():
+        if key not in raw:
+            continue
         v = raw[key]
         ok = {"int": isinstance(v, int) and not isinstance(v, bool) and v >= 0,
               "float": isinstance(v, int | float) and not isinstance(v, bool) and v > 0,
@@ -212,6 +218,8 @@ def _entry(path: Path, raw: Any, index: int) -> RefEntry:
     for key in ("raw_sha256", "packed_sha256"):
         if not _SHA.fullmatch(values[key]):
             raise _bad_manifest(path, f"sources[{index}].{key} is not a sha256")
+    if values.get("color_range", "") not in COLOR_RANGES:
+        raise _bad_manifest(path, f"sources[{index}].color_range must be one of {', '.join(map(repr, COLOR_RANGES))}")
     if values["pix_fmt"] not in RAW_PIX_FMTS:
         raise _bad_manifest(path, f"sources[{index}].pix_fmt {values['pix_fmt']!r} is unsupported")
     if values["width"] < 1 or values["height"] < 1 or values["n_frames"] < 1:
@@ -360,7 +368,10 @@ def default_jobs() -> int:
 
 
 def _threads_per_job(jobs: int, n_items: int) -> int:
-    return max(1, default_jobs() // max(1, min(jobs, n_items)))
+    """ffmpeg threads for each job. WHY not cores/jobs: clips differ in size, and once the small ones finish
+    the big one would crawl on its share; a little oversubscription costs less than idle cores."""
+    share = max(1, default_jobs() // max(1, min(jobs, n_items)))
+    return min(default_jobs(), 2 * share)
 
 
 def _is_tarball(path: Path) -> bool:
@@ -372,6 +383,23 @@ def _stat_key(path: Path) -> dict[str, int]:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
+def _color_range(source: Source, ff: FFmpeg) -> str:
+    """The source's tagged colour range. WHY: an encoder that does not declare full range (FFV1) makes
+    ffmpeg insert a pc->tv range conversion, which silently changes the pixels; tagging the output
+    with the input's range keeps every byte."""
+    if source.kind == "yuv":
+        return ""
+    if source.kind == "y4m":
+        with open(source.path, "rb") as fh:
+            header = fh.readline(4096).decode("ascii", "replace")
+        return {"XCOLORRANGE=FULL": "pc", "XCOLORRANGE=LIMITED": "tv"}.get(
+            next((t for t in header.split() if t.startswith("XCOLORRANGE=")), ""), "")
+    proc = subprocess.run([str(ff.path), "-hide_banner", "-nostdin", *source.input_args()], capture_output=True,
+                          text=True, errors="replace", stdin=subprocess.DEVNULL)
+    m = re.search(r"Stream #0:\d+[^:]*: Video: [^,]+, [a-z0-9]+\((pc|tv)\b", proc.stderr)
+    return m.group(1) if m else ""
+
+
 def _pack_one(source: Source, variant: Variant, codec: Codec, ff: FFmpeg, pack_dir: Path, threads: int) -> RefEntry:
     """Encode one source losslessly while hashing its raw frames (one decode), then prove the round trip."""
     name = source.src
@@ -380,9 +408,11 @@ def _pack_one(source: Source, variant: Variant, codec: Codec, ff: FFmpeg, pack_d
     fsize = frame_bytes(source.width, source.height, source.pix_fmt)
     expected = source.n_frames * fsize
     fps = Fraction(fps_arg(source.fps))
+    color_range = _color_range(source, ff)
     with atomic_path(packed) as tmp:
         argv = [str(ff.path), "-nostdin", "-hide_banner", "-v", "error", "-y", *source.input_args(),
                 "-map", "0:v:0", "-fps_mode", "passthrough", "-pix_fmt", source.pix_fmt, *variant.args,
+                *(["-color_range", color_range] if color_range else []),
                 "-threads", str(threads), "-fflags", "+bitexact", "-flags:v", "+bitexact", "-f", "matroska", str(tmp),
                 *_raw_output(source.pix_fmt)]
         sha, total = _stream(argv, what=f"{source.path} (packing with {variant.encoder})", read_size=CHUNK)
@@ -403,7 +433,8 @@ def _pack_one(source: Source, variant: Variant, codec: Codec, ff: FFmpeg, pack_d
     return RefEntry(name=name, source_file=source.path.name, packed_file=packed.name, width=source.width,
                     height=source.height, pix_fmt=source.pix_fmt, fps=float(source.fps),
                     fps_rational=f"{fps.numerator}/{fps.denominator}", n_frames=source.n_frames, raw_sha256=sha,
-                    raw_bytes=total, packed_sha256=packed_sha, packed_bytes=packed_size, encoder=variant.encoder)
+                    raw_bytes=total, packed_sha256=packed_sha, packed_bytes=packed_size, encoder=variant.encoder,
+                    color_range=color_range)
 
 
 def _readme(manifest: RefsManifest) -> str:
@@ -475,6 +506,7 @@ def pack(ref_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, codec:
         else:
             todo.append(s)
     reused = len(entries)
+    todo.sort(key=lambda s: -s.n_frames * frame_bytes(s.width, s.height, s.pix_fmt))  # biggest first
     threads = _threads_per_job(jobs, len(todo))
     total_todo = sum(s.n_frames * frame_bytes(s.width, s.height, s.pix_fmt) for s in todo)
     if progress:
@@ -530,7 +562,8 @@ class UnpackResult:
 def _y4m_header(entry: RefEntry) -> bytes:
     tag = Y4M_TAG[entry.pix_fmt]
     fps = Fraction(entry.fps_rational)
-    return f"YUV4MPEG2 W{entry.width} H{entry.height} F{fps.numerator}:{fps.denominator} Ip A1:1 C{tag}\n".encode()
+    rng = {"pc": " XCOLORRANGE=FULL", "tv": " XCOLORRANGE=LIMITED"}.get(entry.color_range, "")
+    return f"YUV4MPEG2 W{entry.width} H{entry.height} F{fps.numerator}:{fps.denominator} Ip A1:1 C{tag}{rng}\n".encode()
 
 
 def _sidecar_path(raw_file: Path) -> Path:
@@ -633,6 +666,7 @@ def unpack(pack_path: str | os.PathLike[str], out: str | os.PathLike[str], *, y4
         else:
             todo.append(e)
     reused = len(done)
+    todo.sort(key=lambda e: -e.raw_bytes)  # biggest first: the long pole starts at once
     threads = _threads_per_job(jobs, len(todo))
     total_todo = sum(e.raw_bytes for e in todo)
     if progress:

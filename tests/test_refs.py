@@ -26,6 +26,7 @@ CLIPS = {
     "d444p10": ("d444p10.yuv", "yuv444p10le"),  # geometry from a sidecar
     "e422": ("e422.y4m", "yuv422p"),
     "f264": ("f264.mp4", "yuv420p"),  # a container: decoded frames are the reference
+    "gfull": ("gfull.y4m", "yuv420p"),  # full range (XCOLORRANGE=FULL): FFV1 must not range-convert it
 }
 
 
@@ -47,6 +48,9 @@ def ref_dir(tmp_path_factory, ff) -> Path:
         path = d / file
         if file.endswith(".yuv"):
             _lavfi(ff, path, pix_fmt, "-f", "rawvideo")
+        elif name == "gfull":
+            _lavfi(ff, path, pix_fmt, "-strict", "-1", pattern="zoneplate")
+            assert b"XCOLORRANGE=FULL" in path.read_bytes()[:100]
         elif file.endswith(".mp4"):
             _lavfi(ff, path, pix_fmt, "-c:v", "libx264", "-crf", "30", pattern="mandelbrot")
         else:
@@ -109,6 +113,7 @@ def test_tar_pack_is_reproducible_and_unpacks_to_y4m(ref_dir, ff, tmp_path):
     refs.unpack(first, out, ff=ff, y4m=True)
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(
         ["refs.json", *(f"{n}.y4m" for n in CLIPS)])  # extraction staging removed
+    assert b"XCOLORRANGE=FULL" in (out / "gfull.y4m").read_bytes()[:100]
     for s in discover(out, ff=ff):
         file, pix_fmt = CLIPS[s.src]
         assert s.kind == "y4m" and s.pix_fmt == pix_fmt and s.n_frames == 5
