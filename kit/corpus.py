@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 import shutil
 import tempfile
 import threading
@@ -204,12 +205,17 @@ def run_cell(cell: Cell, ctx: RunContext, run_dir: RunDir, *, vmaf_threads: int 
         stream = wd / f"encoded.{cell.stream_format}"
         argv = [str(ff.path), "-nostdin", "-hide_banner", "-v", "error", *cell.global_args, *s.input_args(),
                 "-map", "0:v:0", "-an", "-sn", "-dn", "-fps_mode", "passthrough", *cell.encode_args,
-                "-f", cell.stream_format, "-y", str(stream)]
+                "-progress", "pipe:1", "-nostats", "-f", cell.stream_format, "-y", str(stream)]
         with hw_gate or contextlib.nullcontext():
-            enc_ms, _ = scoring.run_tool("encode", argv, timeout=limit)
+            enc_ms, enc_err, progress = scoring.run_tool("encode", argv, timeout=limit, stdout=True)
         enc_bytes = stream.stat().st_size if stream.exists() else 0
         if enc_bytes == 0:
-            raise scoring.ToolFailed("encode", "the encoder exited 0 but wrote 0 bytes")
+            raise scoring.ToolFailed("encode", "the encoder exited 0 but wrote 0 bytes", enc_err[-scoring.STDERR_TAIL:])
+        encoded = re.findall(r"^frame=(\d+)", progress, re.M)
+        if not encoded or int(encoded[-1]) != s.n_frames:
+            got = encoded[-1] if encoded else "an unknown number of"
+            raise scoring.ToolFailed("encode", f"the encoder wrote {got} frames but the reference has {s.n_frames}",
+                                     enc_err[-scoring.STDERR_TAIL:])
         result = scoring.score(ff, s, ["-f", cell.stream_format, "-i", str(stream)], n_threads=vmaf_threads,
                                model=ctx.model, expected_frames=s.n_frames, timeout=limit, workdir=wd,
                                vmaf_cli=ctx.vmaf_cli)
@@ -378,6 +384,13 @@ def run_corpus(run_dir: RunDir, sources: Sequence[Source], encoder_names: Sequen
     write_json(run_dir.corpus_dir / "summary.json" if shard is None else
                run_dir.corpus_dir / f"summary-shard{shard[0]}of{shard[1]}.json", summary.to_json())
     return summary
+
+
+def prepare_run_dir(out_dir: Path) -> RunDir:
+    """The run directory, created and checked writable (bad input naming it otherwise)."""
+    run_dir = RunDir(Path(out_dir))
+    _check_writable(run_dir)
+    return run_dir
 
 
 def _check_writable(run_dir: RunDir) -> None:

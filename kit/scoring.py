@@ -64,19 +64,20 @@ def kill_all() -> None:
             os.killpg(p.pid, signal.SIGKILL)
 
 
-def run_tool(stage: str, argv: Sequence[str], *, timeout: float | None, cwd: Path | None = None) -> tuple[float, str]:
-    """Run one tool in its own process group; -> (wall ms, stderr). Timeout or non-zero exit -> ToolFailed."""
+def run_tool(stage: str, argv: Sequence[str], *, timeout: float | None, cwd: Path | None = None,
+             stdout: bool = False) -> tuple[float, str, str]:
+    """Run one tool in its own process group; -> (wall ms, stderr, stdout if asked). Timeout or non-zero exit -> ToolFailed."""
     t0 = time.perf_counter()
     try:
-        proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                cwd=cwd, start_new_session=True)
+        proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE if stdout else subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, cwd=cwd, start_new_session=True)
     except OSError as exc:
         raise ToolFailed(stage, f"cannot start {argv[0]}: {exc.strerror}") from None
     with _live_lock:
         _live.add(proc)
     try:
         try:
-            _, err_bytes = proc.communicate(timeout=timeout)
+            out_bytes, err_bytes = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -96,7 +97,7 @@ def run_tool(stage: str, argv: Sequence[str], *, timeout: float | None, cwd: Pat
         code = proc.returncode
         how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
         raise ToolFailed(stage, f"{Path(argv[0]).name} failed ({how}): {_stderr_reason(stderr)}", stderr[-STDERR_TAIL:], code)
-    return (time.perf_counter() - t0) * 1000.0, stderr
+    return (time.perf_counter() - t0) * 1000.0, stderr, (out_bytes or b"").decode("utf-8", "replace")
 
 
 # ---- parsing -------------------------------------------------------------------------------------------
@@ -150,9 +151,11 @@ def parse_vmaf_json(text: str, *, expected_frames: int | None, stage: str = "sco
 # ---- scoring -------------------------------------------------------------------------------------------
 
 def _libvmaf_filter(pix_fmt: str, *, model: str, n_threads: int) -> str:
+    """Pair frames by index; stop at the shorter stream (framesync would otherwise repeat the last frame of
+    a short encode and hide it), so a log with fewer frames than the reference exposes a short encode."""
     pair = f"settb=1,setpts=N,format={pix_fmt}"
     return (f"[0:v]{pair}[dis];[1:v]{pair}[ref];[dis][ref]libvmaf=model=version={model}:n_threads={n_threads}"
-            ":log_fmt=json:log_path=vmaf.json")
+            ":log_fmt=json:log_path=vmaf.json:shortest=1:eof_action=endall")
 
 
 def score(ff: FFmpeg, ref: Source, dis_input_args: Sequence[str], *, n_threads: int = 1, model: str = DEFAULT_VMAF_MODEL,
@@ -176,7 +179,7 @@ def score(ff: FFmpeg, ref: Source, dis_input_args: Sequence[str], *, n_threads: 
             argv = [str(ff.path), "-nostdin", "-hide_banner", "-v", "error", *dis_input_args, *ref.input_args(),
                     "-lavfi", _libvmaf_filter(vmaf_pix_fmt(ref.pix_fmt), model=model, n_threads=n_threads),
                     "-f", "null", "-"]
-            ms, stderr = run_tool("score", argv, timeout=timeout, cwd=wd)
+            ms, stderr, _ = run_tool("score", argv, timeout=timeout, cwd=wd)
             backend = "ffmpeg-libvmaf"
         try:
             text = log.read_text(encoding="utf-8")
@@ -216,7 +219,7 @@ def _score_vmaf_cli(vmaf: Path, ff: FFmpeg, ref: Source, dis_input_args: Sequenc
     for t in feeders:
         t.start()
     try:
-        result = run_tool("score", [str(vmaf), "--reference", fifos["ref"].name, "--distorted", fifos["dis"].name,
+        ms, stderr, _ = run_tool("score", [str(vmaf), "--reference", fifos["ref"].name, "--distorted", fifos["dis"].name,
                                     "--model", f"version={model}", "--threads", str(n_threads), "--json",
                                     "--output", "vmaf.json", "--quiet"], timeout=timeout, cwd=wd)
     finally:
@@ -229,7 +232,7 @@ def _score_vmaf_cli(vmaf: Path, ff: FFmpeg, ref: Source, dis_input_args: Sequenc
     if errors:
         exc = next(iter(errors.values()))
         raise exc if isinstance(exc, ToolFailed) else ToolFailed("score", str(exc))
-    return result
+    return ms, stderr
 
 
 

@@ -71,3 +71,32 @@ def _write_fake_run(root: Path, *, seeds=(0, 1), plcc=0.97, verdict="PROMOTE", n
 def fake_run():
     """Factory: fake_run(path, **kw) -> a finished run directory with synthetic artefacts."""
     return _write_fake_run
+
+
+# ---- real ffmpeg and tiny lavfi reference clips (corpus issue) ------------------------------------------
+
+@pytest.fixture(scope="session")
+def kit_ffmpeg():
+    """The ffmpeg the kit would pick here (imageio-ffmpeg's static build, with libvmaf)."""
+    from kit import tools
+
+    return tools.find_ffmpeg()
+
+
+def lavfi_clip(ff, graph: str, out: Path, *, frames: int, pix_fmt: str = "yuv420p", extra: tuple[str, ...] = ()) -> Path:
+    """Write `frames` frames of a lavfi graph to `out` (.y4m / .yuv / a container via `extra` codec args)."""
+    import subprocess
+
+    fmt = {".y4m": ["-f", "yuv4mpegpipe"], ".yuv": ["-f", "rawvideo"]}.get(out.suffix, [])
+    subprocess.run([str(ff.path), "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", graph, "-frames:v", str(frames),
+                    "-pix_fmt", pix_fmt, *extra, *fmt, str(out)], check=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_refs(tmp_path_factory, kit_ffmpeg) -> Path:
+    """Two tiny distinct references (64x48, 8 frames): a .y4m and a raw .yuv with geometry in its name."""
+    d = tmp_path_factory.mktemp("tiny_refs")
+    lavfi_clip(kit_ffmpeg, "testsrc2=s=64x48:r=25", d / "tsrc.y4m", frames=8)
+    lavfi_clip(kit_ffmpeg, "mandelbrot=s=64x48:r=25", d / "mandel_64x48_25fps.yuv", frames=8)
+    return d
