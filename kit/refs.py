@@ -538,8 +538,7 @@ def pack(ref_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, codec:
         members += [(e.packed_file, pack_dir / e.packed_file) for e in manifest.sources]
         write_reproducible_tar(members, out, compresslevel=1)
         shutil.rmtree(pack_dir)
-    else:
-        state_path.unlink(missing_ok=True)
+    # A directory pack keeps its (hidden) state file: rerunning the same pack is then a quick no-op.
     raw_total = sum(e.raw_bytes for e in manifest.sources)
     packed_total = sum(e.packed_bytes for e in manifest.sources)
     return PackResult(out=out, manifest=manifest, raw_bytes=raw_total, packed_bytes=packed_total,

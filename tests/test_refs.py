@@ -78,8 +78,8 @@ def pack_dir(tmp_path_factory, ref_dir, ff) -> Path:
 def test_pack_unpack_round_trips_every_layout_bit_exactly(pack_dir, ref_dir, ff, tmp_path):
     manifest = refs.read_manifest(pack_dir)
     assert sorted(e.name for e in manifest.sources) == sorted(CLIPS)
-    assert sorted(p.name for p in pack_dir.iterdir()) == sorted(
-        ["refs.json", "README.txt", *(f"{n}.mkv" for n in CLIPS)])  # no state file left behind
+    assert sorted(p.name for p in pack_dir.iterdir() if p.name != refs.PACK_STATE) == sorted(
+        ["refs.json", "README.txt", *(f"{n}.mkv" for n in CLIPS)])
     out = tmp_path / "unpacked"
     result = refs.unpack(pack_dir, out, ff=ff, jobs=2)
     assert result.reused == 0
@@ -161,6 +161,19 @@ def test_corrupted_pack_member_is_named_with_exit_code_2_and_leaves_no_output(pa
         refs.unpack(bad_pack, out, ff=ff)
     assert not (out / "c444.yuv").exists()
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_pack_resumes_and_a_rerun_keeps_finished_members(ref_dir, ff, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("a420", "c444"):
+        shutil.copy(ref_dir / CLIPS[name][0], src)
+    first = refs.pack(src, tmp_path / "pack", ff=ff)
+    assert first.reused == 0
+    again = refs.pack(src, tmp_path / "pack", ff=ff)
+    assert again.reused == 2 and again.manifest == first.manifest
+    (src / "c444.y4m").touch()  # a changed source (mtime) is packed again
+    assert refs.pack(src, tmp_path / "pack", ff=ff).reused == 1
 
 
 def test_unpack_resumes_without_decoding_verified_files_again(pack_dir, ff, tmp_path):
