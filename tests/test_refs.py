@@ -254,3 +254,29 @@ def test_cli_pack_and_unpack(ref_dir, tmp_path):
     assert r.exit_code == ExitCode.BAD_INPUT
     r = runner.invoke(main, ["refs", "unpack", str(tmp_path / "missing.tar"), "--out", str(tmp_path / "u")])
     assert r.exit_code == ExitCode.BAD_INPUT and "missing.tar" in r.output
+
+
+def test_corpus_runs_on_the_unpacked_directory(pack_dir, tmp_path):
+    """Done-when: `--ref-dir` on an unpacked pack runs the corpus (real x264 + libvmaf, 2 tiny sources)."""
+    import pandas as pd
+
+    from kit.corpus import run_corpus
+    from kit.rundir import RunDir
+
+    ff = find_ffmpeg()  # with libvmaf
+    sub = tmp_path / "pack"
+    sub.mkdir()
+    doc = json.loads((pack_dir / "refs.json").read_text())
+    doc["sources"] = [e for e in doc["sources"] if e["name"] in ("a420", B10)]
+    (sub / "refs.json").write_text(json.dumps(doc))
+    for e in doc["sources"]:
+        shutil.copy(pack_dir / e["packed_file"], sub)
+    out = tmp_path / "refs"
+    refs.unpack(sub, out, ff=ff)
+    sources = discover(out, ff=ff)
+    assert [s.src for s in sources] == sorted(["a420", B10])
+    summary = run_corpus(RunDir(tmp_path / "run"), sources, ["libx264"], [30], ff=ff, jobs=2)
+    assert summary.ok and summary.corpus_rows == 10, summary.to_json()
+    df = pd.read_parquet(summary.corpus_path)
+    assert sorted(df["src"].unique()) == sorted(["a420", B10])
+    assert set(df["pix_fmt"]) == {"yuv420p", "yuv420p10le"}
