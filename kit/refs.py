@@ -33,7 +33,7 @@ from kit.archive import safe_extract, write_reproducible_tar
 from kit.errors import BadInput, KitError, PrereqError, WorkFailed
 from kit.fsio import atomic_path, read_json, sha256_file, write_bytes, write_json, write_text
 from kit.sources import RAW_PIX_FMTS, Y4M_COLORSPACES, Source, discover, fps_arg, frame_bytes
-from kit.tools import FFmpeg, find_ffmpeg
+from kit.tools import FFmpeg, cpu_count, find_ffmpeg
 
 REFS_JSON = "refs.json"
 README = "README.txt"
@@ -361,10 +361,8 @@ ProgressFn = Callable[[str, int, int], None]  # (source name, its raw bytes, tot
 
 
 def default_jobs() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS
-        return max(1, os.cpu_count() or 1)
+    """All the cores this process may use."""
+    return cpu_count()
 
 
 def _threads_per_job(jobs: int, n_items: int) -> int:
@@ -725,6 +723,9 @@ def verify(ref_dir: str | os.PathLike[str], *, refs_json: str | os.PathLike[str]
     """Check every reference file in `ref_dir` against refs.json (raw-frame sha256 + geometry), decoding
     in memory only. Every source in refs.json must be present under one of its known names."""
     ref_dir = Path(ref_dir)
+    if refs_json is None and not (ref_dir / REFS_JSON).is_file():
+        raise BadInput(f"{ref_dir} has no {REFS_JSON} to verify against",
+                       hint="pass the pack's manifest with --refs-json PACK/refs.json")
     manifest = read_manifest(Path(refs_json) if refs_json else ref_dir / REFS_JSON)
     ff = ff or find_ffmpeg(require_libvmaf=False)
     jobs = jobs or default_jobs()

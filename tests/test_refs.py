@@ -280,3 +280,18 @@ def test_corpus_runs_on_the_unpacked_directory(pack_dir, tmp_path):
     df = pd.read_parquet(summary.corpus_path)
     assert sorted(df["src"].unique()) == sorted(["a420", B10])
     assert set(df["pix_fmt"]) == {"yuv420p", "yuv420p10le"}
+
+
+def test_codec_choice_falls_back_and_explains_what_is_missing(ff):
+    from dataclasses import replace
+
+    from kit.errors import PrereqError
+
+    svt_only = replace(ff, encoders=frozenset({"ffv1", "libsvtav1"}))
+    assert refs.choose_variant("av1-lossless", "yuv420p10le", svt_only, where="x").encoder == "libsvtav1"
+    with pytest.raises(BadInput, match="cannot store yuv444p losslessly.*--codec ffv1"):
+        refs.choose_variant("av1-lossless", "yuv444p", svt_only, where="x")
+    no_av1 = replace(ff, encoders=frozenset({"ffv1"}))
+    with pytest.raises(PrereqError, match="libaom-av1 or libsvtav1"):
+        refs.choose_variant("av1-lossless", "yuv420p", no_av1, where="x")
+    assert refs.choose_variant("av1-lossless", "yuv444p", ff, where="x").encoder == "libaom-av1"
