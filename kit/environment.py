@@ -1,17 +1,27 @@
-"""The environment fingerprint. (Skeleton: the environments issue fills in GPUs, locks and drift.)"""
+"""The environment fingerprint: what must match for two runs to give byte-identical results.
+
+Only things that are stable on one box between runs go in (never free memory, time, hostnames or
+paths that differ per checkout); anything that changes the numbers (ffmpeg build, libvmaf, torch,
+the lock the environment came from) does. `fingerprint_id` is the short hash every corpus row,
+verdict and bundle carries.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import platform as _stdlib_platform
 import sys
+from collections.abc import Callable
+from functools import cache
 from importlib import metadata
 from typing import Any
 
 from kit import __version__
 from kit.fsio import canonical_json
+from kit.schema import DEFAULT_VMAF_MODEL
 
 PACKAGES = ("torch", "numpy", "pandas", "pyarrow", "onnx", "onnxruntime", "click")
+FINGERPRINT_VERSION = 1
 
 
 def _version(dist: str) -> str | None:
@@ -21,20 +31,89 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def fingerprint(ffmpeg: Any | None = None) -> dict[str, Any]:
-    from kit import platform
+@cache
+def os_name() -> str:
+    """'Debian GNU/Linux 12 (bookworm)' / 'macOS 14.5': the distribution, not the hostname or kernel build."""
+    if sys.platform == "darwin":
+        return f"macOS {_stdlib_platform.mac_ver()[0] or 'unknown'}"
+    try:
+        release = _stdlib_platform.freedesktop_os_release()
+        return release.get("PRETTY_NAME") or release.get("NAME", "Linux")
+    except OSError:
+        return _stdlib_platform.system() or "unknown"
 
-    host = platform.detect()
+
+def _ffmpeg_block(ffmpeg: Any | None) -> dict[str, Any] | None:
+    if ffmpeg is None:
+        return None
+    return {"version": ffmpeg.version, "configure_sha256": ffmpeg.configure_sha256,
+            "libvmaf_version": ffmpeg.libvmaf_version}
+
+
+def _default_ffmpeg() -> Any | None:
+    from kit import tools
+    from kit.errors import KitError
+
+    try:
+        return tools.find_ffmpeg(require_libvmaf=False)
+    except KitError:
+        return None
+
+
+def fingerprint(ffmpeg: Any | None = None, *, vmaf_model: str = DEFAULT_VMAF_MODEL,
+                host: Any | None = None, lock: dict[str, Any] | None = None,
+                find_ffmpeg: Callable[[], Any | None] = _default_ffmpeg) -> dict[str, Any]:
+    """The canonical description of this environment (see module doc for what is in and out).
+
+    `ffmpeg` is a `kit.tools.FFmpeg` (found with `find_ffmpeg()` when None); `host` a
+    `platform.HostPlatform`; `lock` the `locks.current_lock()` record. All injectable for tests.
+    """
+    from kit import locks, platform
+
+    host = host or platform.detect()
+    ff = ffmpeg if ffmpeg is not None else find_ffmpeg()
+    lock = lock if lock is not None else locks.current_lock().identity()
     return {
+        "fingerprint_version": FINGERPRINT_VERSION,
         "platform": host.tag,
-        "os": _stdlib_platform.system(),
+        "os": os_name(),
         "arch": host.arch,
-        "python": sys.version.split()[0],
+        "cpu_model": platform.cpu_model(),
+        "gpus": sorted((g.identity() for g in host.gpus), key=canonical_json),
+        "python": _stdlib_platform.python_version(),
         "packages": {name: _version(name) for name in PACKAGES},
+        "ffmpeg": _ffmpeg_block(ff),
+        "libvmaf_version": ff.libvmaf_version if ff is not None else None,
+        "vmaf_model": vmaf_model,
         "kit_version": __version__,
+        "lock": lock,
     }
 
 
 def fingerprint_id(fp: dict[str, Any]) -> str:
     """Short sha256 of the canonical JSON: what rows and verdicts carry."""
     return hashlib.sha256(canonical_json(fp, indent=None).encode()).hexdigest()[:16]
+
+
+def describe(fp: dict[str, Any]) -> list[tuple[str, str]]:
+    """(label, value) rows for `ensemble-kit env`'s table."""
+    ff = fp.get("ffmpeg") or {}
+    lock = fp.get("lock") or {}
+    gpus = "; ".join(f"{g['name']} (driver {g['driver'] or '?'})" for g in fp.get("gpus", [])) or "none"
+    pkgs = ", ".join(f"{k} {v or 'MISSING'}" for k, v in fp.get("packages", {}).items())
+    lock_text = "none (not installed from a lock)" if lock.get("kind") == "none" else \
+        f"{lock.get('kind')} {lock.get('name')} sha256 {str(lock.get('sha256'))[:12]}"
+    return [
+        ("fingerprint", fingerprint_id(fp)),
+        ("platform", fp["platform"]),
+        ("os", fp["os"]),
+        ("cpu", fp["cpu_model"]),
+        ("gpus", gpus),
+        ("python", fp["python"]),
+        ("packages", pkgs),
+        ("ffmpeg", f"{ff.get('version')}, configure sha256 {str(ff.get('configure_sha256'))[:12]}"
+         if ff else "not found"),
+        ("libvmaf", f"{fp.get('libvmaf_version') or 'none'} · model {fp['vmaf_model']}"),
+        ("kit", fp["kit_version"]),
+        ("lock", lock_text),
+    ]

@@ -1,0 +1,124 @@
+"""`ensemble-kit prereqs`: the real checks on this box, and each FAIL/WARN path with the one-line hint."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from kit import prereqs
+from kit.cli import main
+from kit.platform import GPU, HostPlatform
+
+Probe = namedtuple("Probe", "encoder ok reason")
+H100 = HostPlatform("linux-cuda", "x86_64", (GPU("nvidia", "NVIDIA H100 80GB HBM3", "550.90.07", 81559, 80000),))
+
+
+def rows(report) -> dict[str, prereqs.Check]:
+    return {c.name: c for c in report.checks}
+
+
+@pytest.fixture(scope="module")
+def real_report(tmp_path_factory) -> prereqs.PrereqReport:
+    return prereqs.run_prereqs(out_dir=tmp_path_factory.mktemp("out") / "run")
+
+
+def test_real_checks_on_this_box(real_report):
+    got = rows(real_report)
+    for name in ("ffmpeg", "libvmaf", "python packages", "lock drift", "gpu", "disk", "write permission"):
+        assert name in got, name
+    assert got["ffmpeg"].status == "PASS" and got["libvmaf"].status == "PASS"
+    assert "2-frame score ok" in got["libvmaf"].detail
+    assert got["encoder libx264"].status == "PASS"
+    assert "libx264" in real_report.encoders
+    assert all(c.status in ("PASS", "WARN", "FAIL") for c in real_report.checks)
+    assert all(c.hint for c in real_report.checks if c.status != "PASS")  # every problem says what to do
+
+
+def test_cli_json_and_exit_code(tmp_path: Path):
+    result = CliRunner().invoke(main, ["prereqs", "--json", "--out-dir", str(tmp_path / "run")])
+    data = json.loads(result.stdout)
+    assert result.exit_code == (0 if data["ok"] else 3), result.output
+    assert {c["name"] for c in data["checks"]} >= {"ffmpeg", "libvmaf", "disk"}
+
+
+def test_requested_nvenc_really_fails_here_exit_3(tmp_path: Path):
+    if shutil.which("nvidia-smi"):
+        pytest.skip("this box has an NVIDIA driver")
+    args = ["prereqs", "--encoders", "h264_nvenc,libx264", "--out-dir", str(tmp_path)]
+    table = CliRunner().invoke(main, args)
+    assert table.exit_code == 3 and "FAIL" in table.stdout and "encoder h264_nvenc" in table.output
+    result = CliRunner().invoke(main, [*args, "--json"])
+    assert result.exit_code == 3, result.output
+    got = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+    assert got["encoder h264_nvenc"]["status"] == "FAIL"
+    assert "no NVIDIA GPU visible" in got["encoder h264_nvenc"]["detail"]
+    assert got["encoder libx264"]["status"] == "PASS"
+
+
+def test_unknown_encoder_is_bad_input(tmp_path: Path):
+    result = CliRunner().invoke(main, ["prereqs", "--encoders", "x266", "--out-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "unknown encoder 'x266'" in result.output
+
+
+def test_h100_nvenc_warns_with_fallback_and_strict_fails(tmp_path: Path):
+    def probe(name):
+        return Probe(name, name == "libx264", "ok" if name == "libx264" else "OpenEncodeSessionEx failed")
+
+    report = prereqs.run_prereqs(out_dir=tmp_path, host=H100, probe=probe)
+    got = rows(report)
+    assert report.encoders == ("libx264",)
+    assert got["encoder h264_nvenc"].status == "WARN" and "has no NVENC encoder" in got["encoder h264_nvenc"].detail
+    assert got["encoders"].status == "WARN" and "falling back to libx264" in got["encoders"].detail
+    assert got["gpu"].status == "PASS" and "none needed" in got["gpu"].detail  # nothing runs on the GPU
+    strict = prereqs.run_prereqs(out_dir=tmp_path, host=H100, probe=probe, strict=True)
+    assert {c.status for c in strict.checks} <= {"PASS", "FAIL"}
+    with pytest.raises(prereqs.PrereqError, match="encoder h264_nvenc"):
+        prereqs.require(strict)
+
+
+def test_gpu_checked_only_where_it_is_used_and_low_memory_warns():
+    busy = HostPlatform("linux-cuda", "x86_64", (GPU("nvidia", "NVIDIA L4", "550.1", 23034, 100),))
+    assert prereqs.check_gpu(busy, ["libx264"]).status == "PASS"
+    low = prereqs.check_gpu(busy, ["h264_nvenc"])
+    assert low.status == "WARN" and "100 MiB free" in low.detail
+    cpu_box = HostPlatform("linux-cpu", "x86_64", ())
+    wrong_env = prereqs.check_gpu(cpu_box, ["libx264"], pixi_env="cuda")
+    assert wrong_env.status == "FAIL" and "no NVIDIA GPU" in wrong_env.detail and "default (CPU)" in wrong_env.hint
+
+
+def test_disk_estimate_and_shortage(tmp_path: Path, monkeypatch):
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    (refs / "a.yuv").write_bytes(b"\0" * 1000)
+    (refs / "b.yuv").write_bytes(b"\0" * 3000)
+    assert prereqs.estimate_bytes(refs, jobs=1) == prereqs.DISK_HEADROOM + 3000
+    assert prereqs.estimate_bytes(refs, jobs=4) == prereqs.DISK_HEADROOM + 4000
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(prereqs.shutil, "disk_usage", lambda p: usage(10**9, 10**9, 1 << 20))
+    row = prereqs.check_disk(tmp_path / "new" / "run", refs, jobs=2)
+    assert row.status == "FAIL" and str(tmp_path) in row.detail and "--out-dir" in row.hint
+
+
+def test_out_dir_that_is_a_file_fails_write_check(tmp_path: Path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    row = prereqs.check_writable(blocker / "run")
+    assert row.status == "FAIL" and "is a file" in row.detail
+    ok = prereqs.check_writable(tmp_path / "not" / "yet" / "there")
+    assert ok.status == "PASS" and not (tmp_path / "not").exists()  # checking creates nothing
+
+
+def test_ffmpeg_without_libvmaf_fails_the_libvmaf_row():
+    debian = shutil.which("ffmpeg")
+    if not debian:
+        pytest.skip("no ffmpeg on PATH to stand in for a build without libvmaf")
+    ffrow, ff = prereqs.check_ffmpeg(debian)
+    if ff is None or ff.has_libvmaf:
+        pytest.skip("the ffmpeg on PATH has libvmaf")
+    row = prereqs.check_libvmaf(ff)
+    assert row.status == "FAIL" and "no libvmaf filter" in row.detail
