@@ -374,6 +374,169 @@ def merge_cmd(inputs: tuple[Path, ...], out: Path, as_json: bool) -> None:
 
 # ---- environment, platform, prereqs, env export, build-libvmaf (issue: environments) -----------
 
+
+def _print_json(obj) -> None:
+    from kit.console import out
+    from kit.fsio import canonical_json
+
+    out.print(canonical_json(obj), end="", markup=False, highlight=False)
+
+
+@main.group("env", invoke_without_command=True, epilog=EPILOG_EXIT_CODES)
+@click.option("--json", "as_json", is_flag=True, help="Print the fingerprint as canonical JSON.")
+@click.option("--ffmpeg", "ffmpeg_path", help="Fingerprint this ffmpeg instead of the one runs would find.")
+@click.pass_context
+def env_cmd(ctx: click.Context, as_json: bool, ffmpeg_path: str | None) -> None:
+    """Print this environment's fingerprint: what two runs must share to give identical results.
+
+    \b
+    Examples:
+      ensemble-kit env
+      ensemble-kit env --json > env.json
+      ensemble-kit env check            # installed packages vs the lock
+      ensemble-kit env export           # pixi.lock -> environments/<env>.conda-lock.yml
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from rich.table import Table
+
+    from kit import environment, tools
+    from kit.console import out
+
+    ff = tools.find_ffmpeg(ffmpeg_path, require_libvmaf=False) if ffmpeg_path else None
+    fp = environment.fingerprint(ff)
+    if as_json:
+        _print_json({"fingerprint_id": environment.fingerprint_id(fp), "fingerprint": fp})
+        return
+    table = Table(show_header=False, box=None, pad_edge=False)
+    for label, value in environment.describe(fp):
+        table.add_row(f"[bold]{label}[/bold]", value)
+    out.print(table)
+
+
+@env_cmd.command("check", epilog=EPILOG_EXIT_CODES)
+@click.option("--json", "as_json", is_flag=True, help="Print the drift report as JSON.")
+def env_check_cmd(as_json: bool) -> None:
+    """Compare installed packages with the lock this environment came from (exit 3 on drift).
+
+    Inside pixi (PIXI_ENVIRONMENT_NAME set): conda-meta records vs pixi.lock; otherwise installed
+    distributions vs environments/<lock>.txt. Every difference is named.
+
+    \b
+    Examples:
+      pixi run env-check
+      ensemble-kit env check --json
+    """
+    from kit import locks
+    from kit.console import out
+    from kit.errors import PrereqError
+
+    report = locks.check_drift()
+    if as_json:
+        _print_json(report.to_json())
+    else:
+        out.print(report.summary() if not report.differences else
+                  f"{report.kind} lock {report.name!r} ({report.lock_path}):")
+        for diff in report.differences:
+            out.print(f"  {diff}", markup=False)
+    if report.kind == "none":
+        raise PrereqError("no lock to compare with on this platform", hint="use the pixi environments (docs/environments.md)")
+    if report.differences:
+        hint = prereqs_fix_hint(report.kind)
+        raise PrereqError(f"{len(report.differences)} package(s) differ from the lock", hint=hint)
+
+
+def prereqs_fix_hint(kind: str) -> str:
+    from kit.prereqs import FIX_LOCK
+
+    return FIX_LOCK.get(kind, "reinstall from the lock")
+
+
+@env_cmd.command("export", epilog=EPILOG_EXIT_CODES)
+@click.option("--lock", "lock_path", type=click.Path(path_type=Path), default=Path("pixi.lock"), show_default=True,
+              help="The pixi.lock to convert.")
+@click.option("--out-dir", type=click.Path(path_type=Path), default=Path("environments"), show_default=True,
+              help="Where <env>.conda-lock.yml files go.")
+@click.option("--environment", "-e", "envs", multiple=True, help="Only this pixi environment (repeatable; default all).")
+def env_export_cmd(lock_path: Path, out_dir: Path, envs: tuple[str, ...]) -> None:
+    """Turn pixi.lock into one conda-lock file per environment, for conda / micromamba users.
+
+    \b
+    Examples:
+      ensemble-kit env export
+      ensemble-kit env export -e cuda --out-dir /tmp/locks
+      micromamba create -n ekit-cuda -f environments/cuda.conda-lock.yml
+    """
+    from kit import locks
+    from kit.console import out
+
+    for path in locks.export_conda_locks(lock_path, out_dir, envs):
+        out.print(f"wrote {path}", markup=False)
+
+
+@main.command("prereqs", epilog=EPILOG_EXIT_CODES)
+@click.option("--encoders", help="Comma-separated encoders that must really encode (default: this box's family).")
+@click.option("--out-dir", type=click.Path(path_type=Path), default=Path("runs"), show_default=True,
+              help="Where the run will write (checked for space and write permission).")
+@click.option("--ref-dir", type=click.Path(path_type=Path), help="Reference clips, to size the disk estimate.")
+@click.option("--ffmpeg", "ffmpeg_path", help="ffmpeg binary to check (default: the one runs would find).")
+@click.option("--strict", is_flag=True, help="Treat every WARN as a FAIL.")
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
+def prereqs_cmd(encoders: str | None, out_dir: Path, ref_dir: Path | None, ffmpeg_path: str | None,
+                strict: bool, as_json: bool) -> None:
+    """Check everything a run needs on this box: PASS / WARN / FAIL with what to do (exit 3 on FAIL).
+
+    \b
+    Examples:
+      ensemble-kit prereqs
+      ensemble-kit prereqs --encoders h264_nvenc,hevc_nvenc --out-dir /data/runs --strict
+      pixi run -e cuda prereqs --json
+    """
+    from rich.table import Table
+
+    from kit import prereqs
+    from kit.console import out
+
+    wanted = [e.strip() for e in encoders.split(",") if e.strip()] if encoders else None
+    report = prereqs.run_prereqs(encoders=wanted, out_dir=out_dir, ref_dir=ref_dir, strict=strict, ffmpeg=ffmpeg_path)
+    if as_json:
+        _print_json(report.to_json())
+    else:
+        colour = {"PASS": "green", "WARN": "yellow", "FAIL": "red"}
+        table = Table(title="ensemble-kit prerequisites", title_justify="left")
+        for col in ("check", "status", "detail", "what to do"):
+            table.add_column(col, overflow="fold")
+        for c in report.checks:
+            table.add_row(c.name, f"[{colour[c.status]}]{c.status}[/{colour[c.status]}]", c.detail, c.hint)
+        out.print(table)
+    prereqs.require(report)
+
+
+@main.command("build-libvmaf", epilog=EPILOG_EXIT_CODES)
+@click.option("--source", type=click.Path(path_type=Path), required=True,
+              help="A vmaf checkout (or its libvmaf/ folder) to build.")
+@click.option("--backend", type=click.Choice(["cpu", "cuda", "sycl"]), default="cpu", show_default=True)
+@click.option("--dest", type=click.Path(path_type=Path), help="Install prefix (default binaries/<platform>/).")
+@click.option("--meson-arg", "meson_args", multiple=True, help="Extra `meson setup` argument (repeatable), e.g. -Denable_float=true.")
+def build_libvmaf_cmd(source: Path, backend: str, dest: Path | None, meson_args: tuple[str, ...]) -> None:
+    """Build libvmaf's `vmaf` with meson + ninja into binaries/<platform>/ and prove it scores.
+
+    The corpus's `--scorer vmaf` then uses it. For --backend cuda, a run that needs the GPU must
+    succeed and the same run with no CUDA device must fail.
+
+    \b
+    Examples:
+      git clone https://github.com/Netflix/vmaf && ensemble-kit build-libvmaf --source vmaf
+      ensemble-kit build-libvmaf --source vmaf --backend cuda
+    """
+    from kit import libvmaf_build
+    from kit.console import info, out
+
+    info(f"building libvmaf ({backend}) from {source} with meson + ninja ...")
+    built = libvmaf_build.build_libvmaf(source, backend=backend, dest=dest, meson_args=meson_args)
+    out.print(f"built {built.path} (vmaf {built.version}, {built.backend}): {built.evidence}", markup=False)
+
+
 # ---- pipeline, bundle, verify, compare, dist (issue: pipeline) ---------------------------------
 
 
