@@ -23,13 +23,14 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import IO, Any
 
 from kit import __version__
 from kit.archive import safe_extract, write_reproducible_tar
+from kit.console import warn
 from kit.errors import BadInput, KitError, PrereqError, WorkFailed
 from kit.fsio import atomic_path, read_json, sha256_file, write_bytes, write_json, write_text
 from kit.sources import RAW_PIX_FMTS, Y4M_COLORSPACES, Source, discover, fps_arg, frame_bytes
@@ -275,6 +276,34 @@ def raw_sha256_index(ref_dir: str | os.PathLike[str]) -> dict[str, str]:
         for name in entry.known_files():
             index.setdefault(name, entry.raw_sha256)
     return index
+
+
+def raw_rekeyer(ref_dir: str | os.PathLike[str]) -> Callable[[Source], Source]:
+    """For `kit.sources.discover`: a function giving each Source its raw-frame sha256 as `src_sha256`.
+
+    WHY: with a refs.json present, a `.y4m`, a `.yuv` and a lossless `.mkv` of the same frames must be
+    ONE source, so corpus rows from two boxes that used the same pack merge. Identity when there is no
+    refs.json. Cheap (no decoding): a file is re-keyed only if its geometry matches its refs.json entry,
+    and a `.yuv` (whose file hash IS its raw-frame hash) only if the hashes agree; otherwise it keeps
+    its file hash, with a warning to run `refs verify`.
+    """
+    path = Path(ref_dir) / REFS_JSON
+    if not path.is_file():
+        return lambda source: source
+    entries = {name: e for e in read_manifest(path).sources for name in e.known_files()}
+
+    def rekey(source: Source) -> Source:
+        e = entries.get(source.path.name)
+        if e is None:
+            return source
+        if (source.width, source.height, source.pix_fmt, source.n_frames) != (e.width, e.height, e.pix_fmt, e.n_frames) \
+                or (source.kind == "yuv" and source.src_sha256 != e.raw_sha256):
+            warn(f"{source.path.name} does not match its entry in {path}: keyed by its file hash "
+                 f"(run `ensemble-kit refs verify {Path(ref_dir)}`)")
+            return source
+        return replace(source, src_sha256=e.raw_sha256)
+
+    return rekey
 
 
 # ---- streaming raw frames through hashlib --------------------------------------------------------

@@ -295,3 +295,20 @@ def test_codec_choice_falls_back_and_explains_what_is_missing(ff):
     with pytest.raises(PrereqError, match="libaom-av1 or libsvtav1"):
         refs.choose_variant("av1-lossless", "yuv420p", no_av1, where="x")
     assert refs.choose_variant("av1-lossless", "yuv444p", ff, where="x").encoder == "libaom-av1"
+
+
+def test_raw_rekeyer_makes_y4m_yuv_and_mkv_of_the_same_frames_one_source(pack_dir, ref_dir, ff, tmp_path):
+    manifest = refs.read_manifest(pack_dir).by_name()
+    out = tmp_path / "y4m"
+    refs.unpack(pack_dir, out, ff=ff, y4m=True)
+    for d in (pack_dir, out):
+        rekey = refs.raw_rekeyer(d)
+        for s in discover(d, ff=ff):
+            assert s.src_sha256 != manifest[s.src].raw_sha256  # a file hash: .mkv / .y4m bytes are not raw frames
+            assert rekey(s).src_sha256 == manifest[s.src].raw_sha256
+    assert refs.raw_rekeyer(ref_dir)(discover(ref_dir, ff=ff)[0]) == discover(ref_dir, ff=ff)[0]  # no refs.json
+    # A file whose geometry disagrees with refs.json keeps its own hash.
+    (out / "a420.y4m").unlink()
+    _lavfi(ff, out / "a420.y4m", "yuv444p", "-strict", "-1")
+    s = next(s for s in discover(out, ff=ff) if s.src == "a420")
+    assert refs.raw_rekeyer(out)(s) == s
