@@ -221,3 +221,31 @@ def write_predictions(df: pd.DataFrame, path: str | Path) -> None:
         write_with(p, lambda tmp: df.to_csv(tmp, index=False, lineterminator="\n", float_format="%.9g"))
     else:
         write_with(p, lambda tmp: df.to_parquet(tmp, index=False))
+
+
+def export_run(run_dir: str | Path, *, force: bool = False, corpus: str | Path | None = None,
+               name: str = DEFAULT_NAME, progress=None) -> dict[str, Any]:
+    """`ensemble-kit export`: the run's corpus, seeds and config -> run_dir/models/ (PROMOTE or force).
+
+    The corpus must be the one the verdict was computed on (same content sha256), so models never
+    ride on a verdict about other data.
+    """
+    from kit.rundir import RunDir
+    from kit.train.data import corpus_sha256, load_corpus
+    from kit.train.loso import load_loso
+
+    rd = RunDir(Path(run_dir))
+    verdict = read_json(rd.verdict, what="verdict.json (run `ensemble-kit verdict` first)")
+    loso = load_loso(rd.loso_dir)
+    df = load_corpus(corpus or rd.corpus)
+    want = (verdict.get("corpus") or {}).get("sha256")
+    have = corpus_sha256(df)
+    if want and have != want:
+        raise BadInput(
+            f"the corpus ({corpus or rd.corpus}) is not the one the verdict was computed on "
+            f"(sha256 {have[:12]} vs {want[:12]})",
+            hint="rerun `ensemble-kit train` and `verdict` on this corpus, or pass the original --corpus",
+        )
+    snapshot = {"verdict": verdict.get("verdict"), "gate": verdict.get("gate"),
+                "generated_at_utc": verdict.get("generated_at_utc"), "recommendation": verdict.get("recommendation")}
+    return export_ensemble(df, loso.config, loso.seeds, snapshot, rd.models_dir, force, name=name, progress=progress)

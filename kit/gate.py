@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from kit.fsio import write_json
-from kit.train.loso import LosoResult, _json_safe
+from kit.rundir import RunDir
+from kit.train.loso import LosoResult, _json_safe, load_loso
 
 SCHEMA_VERSION = 1
 GATE_EPS = 1e-12
@@ -140,12 +141,28 @@ def verdict_document(verdict: Verdict, loso: LosoResult, *, now: datetime | None
     })
 
 
-def write_verdict(path: str | Path, verdict: Verdict, loso: LosoResult, *, now: datetime | None = None) -> dict[str, Any]:
+def write_verdict_file(path: str | Path, verdict: Verdict, loso: LosoResult, *, now: datetime | None = None) -> dict[str, Any]:
     """Write the ONE verdict file atomically (a fresh HOLD replaces an old PROMOTE, never sits beside it)."""
     doc = verdict_document(verdict, loso, now=now)
     write_json(path, doc)
     return doc
 
 
-def thresholds_dict(t: Thresholds) -> dict[str, float]:
-    return asdict(t)
+def write_verdict(
+    run_dir: str | Path,
+    *,
+    mean_plcc: float = Thresholds.mean_plcc,
+    plcc_spread_max: float = Thresholds.plcc_spread_max,
+    per_seed_min: float = Thresholds.per_seed_min,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """`ensemble-kit verdict`: read run_dir/loso/, apply the gate, write run_dir/verdict.json."""
+    rd = RunDir(Path(run_dir))
+    loso = load_loso(rd.loso_dir)
+    verdict = decide(loso, Thresholds(mean_plcc, plcc_spread_max, per_seed_min))
+    return write_verdict_file(rd.verdict, verdict, loso, now=now)
+
+
+GATE_DEFAULTS: dict[str, float] = asdict(Thresholds())
+
+

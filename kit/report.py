@@ -37,7 +37,7 @@ def _save(fig: plt.Figure, path: Path) -> None:
 def _grid(n: int) -> tuple[plt.Figure, list[plt.Axes]]:
     cols = min(3, max(1, n))
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False, layout="constrained")
     flat = list(axes.flat)
     for ax in flat[n:]:
         ax.set_visible(False)
@@ -158,3 +158,6 @@ environment <code>{html.escape(loso.fingerprint_id)}</code>.</p>
 """
     write_text(out / "index.html", body)
     return out / "index.html"
+
+
+write_report = build_report  # the pipeline's name for it

@@ -1,14 +1,13 @@
 """Corpus in, model inputs out: the one loader, the codec vocabulary, checks and the corpus hash.
 
-`load_corpus(path)` is the single entry point for every corpus format (corpus.parquet, the old kit's
-per-frame JSONL, and later a results bundle), so every command reads corpora the same way.
+`load_corpus(path)` is the single entry point for every corpus format (corpus.parquet, a run
+directory, the old kit's per-frame JSONL; extend it for results bundles), so every command reads
+corpora the same way.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import pandas as pd
 
 from kit.encoders import ENCODERS, codec_inputs
 from kit.errors import BadInput
-from kit.schema import CORPUS_COLUMNS, FEATURES, LEGACY_JSONL_COLUMNS, SORT_KEY, TARGET
+from kit.schema import CORPUS_COLUMNS, FEATURES, SORT_KEY, TARGET
 
 # The codec one-hot vocabulary. Bump the version whenever the list changes: a model's sidecar records
 # it, so a consumer can tell which column means which encoder. Order = kit.encoders.ENCODERS order.
@@ -29,35 +28,6 @@ MIN_SOURCES = 3
 
 # Columns a training corpus must have; everything else in CORPUS_COLUMNS is optional provenance.
 REQUIRED = ("src", "encoder", "cq", "frame_index", TARGET, *FEATURES)
-
-
-def _read_parquet(path: Path) -> pd.DataFrame:
-    return pd.read_parquet(path)
-
-
-def _read_legacy_jsonl(path: Path) -> pd.DataFrame:
-    """The old bash kit's per-frame JSONL (one object per line, LEGACY_JSONL_COLUMNS)."""
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise BadInput(f"{path}:{lineno}: not valid JSON ({exc.msg})", hint="fix or drop that line") from None
-    df = pd.DataFrame(rows)
-    missing = [c for c in LEGACY_JSONL_COLUMNS if c not in df.columns]
-    if missing:
-        raise BadInput(f"{path}: old-kit JSONL lacks {', '.join(missing)}", hint="pass a corpus.parquet or a complete JSONL")
-    return df
-
-
-READERS: dict[str, Callable[[Path], pd.DataFrame]] = {
-    ".parquet": _read_parquet,
-    ".jsonl": _read_legacy_jsonl,
-    ".json": _read_legacy_jsonl,
-}
 
 
 def legacy_src_sha256(src: str) -> str:
@@ -89,21 +59,23 @@ def normalise(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def load_corpus(path: str | Path) -> pd.DataFrame:
-    """Read any supported corpus file into the canonical frame (sorted by SORT_KEY)."""
+    """Read any supported corpus into the canonical frame (normalised, de-duplicated, SORT_KEY order).
+
+    Accepts a corpus.parquet, a run directory (its corpus.parquet, or a shard's finished cells) and
+    the old kit's per-frame JSONL (via kit.legacy, which fills what old rows lack). Exact duplicate
+    rows (the old kit appended them on re-runs) are dropped so no frame counts twice.
+    """
+    from kit.corpus import dedupe, load_corpus_input
+
     p = Path(path)
-    if p.is_dir() and (p / "corpus.parquet").is_file():
-        p = p / "corpus.parquet"
-    if not p.is_file():
+    if not p.exists():
         raise BadInput(f"corpus not found: {p}", hint="run `ensemble-kit corpus` first or pass --corpus PATH")
-    reader = READERS.get(p.suffix.lower())
-    if reader is None:
-        raise BadInput(f"{p}: unknown corpus format {p.suffix!r}", hint=f"pass one of {', '.join(READERS)}")
-    try:
-        df = reader(p)
-    except BadInput:
-        raise
-    except Exception as exc:  # pyarrow / pandas parse errors: the file is the problem, not us
-        raise BadInput(f"{p}: cannot read corpus ({type(exc).__name__}: {exc})", hint="regenerate it") from None
+    df = load_corpus_input(p)
+    df, dropped, _ = dedupe(df)
+    if dropped:
+        from kit.console import warn
+
+        warn(f"{p}: dropped {dropped} exact duplicate row(s)")
     return canonical_order(normalise(df))
 
 
@@ -206,3 +178,20 @@ def corpus_summary(df: pd.DataFrame) -> dict[str, Any]:
             {"src": str(r.src), "src_sha256": str(r.src_sha256), "n_rows": int(r.n_rows)} for r in sources.itertuples()
         ],
     }
+
+
+def adopt_corpus(df: pd.DataFrame, run_corpus: Path) -> None:
+    """Make a corpus given with --corpus the run directory's corpus.parquet (so verdict, export,
+    report and bundle all see the rows that were trained on); never overwrite a different one."""
+    from kit.corpus import write_corpus
+
+    run_corpus = Path(run_corpus)
+    if run_corpus.is_file():
+        existing = corpus_sha256(load_corpus(run_corpus))
+        if existing != corpus_sha256(df):
+            raise BadInput(
+                f"{run_corpus} already holds a different corpus (sha256 {existing[:12]})",
+                hint="use a fresh --out-dir for this corpus, or drop --corpus to train on the run's own",
+            )
+        return
+    write_corpus(df[list(CORPUS_COLUMNS)], run_corpus)

@@ -12,6 +12,7 @@ Outputs (run_dir/loso/, byte-identical on every run of the same corpus in the sa
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -71,7 +72,8 @@ def model_inputs(df: pd.DataFrame, scaler: Scaler) -> np.ndarray:
 
 
 def source_key(src_sha256: str) -> int:
-    return int(src_sha256[:16], 16)
+    """64 bits of the source id for a generator key (ids may be legacy 'name:<src>', not hex)."""
+    return int(hashlib.sha256(src_sha256.encode()).hexdigest()[:16], 16)
 
 
 @dataclass
