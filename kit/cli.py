@@ -372,6 +372,197 @@ def merge_cmd(inputs: tuple[Path, ...], out: Path, as_json: bool) -> None:
 
 # ---- training, verdict, export, predict, report (issue: trainer) -------------------------------
 
+_RUN_DIR_OPTION = dict(type=click.Path(path_type=Path), default=Path("runs/corpus"), show_default=True,
+                       help="Run directory (the one `ensemble-kit corpus` wrote).")
+
+
+def _train_progress(quiet: bool, label: str):
+    """callable(done, total) drawing a rich bar with ETA at a terminal; (callback, close)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from kit.console import progress_enabled
+
+    if not progress_enabled(quiet):
+        return None, lambda: None
+    bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"), TimeElapsedColumn(),
+                   TextColumn("ETA"), TimeRemainingColumn(), console=err, transient=False)
+    bar.start()
+    task = bar.add_task(label, total=None)
+
+    def tick(done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total)
+
+    return tick, bar.stop
+
+
+def _train_config_options(f):
+    """--epochs, --lr, ... : every TrainConfig field, default = the dataclass default."""
+    from kit.train.config import TrainConfig
+
+    d = TrainConfig()
+    for flag, typ, text in reversed([
+        ("--epochs", click.IntRange(min=1), f"Training epochs per model [default: {d.epochs}]."),
+        ("--lr", click.FloatRange(min=0, min_open=True), f"Adam learning rate [default: {d.lr}]."),
+        ("--weight-decay", click.FloatRange(min=0), f"Adam L2 weight decay [default: {d.weight_decay}]."),
+        ("--batch-size", click.IntRange(min=1), f"Rows per step [default: {d.batch_size}]."),
+        ("--hidden", click.IntRange(min=1), f"Width of both hidden layers [default: {d.hidden}]."),
+        ("--dropout", click.FloatRange(min=0, max=1, max_open=True), f"Dropout after each GELU [default: {d.dropout}]."),
+        ("--threads", click.IntRange(min=1), f"Torch threads, fixed for reproducibility [default: {d.threads}]."),
+    ]):
+        f = click.option(flag, type=typ, default=None, help=text)(f)
+    return f
+
+
+@main.command("train", epilog=EPILOG_EXIT_CODES)
+@click.option("--corpus", "corpus_path", type=click.Path(path_type=Path),
+              help="corpus.parquet, run directory or old-kit .jsonl [default: OUT_DIR/corpus.parquet].")
+@click.option("--out-dir", **_RUN_DIR_OPTION)
+@click.option("--seeds", default="0,1,2,3,4", show_default=True, help="Seeds to train (authoritative): 0,1,2 or 0-4.")
+@_train_config_options
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print per-seed results as JSON on stdout.")
+def train_cmd(corpus_path: Path | None, out_dir: Path, seeds: str, quiet: bool, as_json: bool, **overrides) -> None:
+    """Leave-one-source-out training of seeds x folds (all models in one batched computation).
+
+    Writes OUT_DIR/loso/ (folds.csv, seed<N>/predictions.parquet, summary.json); byte-identical on
+    every run of the same corpus in the same environment.
+
+    \b
+    Examples:
+      ensemble-kit train --out-dir runs/demo
+      ensemble-kit train --corpus old_kit_corpus.jsonl --out-dir runs/imported --epochs 100
+    """
+    from kit.console import out
+    from kit.fsio import canonical_json
+    from kit.rundir import RunDir
+    from kit.train import loso
+    from kit.train.config import TrainConfig, parse_seeds
+    from kit.train.data import adopt_corpus, load_corpus
+
+    rd = RunDir(out_dir)
+    config = TrainConfig().with_overrides(**overrides)
+    seed_list = parse_seeds(seeds)
+    df = load_corpus(corpus_path or rd.corpus)
+    if corpus_path is not None:
+        adopt_corpus(df, rd.corpus)
+    tick, close = _train_progress(quiet, "train")
+    try:
+        result = loso.run_loso(df, config, seed_list, rd.loso_dir, progress=tick)
+    finally:
+        close()
+    per_seed = result.per_seed()
+    if as_json:
+        out.print(canonical_json(loso._json_safe({str(s): v for s, v in per_seed.items()})), end="")
+        return
+    for seed, v in per_seed.items():
+        out.print(f"seed {seed}: mean PLCC {v['mean']:.4f} (min {v['min']:.4f}, max {v['max']:.4f}, "
+                  f"{v['n']} folds{', ' + str(v['n_nan']) + ' NaN' if v['n_nan'] else ''})")
+    err.print(f"LOSO results in {rd.loso_dir}; next: ensemble-kit verdict --out-dir {out_dir}")
+
+
+@main.command("verdict", epilog=EPILOG_EXIT_CODES)
+@click.option("--out-dir", **_RUN_DIR_OPTION)
+@click.option("--mean-plcc", type=float, default=0.95, show_default=True, help="Minimum mean of the per-seed mean PLCCs.")
+@click.option("--spread-max", type=float, default=0.005, show_default=True, help="Maximum max-min of the per-seed mean PLCCs.")
+@click.option("--per-seed-min", type=float, default=0.95, show_default=True, help="Minimum mean PLCC of every seed.")
+@click.option("--json", "as_json", is_flag=True, help="Print verdict.json on stdout.")
+def verdict_cmd(out_dir: Path, mean_plcc: float, spread_max: float, per_seed_min: float, as_json: bool) -> None:
+    """Apply the PROMOTE/HOLD gate to OUT_DIR/loso/ and write OUT_DIR/verdict.json (the one verdict file).
+
+    Exit 0 on PROMOTE, 1 on HOLD (not an error), 2 when there are no LOSO results.
+
+    \b
+    Example:
+      ensemble-kit verdict --out-dir runs/demo --spread-max 0.01
+    """
+    from kit import gate
+    from kit.console import out
+    from kit.fsio import canonical_json
+
+    doc = gate.write_verdict(out_dir, mean_plcc=mean_plcc, plcc_spread_max=spread_max, per_seed_min=per_seed_min)
+    if as_json:
+        out.print(canonical_json(doc), end="")
+    else:
+        out.print(doc["recommendation"])
+    sys.exit(int(ExitCode.OK if doc["verdict"] == gate.PROMOTE else ExitCode.HOLD))
+
+
+@main.command("export", epilog=EPILOG_EXIT_CODES)
+@click.option("--out-dir", **_RUN_DIR_OPTION)
+@click.option("--force", is_flag=True, help="Export even when the verdict is HOLD (recorded in the sidecars).")
+@click.option("--corpus", "corpus_path", type=click.Path(path_type=Path),
+              help="The corpus the verdict was computed on [default: OUT_DIR/corpus.parquet].")
+@click.option("--name", default="ensemble", show_default=True, help="File stem: NAME_seed<N>.onnx.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def export_cmd(out_dir: Path, force: bool, corpus_path: Path | None, name: str, quiet: bool) -> None:
+    """Fit each seed on the whole corpus and write verified ONNX models to OUT_DIR/models/.
+
+    Only on PROMOTE (or --force). Each model is checked with onnx.checker and against PyTorch with
+    onnxruntime on every corpus row (within 1e-4, else exit 4).
+
+    \b
+    Example:
+      ensemble-kit export --out-dir runs/demo
+    """
+    from kit import export
+    from kit.console import out
+    from kit.rundir import RunDir
+
+    tick, close = _train_progress(quiet, "export")
+    try:
+        ensemble = export.export_run(out_dir, force=force, corpus=corpus_path, name=name, progress=tick)
+    finally:
+        close()
+    for m in ensemble["members"]:
+        out.print(f"{RunDir(out_dir).models_dir / m['onnx']}  sha256 {m['sha256']}")
+
+
+@main.command("predict", epilog=EPILOG_EXIT_CODES)
+@click.option("--models", "models_dir", type=click.Path(path_type=Path), required=True,
+              help="Folder with ensemble.json (e.g. runs/demo/models).")
+@click.argument("corpus_path", metavar="CORPUS", type=click.Path(path_type=Path))
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("predictions.parquet"), show_default=True,
+              help="Where to write per-row predictions (.parquet or .csv).")
+def predict_cmd(models_dir: Path, corpus_path: Path, output: Path) -> None:
+    """Score every row of CORPUS with the ensemble (onnxruntime): mean, std (ddof=1), 95% interval.
+
+    \b
+    Example:
+      ensemble-kit predict --models runs/demo/models runs/other/corpus.parquet -o other.csv
+    """
+    from kit import export
+    from kit.train.data import load_corpus
+
+    df = export.predict_ensemble(models_dir, load_corpus(corpus_path))
+    export.write_predictions(df, output)
+    err.print(f"{len(df)} rows -> {output}")
+
+
+@main.command("report", epilog=EPILOG_EXIT_CODES)
+@click.option("--out-dir", **_RUN_DIR_OPTION)
+@click.option("--corpus", "corpus_path", type=click.Path(path_type=Path),
+              help="Corpus for the rate-quality plot [default: OUT_DIR/corpus.parquet].")
+def report_cmd(out_dir: Path, corpus_path: Path | None) -> None:
+    """Write OUT_DIR/report/index.html with per-fold PLCC, predicted-vs-actual and rate-quality plots.
+
+    \b
+    Example:
+      ensemble-kit report --out-dir runs/demo
+    """
+    from kit import report
+    from kit.train.data import load_corpus
+
+    path = report.build_report(out_dir, load_corpus(corpus_path) if corpus_path else None)
+    err.print(f"report: {path}")
+
+
 # ---- environment, platform, prereqs, env export, build-libvmaf (issue: environments) -----------
 
 
