@@ -131,14 +131,14 @@ def _write_probe_clips(tmp: Path) -> tuple[Path, Path]:
     return tmp / "ref.yuv", tmp / "dis.yuv"
 
 
-def _score(vmaf: Path, tmp: Path, env: dict[str, str] | None = None,
-           extra: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
-    ref, dis = _write_probe_clips(tmp)
+def _score(vmaf: Path, tmp: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Score tmp/ref.yuv against tmp/dis.yuv into tmp/score.json."""
+    ref, dis = tmp / "ref.yuv", tmp / "dis.yuv"
     out = tmp / "score.json"
     out.unlink(missing_ok=True)
     argv = [str(vmaf), "--reference", str(ref), "--distorted", str(dis), "--width", str(PROBE_W),
             "--height", str(PROBE_H), "--pixel_format", "420", "--bitdepth", "8",
-            "--model", "version=vmaf_v0.6.1", "--json", "--output", str(out), *extra]
+            "--model", "version=vmaf_v0.6.1", "--json", "--output", str(out)]
     return subprocess.run(argv, capture_output=True, text=True, errors="replace", env=env, timeout=RUN_TIMEOUT_S,
                           stdin=subprocess.DEVNULL)
 
@@ -159,6 +159,7 @@ def verify_vmaf(vmaf: Path, backend: str = "cpu") -> BuiltVmaf:
         raise WorkFailed(f"the built {vmaf} does not run: {exc}", hint="see the build log in binaries/<platform>/.build/") from None
     with tempfile.TemporaryDirectory(prefix="ekit-vmafcheck-") as tmp_name:
         tmp = Path(tmp_name)
+        _write_probe_clips(tmp)
         proc = _score(vmaf, tmp)
         frames = _frames(tmp)
         if proc.returncode != 0 or len(frames) != PROBE_FRAMES or any("vmaf" not in f["metrics"] for f in frames):

@@ -182,7 +182,8 @@ def pip_drift(lock_dir: Path = ENVIRONMENTS_DIR, *, names: Sequence[str] | None 
             locked.update(parse_requirements_lock(torch_pin))
         diffs, extras = compare_pins(locked, installed)
         report = DriftReport("pip", name, path, sha256_file(path), tuple(diffs), tuple(extras))
-        if best is None or len(report.differences) < len(best.differences):
+        # the lock that explains the environment best: fewest differences, then fewest unlocked extras
+        if best is None or (len(report.differences), len(report.extras)) < (len(best.differences), len(best.extras)):
             best = report
     return best or DriftReport("none", None, None, None)
 

@@ -26,9 +26,6 @@ from kit.errors import BadInput, KitError, PrereqError
 from kit.schema import LIBVMAF_KEYS
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
-# Import names of the distributions the fingerprint records.
-IMPORT_NAMES = {"torch": "torch", "numpy": "numpy", "pandas": "pandas", "pyarrow": "pyarrow", "onnx": "onnx",
-                "onnxruntime": "onnxruntime", "click": "click"}
 NVENC_MIN_FREE_MIB = 512  # an NVENC session plus upload surfaces at 1080p needs a few hundred MiB
 DISK_HEADROOM = 256 << 20  # run.json, cells, corpus, models, report
 DEMO_REFERENCE_BYTES = 64 << 20
@@ -142,7 +139,7 @@ def check_packages(drift: locks.DriftReport | None) -> Check:
     broken, versions = [], []
     for dist in PACKAGES:
         try:
-            importlib.import_module(IMPORT_NAMES[dist])
+            importlib.import_module(dist)  # each distribution imports under its own name
             versions.append(f"{dist} {metadata.version(dist)}")
         except Exception as exc:  # noqa: BLE001 - an import can fail in many ways; report each by name
             broken.append(f"{dist} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")

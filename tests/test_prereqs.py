@@ -113,12 +113,29 @@ def test_out_dir_that_is_a_file_fails_write_check(tmp_path: Path):
     assert ok.status == "PASS" and not (tmp_path / "not").exists()  # checking creates nothing
 
 
-def test_ffmpeg_without_libvmaf_fails_the_libvmaf_row():
-    debian = shutil.which("ffmpeg")
-    if not debian:
-        pytest.skip("no ffmpeg on PATH to stand in for a build without libvmaf")
-    ffrow, ff = prereqs.check_ffmpeg(debian)
-    if ff is None or ff.has_libvmaf:
-        pytest.skip("the ffmpeg on PATH has libvmaf")
+def _broken_ffmpeg(tmp_path: Path, *, list_libvmaf: bool) -> Path:
+    """Fault injection: the real ffmpeg behind a wrapper whose libvmaf is missing (or listed but broken)."""
+    from kit import tools
+
+    real = tools.find_ffmpeg().path
+    hide = "" if list_libvmaf else f'if [ "$2" = "-filters" ]; then "{real}" "$@" | grep -v libvmaf; exit 0; fi\n'
+    wrapper = tmp_path / ("ffmpeg-broken-vmaf" if list_libvmaf else "ffmpeg-no-vmaf")
+    wrapper.write_text("#!/bin/sh\n" + hide +
+                       'for a in "$@"; do case "$a" in *log_path=s.json*) echo "libvmaf: model load failed" >&2; exit 1;; esac; done\n'
+                       f'exec "{real}" "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def test_ffmpeg_without_libvmaf_fails_the_libvmaf_row(tmp_path: Path):
+    _, ff = prereqs.check_ffmpeg(str(_broken_ffmpeg(tmp_path, list_libvmaf=False)))
+    assert ff is not None and not ff.has_libvmaf
     row = prereqs.check_libvmaf(ff)
-    assert row.status == "FAIL" and "no libvmaf filter" in row.detail
+    assert row.status == "FAIL" and "no libvmaf filter" in row.detail and "imageio-ffmpeg" in row.hint
+
+
+def test_libvmaf_that_cannot_score_fails_the_libvmaf_row(tmp_path: Path):
+    _, ff = prereqs.check_ffmpeg(str(_broken_ffmpeg(tmp_path, list_libvmaf=True)))
+    assert ff is not None and ff.has_libvmaf
+    row = prereqs.check_libvmaf(ff)
+    assert row.status == "FAIL" and "model load failed" in row.detail
