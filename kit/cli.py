@@ -633,14 +633,9 @@ def env_check_cmd(as_json: bool) -> None:
     if report.kind == "none":
         raise PrereqError("no lock to compare with on this platform", hint="use the pixi environments (docs/environments.md)")
     if report.differences:
-        hint = prereqs_fix_hint(report.kind)
-        raise PrereqError(f"{len(report.differences)} package(s) differ from the lock", hint=hint)
+        from kit.prereqs import FIX_LOCK
 
-
-def prereqs_fix_hint(kind: str) -> str:
-    from kit.prereqs import FIX_LOCK
-
-    return FIX_LOCK.get(kind, "reinstall from the lock")
+        raise PrereqError(f"{len(report.differences)} package(s) differ from the lock", hint=FIX_LOCK[report.kind])
 
 
 @env_cmd.command("export", epilog=EPILOG_EXIT_CODES)
