@@ -329,6 +329,10 @@ def run_corpus(run_dir: RunDir, sources: Sequence[Source], encoder_names: Sequen
             summary.redone_corrupt += 1
         todo.append(cell)
     todo.sort(key=lambda c: (-c.cost, c.cell_id))  # longest first: shorter idle tail
+    work_root = run_dir.cells_dir / ".work"
+    for cell in todo:  # leftovers of a killed run's in-flight cells (never finished files)
+        for stale in work_root.glob(f"{cell.cell_id}.*"):
+            shutil.rmtree(stale, ignore_errors=True)
     if on_plan:
         on_plan(len(todo))
 
