@@ -349,6 +349,20 @@ def lock_environments(lock_path: Path) -> list[str]:
     return sorted(name for name, _ in rattler.LockFile.from_path(lock_path).environments())
 
 
+def _convert_sorted(converter: Any, lock_path: Path, env: str, out: Path) -> None:
+    """pixi-to-conda-lock's conversion, with platforms and packages sorted: the same pixi.lock always
+    gives the same bytes (py-rattler hands platforms over in no fixed order)."""
+    import yaml
+
+    converter.convert(lock_path, env, out)
+    data = yaml.safe_load(out.read_text(encoding="utf-8"))
+    meta = data.get("metadata", {})
+    meta["platforms"] = sorted(meta.get("platforms", []))
+    meta["content_hash"] = dict(sorted(meta.get("content_hash", {}).items()))
+    data["package"] = sorted(data.get("package", []), key=lambda p: (p["platform"], p["manager"], p["name"], p["url"]))
+    out.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+
+
 def export_conda_locks(lock_path: Path, out_dir: Path, environments: Iterable[str] = ()) -> list[Path]:
     """pixi.lock -> `<out_dir>/<env>.conda-lock.yml` per environment (for conda / micromamba users).
 
@@ -371,7 +385,7 @@ def export_conda_locks(lock_path: Path, out_dir: Path, environments: Iterable[st
     for env in wanted:
         out = out_dir / f"{env}.conda-lock.yml"
         try:
-            write_with(out, lambda tmp, env=env: pixi_to_conda_lock.convert(lock_path, env, tmp))
+            write_with(out, lambda tmp, env=env: _convert_sorted(pixi_to_conda_lock, lock_path, env, tmp))
         except ValueError as exc:  # e.g. PyPI packages but no conda pip in that environment
             raise BadInput(f"cannot export environment {env!r} of {lock_path}: {exc}",
                            hint="add `pip` to the environment's conda dependencies and run `pixi lock`") from None

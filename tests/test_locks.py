@@ -183,5 +183,48 @@ def test_export_writes_one_conda_lock_per_environment(tmp_path: Path):
     torch = by_key[("pytorch", "linux-64")]
     assert torch["manager"] == "conda" and torch["hash"]["sha256"].startswith("0d1b7a8e")
     assert by_key[("imageio-ffmpeg", "osx-arm64")]["manager"] == "pip"
+    first = (tmp_path / "default.conda-lock.yml").read_bytes()
+    locks.export_conda_locks(FIXTURES / "pixi.lock", tmp_path, ["default"])
+    assert (tmp_path / "default.conda-lock.yml").read_bytes() == first  # same lock, same bytes
     with pytest.raises(BadInput, match="not in"):
         locks.export_conda_locks(FIXTURES / "pixi.lock", tmp_path, ["rocm"])
+
+
+# ---- the CLI door ----------------------------------------------------------------------------
+
+
+def test_cli_env_check_names_drift_and_exits_3(prefix: Path, tmp_path: Path, monkeypatch):
+    from click.testing import CliRunner
+
+    from kit.cli import main
+
+    if locks.conda_subdir() != "linux-64":
+        pytest.skip("the fixture lock's default environment is locked for linux-64 and osx-arm64 only")
+    _meta(prefix, "pip").unlink()
+    monkeypatch.setenv("PIXI_ENVIRONMENT_NAME", "default")
+    monkeypatch.setenv("CONDA_PREFIX", str(prefix))
+    monkeypatch.setenv("PIXI_PROJECT_ROOT", str(FIXTURES))
+    result = CliRunner().invoke(main, ["env", "check"])
+    assert result.exit_code == 3, result.output
+    assert "pip: locked 25.0.1 (pyh8b19718_0), not installed" in result.stdout
+    assert "pixi install --locked" in result.output
+    data = json.loads(CliRunner().invoke(main, ["env", "check", "--json"]).stdout)
+    assert data["kind"] == "pixi" and [d["name"] for d in data["differences"]] == ["pip"]
+
+
+def test_cli_env_json_and_export(tmp_path: Path):
+    from click.testing import CliRunner
+
+    from kit import environment
+    from kit.cli import main
+
+    result = CliRunner().invoke(main, ["env", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["fingerprint_id"] == environment.fingerprint_id(data["fingerprint"])
+    result = CliRunner().invoke(main, ["env", "export", "--lock", str(FIXTURES / "pixi.lock"),
+                                       "--out-dir", str(tmp_path), "-e", "cuda"])
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in tmp_path.iterdir()] == ["cuda.conda-lock.yml"]
+    missing = CliRunner().invoke(main, ["env", "export", "--lock", str(tmp_path / "pixi.lock")])
+    assert missing.exit_code == 2 and "pixi lock" in missing.output
