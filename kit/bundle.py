@@ -87,7 +87,7 @@ class _RefCollector(HTMLParser):
                 self.refs.append(value)
 
 
-def _report_files(report_dir: Path) -> list[Path]:
+def report_files(report_dir: Path) -> list[Path]:
     """index.html and the local files it links to: what the report step wrote for this run."""
     index = report_dir / "index.html"
     if not index.is_file():
@@ -175,10 +175,16 @@ def _step_outputs(root: Path) -> list[Path] | None:
     outputs: list[Path] = []
     for marker in sorted(marker_dir.glob("*.json")):
         data = _read_json_if(marker)
-        for rel in data.get("outputs", []):
+        if data.get("step") == "bundle":
+            continue  # the previous tarball is not an input of the next one
+        for rel, digest in (data.get("outputs") or {}).items():
             p = root / rel
-            if p.is_file():
-                outputs.append(p)
+            if not p.is_file():
+                continue
+            if sha256_file(p) != digest:
+                raise BadInput(f"{p} changed after the pipeline's {data.get('step')} step wrote it",
+                               hint="rerun `ensemble-kit pipeline` with the same options: it redoes what changed")
+            outputs.append(p)
     return outputs or None
 
 
@@ -213,7 +219,7 @@ def run_files(run_root: Path) -> list[tuple[str, Path]]:
     candidates: list[Path] = [p for p in (rd.run_json, rd.verdict, rd.corpus) if p.is_file()]
     candidates += _loso_files(rd, verdict)
     candidates += _model_files(rd, verdict)
-    candidates += _report_files(rd.report_dir)
+    candidates += report_files(rd.report_dir)
     recorded = _step_outputs(root)
     if recorded is not None:
         allowed = {p.resolve() for p in recorded} | {rd.run_json.resolve(), rd.verdict.resolve(), rd.corpus.resolve()}

@@ -726,6 +726,99 @@ def build_libvmaf_cmd(source: Path, backend: str, dest: Path | None, meson_args:
 # ---- pipeline, bundle, verify, compare, dist (issue: pipeline) ---------------------------------
 
 
+DEMO_TRAIN = {"epochs": 100}  # kit.pipeline.DEMO_EPOCHS, shown in --help (test checks they agree)
+
+
+def _dataclass_options(cls, prefix: str = "", help_prefix: str = ""):
+    """One --flag per dataclass field (TrainConfig, gate Thresholds): the pass-through stays in step with the data."""
+    from dataclasses import fields
+
+    def decorate(fn):
+        for f in reversed(fields(cls)):
+            flag = f"--{prefix}{f.name.replace('_', '-')}"
+            fn = click.option(flag, f"{prefix.replace('-', '_')}{f.name}", type=type(f.default), default=None,
+                              help=f"{help_prefix}{f.name} (default {f.default}"
+                                   + (f"; demo {DEMO_TRAIN[f.name]})." if f.name in DEMO_TRAIN else ")."))(fn)
+        return fn
+
+    return decorate
+
+
+# The gate's thresholds (kit.gate.Thresholds fields; tests/test_pipeline.py checks they stay in step).
+# Spelled out so `ensemble-kit --help` does not import torch through kit.gate.
+PIPELINE_GATE_FLAGS = {"mean_plcc": 0.95, "plcc_spread_max": 0.005, "per_seed_min": 0.95}
+
+
+def _pipeline_options(fn):
+    from kit.train.config import TrainConfig
+
+    for name in reversed(PIPELINE_GATE_FLAGS):
+        fn = click.option(f"--gate-{name.replace('_', '-')}", f"gate_{name}", type=float, default=None,
+                          help=f"Gate threshold {name} (default {PIPELINE_GATE_FLAGS[name]}).")(fn)
+    fn = _dataclass_options(TrainConfig, "", "Training ")(fn)
+    return fn
+
+
+@main.command("pipeline", epilog=EPILOG_EXIT_CODES)
+@click.option("--ref-dir", type=click.Path(path_type=Path), default=None,
+              help="Folder of reference clips; without it the built-in demo clips are used.")
+@click.option("--demo", is_flag=True, help="Run on the built-in demo clips (the default when --ref-dir is not given).")
+@click.option("--encoders", default=None, help="Comma-separated encoders (default: this box's encoders that pass a test encode).")
+@click.option("--cqs", default=None, help="Comma-separated quality values, lower = better (default 19,25,31,37; demo 22,30,38).")
+@click.option("--seeds", default="0,1,2,3,4", show_default=True, help="Training seeds, e.g. 0,1,2,3,4 or 0-4.")
+@click.option("--out-dir", type=click.Path(path_type=Path), default=None,
+              help="Run directory (default runs/demo for the demo, runs/pipeline otherwise).")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None, help="Corpus cells in parallel (default: one per core).")
+@click.option("--ffmpeg", "ffmpeg_path", default=None, help="ffmpeg binary with libvmaf (default: found automatically).")
+@click.option("--fresh", is_flag=True, help="Move an existing run in --out-dir aside (<out-dir>.old-<utc>) and start anew.")
+@click.option("--quiet", "-q", is_flag=True, help="Only the result line.")
+@_pipeline_options
+def pipeline_cmd(ref_dir: Path | None, demo: bool, encoders: str | None, cqs: str | None, seeds: str,
+                 out_dir: Path | None, jobs: int | None, ffmpeg_path: str | None, fresh: bool, quiet: bool,
+                 **overrides) -> None:
+    """The whole job: prereqs, corpus, train, verdict, export (on PROMOTE), report, bundle.
+
+    A rerun with the same options resumes (finished cells and steps are not redone); other options
+    would mix results and are refused unless --fresh. Exit 0 PROMOTE, 1 HOLD.
+
+    \b
+    Examples:
+      ensemble-kit pipeline                                  # the demo, into runs/demo
+      ensemble-kit pipeline --ref-dir refs/ --out-dir runs/box1
+      ensemble-kit pipeline --ref-dir refs/ --encoders h264_nvenc,hevc_nvenc --cqs 22,27,32
+    """
+    from kit import encoders as enc_table
+    from kit import pipeline
+    from kit.errors import BadInput
+    from kit.train.config import parse_seeds
+
+    if demo and ref_dir is not None:
+        raise BadInput("--demo and --ref-dir are mutually exclusive", hint="pass one of them")
+    train = {k: v for k, v in overrides.items() if not k.startswith("gate_") and v is not None}
+    gate = {k.removeprefix("gate_"): v for k, v in overrides.items() if k.startswith("gate_") and v is not None}
+    options = pipeline.PipelineOptions(
+        out_dir=out_dir or Path("runs/demo" if ref_dir is None else "runs/pipeline"),
+        ref_dir=ref_dir,
+        encoders=tuple(e.strip() for e in encoders.split(",") if e.strip()) if encoders else None,
+        cqs=enc_table.parse_cqs(cqs) if cqs else None,
+        seeds=parse_seeds(seeds),
+        jobs=jobs,
+        train_overrides=train,
+        gate_overrides=gate,
+        ffmpeg=ffmpeg_path,
+        fresh=fresh,
+        quiet=quiet,
+    )
+    result = pipeline.run_pipeline(options)
+    if not quiet:
+        err.print(result.recommendation, markup=False)
+        err.print(f"done in {result.wall_s:.1f} s; mail back {result.bundle}", markup=False)
+    click.echo(f"{result.verdict} {result.bundle}")
+    if result.verdict != "PROMOTE":
+        sys.exit(int(ExitCode.HOLD))
+
+
+
 @main.command("bundle")
 @click.argument("run_dir", type=click.Path(path_type=Path), default=Path("runs/demo"))
 @click.option("--out", "out", type=click.Path(path_type=Path), default=None,
