@@ -228,3 +228,24 @@ def test_cli_env_json_and_export(tmp_path: Path):
     assert [p.name for p in tmp_path.iterdir()] == ["cuda.conda-lock.yml"]
     missing = CliRunner().invoke(main, ["env", "export", "--lock", str(tmp_path / "pixi.lock")])
     assert missing.exit_code == 2 and "pixi lock" in missing.output
+
+
+def test_committed_pip_locks_satisfy_pyproject():
+    """Every dependency pyproject.toml declares is pinned in the lock at a version inside its range
+    (a dependency added without `bash environments/regenerate.sh` fails here, by name)."""
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    torch_pin = locks.parse_requirements_lock(ROOT / "environments" / locks.TORCH_PIN_FILE)
+    extras = project["optional-dependencies"]
+    for lock_name, wanted in (("linux-cpu", project["dependencies"]),
+                              ("linux-cpu-dev", project["dependencies"] + extras["test"] + extras["dev"])):
+        pins = locks.parse_requirements_lock(ROOT / "environments" / f"{lock_name}.txt") | torch_pin
+        for text in wanted:
+            req = Requirement(text)
+            name = locks.canonical_name(req.name)
+            if name == "ensemble-kit":
+                continue
+            assert name in pins, f"{name} is not in environments/{lock_name}.txt: run bash environments/regenerate.sh"
+            assert req.specifier.contains(pins[name], prereleases=True), \
+                f"{name}=={pins[name]} in environments/{lock_name}.txt is outside {req.specifier}: regenerate the lock"
