@@ -9,6 +9,7 @@ grid's cells. A failed cell is logged to `corpus/failures.jsonl` and the others 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import re
 import shutil
@@ -352,6 +353,9 @@ def run_corpus(run_dir: RunDir, sources: Sequence[Source], encoder_names: Sequen
         except Exception as exc:  # noqa: BLE001 - one failed cell must not stop the others
             if stop.is_set():
                 return CellOutcome(cell, "cancelled")
+            if _out_of_space(exc):  # every further cell would fail the same way: stop, keep what is done
+                stop.set()
+                return CellOutcome(cell, "fatal", reason=str(exc))
             record = _failure_record(cell, exc)
             append_line(run_dir.failures, canonical_json(record, indent=None))
             summary.failed.append(record)
@@ -366,6 +370,10 @@ def run_corpus(run_dir: RunDir, sources: Sequence[Source], encoder_names: Sequen
             done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
             for fut in done:
                 outcome = fut.result()
+                if outcome.status == "fatal":
+                    raise BadInput(f"--out-dir {run_dir.root}: no space left on device (or it became unwritable) "
+                                   f"while writing cell {outcome.cell.label}",
+                                   hint="free space (or pick another --out-dir) and rerun: finished cells are kept")
                 finished += 1
                 if outcome.status == "done":
                     summary.done += 1
@@ -395,6 +403,14 @@ def prepare_run_dir(out_dir: Path) -> RunDir:
     run_dir = RunDir(Path(out_dir))
     _check_writable(run_dir)
     return run_dir
+
+
+def _out_of_space(exc: BaseException) -> bool:
+    """Disk full / read-only out-dir, whether Python or a tool (ffmpeg's stderr) hit it."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return True
+    text = f"{exc} {getattr(exc, 'stderr_tail', '')}"
+    return "No space left on device" in text or "Disk quota exceeded" in text or "Read-only file system" in text
 
 
 def _check_writable(run_dir: RunDir) -> None:

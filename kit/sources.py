@@ -241,7 +241,7 @@ def _container_source(path: Path, ff: FFmpeg) -> dict[str, object]:
 def open_source(path: Path, *, ff: FFmpeg, width: int | None = None, height: int | None = None,
                 pix_fmt: str | None = None, fps: float | None = None) -> Source:
     """Probe one reference file (cached on path+size+mtime+fallback geometry)."""
-    path = Path(path).resolve()
+    path = Path(path).absolute()  # not resolve(): a symlinked clip keeps the name it has in the ref dir
     try:
         st = path.stat()
         with open(path, "rb"):

@@ -317,3 +317,43 @@ def test_help_has_examples():
     for cmd in (["corpus"], ["score"], ["merge"], ["corpus", "import"], ["corpus", "export"]):
         r = CliRunner().invoke(main, [*cmd, "--help"])
         assert r.exit_code == 0 and "ensemble-kit" in r.output
+
+
+def test_disk_full_stops_the_run_with_bad_input_and_keeps_finished_cells(tmp_path, refs, kit_ffmpeg, ctx, monkeypatch):
+    import errno
+
+    real_write_with = corpus.write_with
+    calls = {"n": 0}
+
+    def fill_up_after_one(path, writer):
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_write_with(path, writer)
+
+    monkeypatch.setattr(corpus, "write_with", fill_up_after_one)  # fault injection: the disk fills up
+    rd = RunDir(tmp_path / "run")
+    with pytest.raises(BadInput, match="no space left"):
+        corpus.run_corpus(rd, refs, ["libx264"], [25, 37], ff=kit_ffmpeg, jobs=1, ctx=ctx)
+    assert len(list(rd.cells_dir.glob("*.parquet"))) == 1  # the finished cell is kept
+    assert not rd.failures.exists()  # not blamed on the cells
+
+
+def test_ten_bit_raw_source_and_real_footage(tmp_path, kit_ffmpeg, ctx, shared_media):
+    from conftest import lavfi_clip
+
+    refs_dir = tmp_path / "refs"
+    refs_dir.mkdir()
+    lavfi_clip(kit_ffmpeg, "testsrc2=s=64x48:r=50", refs_dir / "deep_64x48_50fps_yuv420p10le.yuv", frames=6,
+               pix_fmt="yuv420p10le")
+    (refs_dir / "joy.y4m").symlink_to(shared_media / "park_joy_420_720p50_frm0to9_480x270.y4m")
+    (refs_dir / "seeking.mp4").symlink_to(shared_media / "Seeking_10_288_375.mp4")
+    found = sources.discover(refs_dir, ff=kit_ffmpeg)
+    summary = corpus.run_corpus(RunDir(tmp_path / "run"), found, ["libx264", "libx265"], [30], ff=kit_ffmpeg, ctx=ctx)
+    assert summary.ok, summary.failed
+    df = pd.read_parquet(tmp_path / "run" / "corpus.parquet")
+    per_src = df.groupby("src")["frame_index"].count().to_dict()
+    assert per_src == {"deep_64x48_50fps_yuv420p10le": 12, "joy": 20, "seeking": 300}
+    assert set(df.loc[df["src"] == "deep_64x48_50fps_yuv420p10le", "pix_fmt"]) == {"yuv420p10le"}
+    assert df.loc[df["src"] == "seeking", ["width", "height"]].drop_duplicates().values.tolist() == [[384, 288]]
+    assert df["vmaf"].between(0, 100).all() and df[list(FEATURES)].notna().all().all()
