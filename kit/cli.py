@@ -422,7 +422,7 @@ def _train_config_options(f):
 
 @main.command("train", epilog=EPILOG_EXIT_CODES)
 @click.option("--corpus", "corpus_path", type=click.Path(path_type=Path),
-              help="corpus.parquet, run directory or old-kit .jsonl [default: OUT_DIR/corpus.parquet].")
+              help="corpus.parquet, run directory, results bundle (.tar.gz) or old-kit .jsonl [default: OUT_DIR/corpus.parquet].")
 @click.option("--out-dir", **_RUN_DIR_OPTION)
 @click.option("--seeds", default="0,1,2,3,4", show_default=True, help="Seeds to train (authoritative): 0,1,2 or 0-4.")
 @_train_config_options
@@ -449,7 +449,9 @@ def train_cmd(corpus_path: Path | None, out_dir: Path, seeds: str, quiet: bool, 
     rd = RunDir(out_dir)
     config = TrainConfig().with_overrides(**overrides)
     seed_list = parse_seeds(seeds)
-    df = load_corpus(corpus_path or rd.corpus)
+    from kit.bundle import corpus_from  # a results bundle is verified and safely extracted first
+
+    df = load_corpus(corpus_from(corpus_path) if corpus_path else rd.corpus)
     if corpus_path is not None:
         adopt_corpus(df, rd.corpus)
     tick, close = _train_progress(quiet, "train")
@@ -772,10 +774,12 @@ def _pipeline_options(fn):
 @click.option("--ffmpeg", "ffmpeg_path", default=None, help="ffmpeg binary with libvmaf (default: found automatically).")
 @click.option("--fresh", is_flag=True, help="Move an existing run in --out-dir aside (<out-dir>.old-<utc>) and start anew.")
 @click.option("--quiet", "-q", is_flag=True, help="Only the result line.")
+@click.option("--demo-frames", type=click.IntRange(min=2), default=None, help="Frames per demo clip (default 30).")
+@click.option("--demo-size", default=None, help="Demo clip size WxH (default 192x108).")
 @_pipeline_options
 def pipeline_cmd(ref_dir: Path | None, demo: bool, encoders: str | None, cqs: str | None, seeds: str,
                  out_dir: Path | None, jobs: int | None, ffmpeg_path: str | None, fresh: bool, quiet: bool,
-                 **overrides) -> None:
+                 demo_frames: int | None, demo_size: str | None, **overrides) -> None:
     """The whole job: prereqs, corpus, train, verdict, export (on PROMOTE), report, bundle.
 
     A rerun with the same options resumes (finished cells and steps are not redone); other options
@@ -808,6 +812,8 @@ def pipeline_cmd(ref_dir: Path | None, demo: bool, encoders: str | None, cqs: st
         ffmpeg=ffmpeg_path,
         fresh=fresh,
         quiet=quiet,
+        demo_frames=demo_frames or pipeline.DEMO_FRAMES,
+        demo_size=pipeline.parse_size(demo_size) if demo_size else pipeline.DEMO_CLIP_SIZE,
     )
     result = pipeline.run_pipeline(options)
     if not quiet:

@@ -668,6 +668,9 @@ def run_pipeline(options: PipelineOptions) -> PipelineResult:
     t0 = time.perf_counter()
     n = len(STEPS)
     with _sigterm_as_interrupt():
+        out = Path(options.out_dir)
+        if out.exists() and not out.is_dir():
+            raise BadInput(f"--out-dir {out} is a file", hint="pass a directory (it is created if missing)")
         if options.encoders:
             from kit import encoders as enc_table
 
@@ -703,6 +706,17 @@ def run_pipeline(options: PipelineOptions) -> PipelineResult:
                                   bundle_sha256=bundle_marker["outputs"][bundle_rel], steps=ctx.reports,
                                   recommendation=str(ctx.verdict.get("recommendation") or ""),
                                   wall_s=time.perf_counter() - t0)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'192x108' -> (192, 108); even sizes from 64 up (yuv420p and libvmaf's smallest filter windows)."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise BadInput(f"--demo-size {text!r} is not WxH", hint="e.g. --demo-size 192x108") from None
+    if w < 64 or h < 64 or w % 2 or h % 2:
+        raise BadInput(f"--demo-size {text}: width and height must be even and at least 64", hint="e.g. --demo-size 128x72")
+    return w, h
 
 
 def resolved_summary(resolved: dict[str, Any]) -> str:

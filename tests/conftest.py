@@ -45,13 +45,14 @@ def _write_fake_run(root: Path, *, seeds=(0, 1), plcc=0.97, verdict="PROMOTE", n
     df.to_parquet(rd.corpus, index=False)
     srcs = sorted({(r["src_sha256"], r["src"]) for r in rows})
     fp = fingerprint or {"platform": "linux-cpu-x86_64", "packages": {"torch": "2.13.0"}, "ffmpeg": {"version": "n9"}}
-    per_fold = [{"seed": s, "src_sha256": sha, "src": name, "plcc": plcc + 0.001 * i}
-                for s in seeds for i, (sha, name) in enumerate(srcs)]
+    # the layout kit.gate.verdict_document writes (folds table, per-seed PLCCs keyed by seed)
+    folds = [{"seed": s, "fold_src": name, "fold_src_sha256": sha, "plcc": plcc + 0.001 * i}
+             for s in seeds for i, (sha, name) in enumerate(srcs)]
     write_json(rd.verdict, {
         "schema_version": 1, "verdict": verdict, "generated_at_utc": "2026-11-25T10:15:00Z", "seeds": list(seeds),
-        "gate": {"mean_plcc": plcc + 0.001, "per_seed_plccs": [plcc + 0.001 for _ in seeds], "plcc_spread": 0.0,
-                 "passed": verdict == "PROMOTE"},
-        "per_fold": per_fold,
+        "gate": {"mean_plcc": plcc + 0.001, "per_seed_plccs": {str(s): plcc + 0.001 for s in seeds},
+                 "plcc_spread": 0.0, "passed": verdict == "PROMOTE"},
+        "folds": folds,
         "corpus": {"sha256": "c" * 64, "n_rows": len(rows), "n_sources": n_sources,
                    "sources": [{"src": n, "src_sha256": h} for h, n in srcs]},
         "fingerprint": fp, "recommendation": "fine",

@@ -1,0 +1,143 @@
+"""The one-command pipeline on the real corpus engine and trainer (tiny demo settings, seconds not minutes)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from kit import bundle, pipeline
+from kit.cli import DEMO_TRAIN, PIPELINE_GATE_FLAGS, main
+from kit.fsio import read_json
+
+# Tiny but real: 5 lavfi clips of 96x64x8 frames, libx264 at 2 cqs, 2 seeds x 5 folds, 20 epochs. The gate is
+# loosened so this tiny run PROMOTEs and the export step runs too (the real demo's numbers are in the docs).
+TINY = ["--demo-size", "96x64", "--demo-frames", "8", "--encoders", "libx264", "--cqs", "22,34", "--seeds", "0,1",
+        "--epochs", "20", "--gate-mean-plcc", "0.5", "--gate-per-seed-min", "0.5", "--gate-plcc-spread-max", "1"]
+
+
+def _run(*args: str):
+    result = CliRunner().invoke(main, ["pipeline", *args])
+    assert "Traceback" not in result.output and "internal error" not in result.output, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("pipeline") / "run"
+    result = _run(*TINY, "--out-dir", str(out))
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_tiny_demo_pipeline_promotes_and_bundles(tiny_run):
+    run = read_json(tiny_run / "run.json")
+    assert run["schema"] == pipeline.RUN_SCHEMA and run["options"]["encoders"] == ["libx264"]
+    assert run["options"]["cqs"] == [22, 34] and run["options"]["seeds"] == [0, 1]
+    assert run["options"]["train"]["epochs"] == 20 and run["options"]["gate"]["mean_plcc"] == 0.5
+    assert run["fingerprint_id"] and run["fingerprint"]["packages"]["torch"]
+    verdict = read_json(tiny_run / "verdict.json")
+    assert verdict["verdict"] == "PROMOTE"
+    (tarball,) = tiny_run.glob("ensemble-results-*.tar.gz")
+    assert tarball.name.startswith(f"ensemble-results-{run['platform']}-{run['box_id']}-")
+    checked = bundle.verify(tarball)
+    names = {f["path"] for f in checked.manifest["files"]}
+    assert {"run.json", "verdict.json", "corpus.parquet", "loso/folds.csv", "loso/summary.json",
+            "models/ensemble.json", "report/index.html"} <= names
+    assert {f"models/ensemble_seed{s}.onnx" for s in (0, 1)} <= names
+    assert not any(n.startswith((".pipeline", "corpus/")) for n in names)  # bookkeeping and cells stay home
+    assert bundle.compare(tiny_run, tarball).reproduced
+
+
+def test_rerun_resumes_without_redoing_anything(tiny_run):
+    (tarball,) = tiny_run.glob("ensemble-results-*.tar.gz")
+    before = {p: p.stat().st_mtime_ns for p in tiny_run.rglob("*") if p.is_file() and ".pipeline" not in p.parts}
+    result = _run(*TINY, "--out-dir", str(tiny_run))
+    assert result.exit_code == 0, result.output
+    for step in ("corpus", "train", "verdict", "export", "report", "bundle"):
+        assert any(line.startswith("[") and f" {step} " in line and "(done earlier)" in line
+                   for line in result.output.splitlines()), (step, result.output)
+    after = {p: p.stat().st_mtime_ns for p in before}
+    assert after == before  # not one file rewritten
+    assert result.output.strip().splitlines()[-1] == f"PROMOTE {tarball}"
+
+
+def test_other_options_are_refused_not_mixed(tiny_run):
+    run_json = (tiny_run / "run.json").read_bytes()
+    args = [a if a != "22,34" else "22,30,34" for a in TINY]
+    result = _run(*args, "--out-dir", str(tiny_run))
+    assert result.exit_code == 2
+    assert "resuming would mix results: cqs [22,34] -> [22,30,34]" in result.output
+    assert "--fresh" in result.output
+    assert (tiny_run / "run.json").read_bytes() == run_json
+
+
+def test_fresh_moves_old_run_aside_and_hold_exits_1(tiny_run, tmp_path):
+    work = tmp_path / "run"
+    shutil.copytree(tiny_run, work)
+    old_models = sorted(p.name for p in (work / "models").iterdir())
+    args = [a if a != "0.5" else "0.9999" for a in TINY]  # a gate no tiny run passes
+    result = _run(*args, "--out-dir", str(work), "--fresh")
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines()[-1].startswith("HOLD ")
+    (aside,) = [p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]
+    assert sorted(p.name for p in (aside / "models").iterdir()) == old_models  # nothing deleted
+    assert read_json(aside / "verdict.json")["verdict"] == "PROMOTE"
+    assert read_json(work / "verdict.json")["verdict"] == "HOLD"
+    assert not (work / "models").exists()
+    (tarball,) = work.glob("ensemble-results-*.tar.gz")
+    assert not any(f["path"].startswith("models/") for f in bundle.verify(tarball).manifest["files"])
+    # the lead's PROMOTE against this HOLD: DIVERGED, verdicts first
+    cmp = bundle.compare(tiny_run, tarball)
+    assert not cmp.reproduced and cmp.reasons[0] == "verdicts differ: lead PROMOTE, collaborator HOLD"
+
+
+def test_retraining_the_lead_bundle_gives_identical_plccs(tiny_run, tmp_path):
+    """The lock's promise: the lead's corpus, retrained here (same environment), gives the same PLCCs."""
+    (tarball,) = tiny_run.glob("ensemble-results-*.tar.gz")
+    out = tmp_path / "retrain"
+    result = CliRunner().invoke(main, ["train", "--corpus", str(tarball), "--out-dir", str(out), "--seeds", "0,1",
+                                       "--epochs", "20", "--quiet"])
+    assert result.exit_code == 0, result.output
+    ours = pd.read_csv(tiny_run / "loso" / "folds.csv")
+    theirs = pd.read_csv(out / "loso" / "folds.csv")
+    pd.testing.assert_frame_equal(ours, theirs, check_exact=True)
+    assert (out / "loso" / "folds.csv").read_bytes() == (tiny_run / "loso" / "folds.csv").read_bytes()
+
+
+def test_cli_flags_stay_in_step_with_the_gate_and_demo():
+    from kit.gate import GATE_DEFAULTS
+
+    assert PIPELINE_GATE_FLAGS == GATE_DEFAULTS
+    assert DEMO_TRAIN == {"epochs": pipeline.DEMO_EPOCHS}
+
+
+def test_sigterm_exits_130_and_the_rerun_finishes(tmp_path):
+    """A scheduler's SIGTERM mid-corpus: exit 130 with the resume hint; the same command then completes."""
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "kit", "pipeline", *TINY, "--demo-frames", "24", "--out-dir", str(out)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (out / "corpus" / "cells").is_dir() and any((out / "corpus" / "cells").glob("*.parquet")):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before SIGTERM arrived (machine too fast for this timing)")
+    assert proc.returncode == 130, stderr
+    assert "rerun the same command to resume" in stderr
+    assert "Traceback" not in stderr
+    again = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "[resuming]" in again.stderr
