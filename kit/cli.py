@@ -218,6 +218,9 @@ def _corpus_run(demo, ref_dir, width, height, pix_fmt, fps, encoders, cqs, jobs,
     run_dir = corpus.prepare_run_dir(out_dir)
     names = _corpus_encoders(ff, encoders)
     srcs = _corpus_sources(ff, demo, ref_dir, out_dir, {"width": width, "height": height, "pix_fmt": pix_fmt, "fps": fps})
+    if not quiet:
+        err.print(f"{len(srcs)} sources x {len(names)} encoders ({', '.join(names)}) x {len(cq_values)} cqs = "
+                  f"{len(srcs) * len(names) * len(cq_values)} cells{f', shard {shard}' if shard else ''} -> {out_dir}")
     on_plan, on_cell, close = _progress_printer(quiet)
     try:
         summary = corpus.run_corpus(run_dir, srcs, names, cq_values, ff=ff, jobs=jobs, shard=shard_kn,
