@@ -76,6 +76,21 @@ def source_key(src_sha256: str) -> int:
     return int(hashlib.sha256(src_sha256.encode()).hexdigest()[:16], 16)
 
 
+def prepare_folds(df: pd.DataFrame) -> tuple[list[str], list[tuple[np.ndarray, np.ndarray]], list[tuple[pd.DataFrame, np.ndarray]]]:
+    """-> (fold source ids, per fold (train inputs, train target), per fold (held-out rows, their inputs)).
+
+    Each fold's scaler is fit on that fold's training rows only: the held-out source never leaks in.
+    """
+    folds = sorted(df["src_sha256"].unique())
+    blocks, tests = [], []
+    for sha in folds:
+        train, test = df[df["src_sha256"] != sha], df[df["src_sha256"] == sha]
+        scaler = Scaler.fit(features(train))
+        blocks.append((model_inputs(train, scaler), target(train).astype(np.float32)))
+        tests.append((test, model_inputs(test, scaler)))
+    return folds, blocks, tests
+
+
 @dataclass
 class LosoResult:
     seeds: tuple[int, ...]
@@ -125,14 +140,7 @@ def run_loso(
     full = canonical_order(normalise(corpus_df))
     summary = corpus_summary(full)
     df = check_trainable(full)
-    folds = sorted(df["src_sha256"].unique())
-    blocks, tests, scalers = [], [], []
-    for sha in folds:
-        train, test = df[df["src_sha256"] != sha], df[df["src_sha256"] == sha]
-        scaler = Scaler.fit(features(train))
-        blocks.append((model_inputs(train, scaler), target(train).astype(np.float32)))
-        tests.append((test, model_inputs(test, scaler)))
-        scalers.append(scaler)
+    folds, blocks, tests = prepare_folds(df)
     jobs = [Job(block=f, key=(seed, LOSO_TAG, source_key(sha))) for seed in seeds for f, sha in enumerate(folds)]
     src_name = dict(zip(df["src_sha256"], df["src"], strict=False))
     names = [f"seed {seed} fold {src_name[sha]}" for seed in seeds for sha in folds]
