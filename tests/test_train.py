@@ -36,8 +36,12 @@ def _all(w):
     return np.concatenate([getattr(w, k).reshape(-1) for k in ("W1", "b1", "W2", "b2", "W3", "b3")])
 
 
-def test_batched_equals_plain_per_model_loop():
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-adam", "vectorised-adam"])
+def test_batched_equals_plain_per_model_loop(fused, monkeypatch):
     """Different fold sizes (partial last batches, masked steps) still give each model its solo training."""
+    import kit.train.batched as batched
+
+    monkeypatch.setattr(batched, "FUSED_ADAM", fused and batched.FUSED_ADAM)
     blocks = _blocks()
     jobs = [Job(b, (s, b)) for s in (0, 1) for b in range(3)]
     net = train_models(blocks, jobs, TINY)

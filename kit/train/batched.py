@@ -3,7 +3,8 @@
 Why: the old kit trained 45 tiny MLPs one after another; each step is so small that per-step
 overhead (Python, autograd, optimizer bookkeeping, DataLoader collation) dominated. Here every model
 is a slice of stacked tensors [M, ...] and one step runs all of them with a few `baddbmm` calls, a
-hand-written backward pass and one vectorised Adam update.
+hand-written backward pass (no autograd) and one fused Adam kernel over all models; a background
+thread draws the next batches and dropout masks (numpy, GIL released) while torch computes.
 
 Each model still gets exactly the training it would get alone:
   * its own generator (numpy SFC64 seeded from its own key) draws its init, its per-epoch shuffle and
@@ -21,6 +22,8 @@ layer stays exactly unbiased.
 from __future__ import annotations
 
 import math
+import queue
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -142,6 +145,19 @@ class Trainer:
         self.keep_scale = np.float32(1.0 / (1.0 - p_eff))
         self.u64_per_step = -(-(B * 2 * config.hidden * 2) // 8)  # 16-bit uniforms, whole u64 words
         self.epoch = 0
+        # Adam: one fused kernel over per-model rows (model-major buffers keep each row contiguous);
+        # each model has its own step count, so bias correction follows its own number of steps.
+        net = self.net
+        self.G = torch.empty_like(net.P)
+        self.rows = (list(net.P.unbind(0)), list(self.G.unbind(0)), list(net.m1.unbind(0)), list(net.m2.unbind(0)))
+        self.step_count = torch.zeros(self.M, dtype=torch.float32)  # one op increments every model's count
+        self.step_counts = list(self.step_count.unbind(0))
+        self.min_steps = int(self.steps.min())
+        self.fused = FUSED_ADAM
+
+    def active_at(self, s: int) -> torch.Tensor:
+        """1.0 for models that have a batch at step s of the epoch, else 0.0."""
+        return torch.from_numpy((s < self.steps).astype(np.float32))
 
     # -- per-epoch randomness, drawn model by model from each model's own generator ----------------
     def _draw_epoch(self) -> tuple[list[np.ndarray], list[np.random.Generator]]:
@@ -178,8 +194,31 @@ class Trainer:
         c2 = np.where(active, 1.0 - c.beta2, 0.0)
         return tuple(torch.from_numpy(a.astype(np.float32)).reshape(-1, 1) for a in (lr_t, inv_bc2, c1, c2))
 
-    def _step(self, idx: torch.Tensor, mask: torch.Tensor, gw: torch.Tensor, coef: tuple[torch.Tensor, ...]) -> None:
-        M, H, net, v = self.M, self.config.hidden, self.net, self.net.view
+    def _adam(self, s: int) -> None:
+        """torch.optim.Adam semantics (L2 weight decay added to the gradient) for the models active at step s."""
+        c, net, G = self.config, self.net, self.G
+        if not self.fused:  # portable path: the same update as vectorised tensor ops with per-model scalars
+            lr_t, inv_bc2, c1, c2 = self._adam_coefficients(s)
+            if c.weight_decay:
+                G.add_(net.P, alpha=c.weight_decay)
+            net.m1.lerp_(G, c1)
+            net.m2.lerp_(G.square(), c2)
+            denom = net.m2.sqrt().mul_(inv_bc2).add_(c.eps)
+            net.P.sub_(net.m1.div(denom).mul_(lr_t))
+            return
+        if s < self.min_steps:  # every model active (all but the last few steps of an epoch)
+            self.step_count.add_(1.0)
+            lists, counts = self.rows, self.step_counts
+        else:  # a masked step: only models that still have batches this epoch move
+            active = [m for m in range(self.M) if s < self.steps[m]]
+            self.step_count.add_(self.active_at(s))
+            lists = tuple([rows[m] for m in active] for rows in self.rows)
+            counts = [self.step_counts[m] for m in active]
+        torch._fused_adam_(*lists, [], counts, lr=c.lr, beta1=c.beta1, beta2=c.beta2, weight_decay=c.weight_decay,
+                           eps=c.eps, amsgrad=False, maximize=False)
+
+    def _step(self, s: int, idx: torch.Tensor, mask: torch.Tensor, gw: torch.Tensor) -> None:
+        M, H, v = self.M, self.config.hidden, self.net.view
         batch = self.data.index_select(0, idx).view(M, -1, self.n_in + 1)
         x, y = batch[..., : self.n_in], batch[..., self.n_in :]
         m1, m2 = mask[..., :H], mask[..., H:]
@@ -192,29 +231,32 @@ class Trainer:
         # backward of mean squared error, by hand
         g_out = (out - y).mul_(gw)  # [M, B, 1]
         g_W3 = torch.bmm(d2.transpose(1, 2), g_out)
-        g_z2 = torch.ops.aten.gelu_backward(torch.bmm(g_out, v["W3"].transpose(1, 2)).mul_(m2), z2)
+        g_z2 = torch.ops.aten.gelu_backward(g_out * v["W3"].transpose(1, 2) * m2, z2)
         g_W2 = torch.bmm(d1.transpose(1, 2), g_z2)
         g_z1 = torch.ops.aten.gelu_backward(torch.bmm(g_z2, v["W2"].transpose(1, 2)).mul_(m1), z1)
         g_W1 = torch.bmm(x.transpose(1, 2), g_z1)
         grads = (g_W1, g_z1.sum(1), g_W2, g_z2.sum(1), g_W3, g_out.sum(1))
-        G = torch.cat([g.reshape(M, -1) for g in grads], dim=1)
-        # Adam (torch.optim.Adam semantics: L2 weight decay added to the gradient), per-model scalars
-        lr_t, inv_bc2, c1, c2 = coef
-        c = self.config
-        if c.weight_decay:
-            G.add_(net.P, alpha=c.weight_decay)
-        net.m1.lerp_(G, c1)
-        net.m2.lerp_(G.square_(), c2)
-        denom = net.m2.sqrt().mul_(inv_bc2).add_(c.eps)
-        net.P.sub_(net.m1.div(denom).mul_(lr_t))
+        torch.cat([g.reshape(M, -1) for g in grads], dim=1, out=self.G)
+        self._adam(s)
+
+    def batches(self, epochs: int) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
+        """(epoch, first step, batch indices, dropout masks) chunks, in generator-stream order."""
+        for epoch in range(epochs):
+            perms, _ = self._draw_epoch()
+            for s0 in range(0, self.S, STEP_CHUNK):
+                idx, masks = self._chunk(perms, s0, min(self.S, s0 + STEP_CHUNK))
+                yield epoch, s0, idx, masks
+
+    def run_chunk(self, s0: int, idx: torch.Tensor, masks: torch.Tensor) -> None:
+        for k in range(len(idx)):
+            self._step(s0 + k, idx[k], masks[k], self.grad_weight[s0 + k])
 
     def run_epoch(self) -> None:
+        """One epoch, drawing randomness inline (the simple path; train_models prefetches instead)."""
         perms, _ = self._draw_epoch()
         for s0 in range(0, self.S, STEP_CHUNK):
-            s1 = min(self.S, s0 + STEP_CHUNK)
-            idx, masks = self._chunk(perms, s0, s1)
-            for s in range(s0, s1):
-                self._step(idx[s - s0], masks[s - s0], self.grad_weight[s], self._adam_coefficients(s))
+            idx, masks = self._chunk(perms, s0, min(self.S, s0 + STEP_CHUNK))
+            self.run_chunk(s0, idx, masks)
         self.epoch += 1
 
     def diverged(self) -> list[int]:
@@ -238,18 +280,86 @@ def train_models(
     """
     with deterministic_torch(config.threads), torch.no_grad():
         trainer = Trainer(blocks, jobs, config)
-        for epoch in range(config.epochs):
-            trainer.run_epoch()
-            bad = trainer.diverged()
-            if bad:
-                who = ", ".join((names[m] if names else f"model {m}") for m in bad)
-                raise WorkFailed(
-                    f"training diverged (weights became NaN/inf) at epoch {epoch + 1}: {who}",
-                    hint="lower --lr or check the corpus for extreme feature values",
-                )
-            if progress is not None:
-                progress(epoch + 1, config.epochs)
+        chunks = _prefetch(trainer.batches(config.epochs))
+        try:
+            _train_loop(trainer, chunks, config, names, progress)
+        finally:
+            chunks.close()
         return trainer.net
+
+
+def _train_loop(trainer: Trainer, chunks: Iterator, config: TrainConfig, names: list[str] | None, progress) -> None:
+    """Epoch by epoch over prefetched chunks; a model whose weights stop being finite fails the run."""
+    for epoch in range(config.epochs):
+        trainer.epoch = epoch
+        for s0 in range(0, trainer.S, STEP_CHUNK):
+            chunk_epoch, chunk_s0, idx, masks = next(chunks)
+            assert (chunk_epoch, chunk_s0) == (epoch, s0)
+            trainer.run_chunk(s0, idx, masks)
+        bad = trainer.diverged()
+        if bad:
+            who = ", ".join((names[m] if names else f"model {m}") for m in bad)
+            raise WorkFailed(
+                f"training diverged (weights became NaN/inf) at epoch {epoch + 1}: {who}",
+                hint="lower --lr or check the corpus for extreme feature values",
+            )
+        if progress is not None:
+            progress(epoch + 1, config.epochs)
+
+
+def _prefetch(source: Iterator, depth: int = 2) -> Iterator:
+    """Run a generator in a background thread, `depth` items ahead.
+
+    Drawing shuffles and dropout masks is numpy work that releases the GIL, so on a second core it
+    overlaps the torch step instead of adding to it. Order is unchanged, so results are too.
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def work() -> None:
+        try:
+            for item in source:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as exc:  # surfaced in the consumer
+            q.put(exc)
+
+    thread = threading.Thread(target=work, name="batch-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+def _fused_adam_available() -> bool:
+    """torch's fused CPU Adam kernel (torch >= 2.4); older torch uses the vectorised fallback."""
+    if not hasattr(torch, "_fused_adam_"):
+        return False
+    try:
+        p, g, a, b = (torch.zeros(4) for _ in range(4))
+        torch._fused_adam_([p], [g], [a], [b], [], [torch.ones(())], lr=1e-3, beta1=0.9, beta2=0.999,
+                           weight_decay=0.0, eps=1e-8, amsgrad=False, maximize=False)
+        return True
+    except (RuntimeError, NotImplementedError, TypeError):
+        return False
+
+
+FUSED_ADAM = _fused_adam_available()
 
 
 def predict(net: StackedMLP, inputs: list[np.ndarray], threads: int, chunk: int = 4096) -> list[np.ndarray]:
