@@ -201,6 +201,8 @@ def _corpus_run(demo, ref_dir, width, height, pix_fmt, fps, encoders, cqs, jobs,
     from kit import encoders as enc_table
     from kit.errors import PrereqError, WorkFailed
 
+    if demo == bool(ref_dir):  # say this before any probing
+        _corpus_sources(None, demo, ref_dir, out_dir, {})
     cq_values = enc_table.parse_cqs(cqs)
     shard_kn = corpus.parse_shard(shard) if shard else None
     if encoders:

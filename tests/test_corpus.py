@@ -184,6 +184,10 @@ def test_bad_encoders_and_cqs_are_bad_input(tiny_refs, tmp_path):
     def run(*args):
         return CliRunner().invoke(main, ["corpus", "--ref-dir", str(tiny_refs), "--out-dir", str(tmp_path / "o"), *args])
 
+    r = CliRunner().invoke(main, ["corpus", "--out-dir", str(tmp_path / "o")])
+    assert r.exit_code == ExitCode.BAD_INPUT and "--ref-dir" in r.output and "--demo" in r.output
+    r = run("--demo")
+    assert r.exit_code == ExitCode.BAD_INPUT and "mutually exclusive" in r.output
     r = run("--encoders", "x264")
     assert r.exit_code == ExitCode.BAD_INPUT and "unknown encoder 'x264'" in r.output
     r = run("--encoders", "libx264,h264_nvenc")
