@@ -20,7 +20,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from kit.errors import BadInput  # noqa: E402
 from kit.fsio import read_json, write_text, write_with  # noqa: E402
 from kit.rundir import RunDir  # noqa: E402
 from kit.train.data import load_corpus  # noqa: E402
@@ -124,11 +123,12 @@ def build_report(run_dir: str | Path, corpus_df: pd.DataFrame | None = None) -> 
     if len(loso.predictions):
         plot_pred_vs_actual(loso.predictions, out / "pred_vs_actual.png")
         images.append(("pred_vs_actual.png", "Predicted vs measured VMAF per held-out source"))
+    notes = []
     if corpus_df is not None and len(corpus_df):
         plot_rate_quality(corpus_df, out / "rate_quality.png")
         images.append(("rate_quality.png", "Rate-quality curves per encoder per source"))
-    elif corpus_df is None:
-        raise BadInput(f"{rd.corpus}: no corpus for the rate-quality plot", hint="pass --corpus PATH")
+    else:
+        notes.append(f"No corpus at {rd.corpus}: rate-quality plot left out (pass --corpus PATH).")
     gate = verdict.get("gate", {})
     name = verdict.get("verdict", "no verdict yet")
     colour = {"PROMOTE": "#1a7f37", "HOLD": "#b35900"}.get(name, "#555")
@@ -145,6 +145,7 @@ img{{max-width:100%;border:1px solid #eee;margin:0.5em 0}}</style></head><body>
 <h1>ensemble-kit report</h1>
 <p class="verdict"><b>{html.escape(str(name))}</b></p>
 <p>{html.escape(str(verdict.get("recommendation", "")))}</p>
+{"".join(f"<p><i>{html.escape(n)}</i></p>" for n in notes)}
 <p>Corpus sha256 <code>{html.escape(str(loso.corpus.get("sha256", "")))}</code>: {loso.corpus.get("n_rows")} rows,
 {loso.corpus.get("n_sources")} sources, {loso.corpus.get("n_encoders")} encoders; seeds {", ".join(map(str, loso.seeds))};
 environment <code>{html.escape(loso.fingerprint_id)}</code>.</p>

@@ -68,12 +68,18 @@ def small_corpus() -> pd.DataFrame:
     return synthetic_corpus(n_sources=4, frames=8, encoders=("libx264", "libx265"), cqs=(19, 31, 43))
 
 
-def test_loso_outputs_are_byte_identical(small_corpus, tmp_path):
+def test_loso_outputs_and_verdict_are_byte_identical(small_corpus, tmp_path):
+    """Two full runs (training, LOSO files, verdict) on the same corpus give the same bytes."""
+    from datetime import UTC, datetime
+
+    from kit.gate import decide, write_verdict_file
+
     for run in ("a", "b"):
-        run_loso(small_corpus, TINY, (0, 1), tmp_path / run / "loso")
+        result = run_loso(small_corpus, TINY, (0, 1), tmp_path / run / "loso")
+        write_verdict_file(tmp_path / run / "verdict.json", decide(result), result, now=datetime(2026, 1, 1, tzinfo=UTC))
     files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
     files_b = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
-    assert files_a == files_b and len(files_a) == 4  # folds.csv, summary.json, 2 x predictions
+    assert files_a == files_b and len(files_a) == 5  # folds.csv, summary.json, 2 x predictions, verdict
     for rel in files_a:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
 
