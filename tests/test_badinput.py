@@ -145,3 +145,53 @@ def test_tampered_bundle_is_refused_by_compare_too(tmp_path, good_bundle):
     result, text = _invoke("compare", str(good_bundle), str(tampered))
     assert result.exit_code == ExitCode.BAD_INPUT
     assert "verdict.json" in _one_error_line(text) and "changed after bundling" in text
+
+
+def test_pipeline_bad_input_battery(tmp_path):
+    """Broken pipeline inputs: each one line naming the flag/file, exit 2 (or 3 for a missing prerequisite)."""
+    empty_refs = tmp_path / "empty_refs"
+    empty_refs.mkdir()
+    bad_refs = tmp_path / "bad_refs"
+    bad_refs.mkdir()
+    (bad_refs / "clip.y4m").write_bytes(os.urandom(2048))
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    out = ["--out-dir", str(tmp_path / "out")]
+    cases = [
+        (["--ref-dir", str(tmp_path / "nope"), *out], ExitCode.BAD_INPUT, "nope"),
+        (["--ref-dir", str(empty_refs), *out], ExitCode.BAD_INPUT, "holds no reference clips"),
+        (["--ref-dir", str(bad_refs), *out], ExitCode.BAD_INPUT, "clip.y4m"),
+        (["--cqs", "abc", *out], ExitCode.BAD_INPUT, "--cqs"),
+        (["--cqs", "99", "--encoders", "libx264", *out], ExitCode.BAD_INPUT, "outside libx264's range"),
+        (["--seeds", "x", *out], ExitCode.BAD_INPUT, "--seeds"),
+        (["--encoders", "nosuch", *out], ExitCode.BAD_INPUT, "unknown encoder 'nosuch'"),
+        (["--out-dir", str(a_file)], ExitCode.BAD_INPUT, "is a file"),
+        (["--demo", "--ref-dir", str(empty_refs), *out], ExitCode.BAD_INPUT, "mutually exclusive"),
+        (["--demo-size", "10x10", *out], ExitCode.BAD_INPUT, "--demo-size"),
+        (["--epochs", "0", *out], ExitCode.BAD_INPUT, "--epochs"),
+        (["--encoders", "h264_nvenc", *out], ExitCode.PREREQS, "h264_nvenc"),
+    ]
+    failures = []
+    for argv, code, phrase in cases:
+        result, text = _invoke("pipeline", *argv)
+        if result.exit_code != code or phrase not in text:
+            failures.append(f"{argv}: exit {result.exit_code} (want {int(code)}), output {text!r}")
+            continue
+        _one_error_line(text)
+    assert not failures, "\n".join(failures)
+    assert not (tmp_path / "out" / "run.json").exists()  # nothing started on bad input
+
+
+def test_train_and_merge_refuse_broken_bundles(tmp_path, good_bundle):
+    garbage = tmp_path / "garbage.tar.gz"
+    garbage.write_bytes(os.urandom(1024))
+    traversal = _hostile_tar(tmp_path / "traversal.tar.gz", "../evil.txt")
+    for argv, phrase in (
+        (["train", "--corpus", str(garbage), "--out-dir", str(tmp_path / "t")], "not a readable tar archive"),
+        (["train", "--corpus", str(traversal), "--out-dir", str(tmp_path / "t")], "path traversal"),
+        (["merge", str(good_bundle), str(garbage), "--out", str(tmp_path / "m.parquet")], "not a readable tar archive"),
+    ):
+        result, text = _invoke(*argv)
+        assert result.exit_code == ExitCode.BAD_INPUT, (argv, text)
+        assert phrase in _one_error_line(text)
+    assert not (tmp_path / "evil.txt").exists()
