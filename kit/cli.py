@@ -152,7 +152,7 @@ def _progress_printer(quiet: bool):
 @click.option("--out-dir", type=click.Path(path_type=Path), default=Path("runs/corpus"), show_default=True,
               help="Run directory: corpus/cells/*.parquet, corpus/failures.jsonl, corpus.parquet.")
 @click.option("--ffmpeg", "ffmpeg_path", help="ffmpeg binary with libvmaf (default: $ENSEMBLE_KIT_FFMPEG, binaries/, PATH, imageio-ffmpeg).")
-@click.option("--vmaf-threads", type=click.IntRange(min=1), help="libvmaf n_threads per cell (default: cores / jobs).")
+@click.option("--vmaf-threads", type=click.IntRange(min=1), help="libvmaf n_threads per cell (default: cores / cells still running).")
 @click.option("--scorer", type=click.Choice(["ffmpeg", "vmaf"]), default="ffmpeg", show_default=True,
               help="ffmpeg's libvmaf filter, or the vmaf CLI staged in binaries/<platform>/bin/.")
 @click.option("--cell-timeout", type=float, help="Seconds before a hung encode/score is killed (default: scales with clip size).")

@@ -194,7 +194,8 @@ def _rows(cell: Cell, ctx: RunContext, result: scoring.ScoreResult, enc_bytes: i
     return pd.DataFrame(rows, columns=list(CORPUS_COLUMNS)).astype(CORPUS_COLUMNS)
 
 
-def run_cell(cell: Cell, ctx: RunContext, run_dir: RunDir, *, vmaf_threads: int = 1, timeout: float | None = None,
+def run_cell(cell: Cell, ctx: RunContext, run_dir: RunDir, *, vmaf_threads: int | Callable[[], int] = 1,
+             timeout: float | None = None,
              hw_gate: threading.Semaphore | None = None) -> int:
     """Encode, score, write `cells/<cell_id>.parquet` atomically; -> rows. Raises scoring.ToolFailed."""
     s, ff = cell.source, ctx.ff
@@ -217,7 +218,8 @@ def run_cell(cell: Cell, ctx: RunContext, run_dir: RunDir, *, vmaf_threads: int 
             got = encoded[-1] if encoded else "an unknown number of"
             raise scoring.ToolFailed("encode", f"the encoder wrote {got} frames but the reference has {s.n_frames}",
                                      enc_err[-scoring.STDERR_TAIL:])
-        result = scoring.score(ff, s, ["-f", cell.stream_format, "-i", str(stream)], n_threads=vmaf_threads,
+        threads = vmaf_threads() if callable(vmaf_threads) else vmaf_threads  # decided now: fewer cells left, more threads
+        result = scoring.score(ff, s, ["-f", cell.stream_format, "-i", str(stream)], n_threads=threads,
                                model=ctx.model, expected_frames=s.n_frames, timeout=limit, workdir=wd,
                                vmaf_cli=ctx.vmaf_cli)
         df = _rows(cell, ctx, result, enc_bytes, enc_ms)
@@ -338,7 +340,13 @@ def run_corpus(run_dir: RunDir, sources: Sequence[Source], encoder_names: Sequen
         on_plan(len(todo))
 
     jobs = max(1, jobs or default_jobs(encoder_names))
-    threads = vmaf_threads or max(1, cpu_count() // jobs)
+    cores = cpu_count()
+    unfinished = [len(todo)]  # cells not yet finished; read by workers, written by this thread
+
+    def scorer_threads() -> int:
+        """cores / cells running: one libvmaf thread each in the bulk, all cores for the last few (the
+        tail would otherwise leave cores idle). Threads never change the values, so not in the cell id."""
+        return vmaf_threads or max(1, cores // max(1, min(jobs, unfinished[0])))
     gates = {hw: threading.Semaphore(n) for hw, n in HW_SESSION_LIMITS.items()}
     stop = threading.Event()
 
@@ -347,7 +355,7 @@ def run_corpus(run_dir: RunDir, sources: Sequence[Source], encoder_names: Sequen
             return CellOutcome(cell, "cancelled")
         start = time.perf_counter()
         try:
-            rows = run_cell(cell, ctx, run_dir, vmaf_threads=threads, timeout=timeout,
+            rows = run_cell(cell, ctx, run_dir, vmaf_threads=scorer_threads, timeout=timeout,
                             hw_gate=gates.get(cell.encoder.hw or ""))
             return CellOutcome(cell, "done", rows=rows, seconds=time.perf_counter() - start)
         except Exception as exc:  # noqa: BLE001 - one failed cell must not stop the others
@@ -375,6 +383,7 @@ def run_corpus(run_dir: RunDir, sources: Sequence[Source], encoder_names: Sequen
                                    f"while writing cell {outcome.cell.label}",
                                    hint="free space (or pick another --out-dir) and rerun: finished cells are kept")
                 finished += 1
+                unfinished[0] = len(todo) - finished
                 if outcome.status == "done":
                     summary.done += 1
                 if progress:
