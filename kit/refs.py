@@ -513,6 +513,8 @@ def pack(ref_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, codec:
             raise BadInput(f"{s.path}: the source name {s.src!r} is reserved for the pack manifest", hint="rename the file")
 
     tarball = _is_tarball(out)
+    if not tarball and out.exists() and not out.is_dir():
+        raise BadInput(f"--out {out} is an existing file", hint="name a directory, or a file ending in .tar or .tar.gz")
     pack_dir = out.with_name(f".{out.name}.partial") if tarball else out
     if pack_dir.resolve() == ref_dir.resolve():
         raise BadInput(f"--out {out} is the reference directory itself", hint="pack into a new directory or a .tar file")
@@ -662,6 +664,8 @@ def unpack(pack_path: str | os.PathLike[str], out: str | os.PathLike[str], *, y4
         raise BadInput(f"pack not found: {pack_path}", hint="pass the pack directory or .tar file `refs pack` wrote")
     ff = ff or find_ffmpeg(require_libvmaf=False)
     jobs = jobs or default_jobs()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BadInput(f"--out {out_dir} is an existing file", hint="name a directory for the raw references")
     out_dir.mkdir(parents=True, exist_ok=True)
     staging: Path | None = None
     if pack_path.is_dir():
