@@ -420,6 +420,8 @@ def _train_config_options(f):
         ("--hidden", click.IntRange(min=1), f"Width of both hidden layers [default: {d.hidden}]."),
         ("--dropout", click.FloatRange(min=0, max=1, max_open=True), f"Dropout after each GELU [default: {d.dropout}]."),
         ("--threads", click.IntRange(min=1), f"Torch threads, fixed for reproducibility [default: {d.threads}]."),
+        ("--workers", click.IntRange(min=0), "Model groups trained side by side, 0 = one per core; results do not "
+                                             f"depend on it [default: {d.workers}]."),
     ]):
         f = click.option(flag, type=typ, default=None, help=text)(f)
     return f

@@ -57,10 +57,22 @@ def test_model_does_not_depend_on_its_neighbours():
     np.testing.assert_allclose(_all(alone), _all(crowd), rtol=0, atol=1e-6)
 
 
+def test_worker_groups_do_not_change_results():
+    blocks = _blocks()
+    jobs = [Job(b, (s, b)) for s in range(3) for b in range(3)]
+    one = train_models(blocks, jobs, TrainConfig(epochs=2, hidden=16, batch_size=16, workers=1))
+    three = train_models(blocks, jobs, TrainConfig(epochs=2, hidden=16, batch_size=16, workers=3))
+    assert three.M == one.M == 9
+    assert np.array_equal(one.P.numpy(), three.P.numpy())
+
+
 def test_divergence_is_a_training_failure():
     blocks = [(x, np.full(len(x), 3e38, dtype=np.float32)) for x, _ in _blocks()]
-    with pytest.raises(WorkFailed, match="diverged"):
+    with pytest.raises(WorkFailed, match="diverged.*seed 0 fold a"):
         train_models(blocks, [Job(0, (0,))], TINY, names=["seed 0 fold a"])
+    jobs = [Job(b, (s, b)) for s in range(2) for b in range(3)]  # every group fails; the first one is named
+    with pytest.raises(WorkFailed, match="diverged.*model 0"):
+        train_models(blocks, jobs, TrainConfig(epochs=2, hidden=16, workers=2))
 
 
 @pytest.fixture(scope="module")

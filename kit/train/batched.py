@@ -22,9 +22,11 @@ layer stays exactly unbiased.
 from __future__ import annotations
 
 import math
+import os
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -100,6 +102,18 @@ class StackedMLP:
         for k in PARAMS:
             out[k] = flat[:, offset : offset + self.sizes[k]].view(self.M, *self.shapes[k])
             offset += self.sizes[k]
+        return out
+
+    @classmethod
+    def concat(cls, nets: list[StackedMLP]) -> StackedMLP:
+        """One stack of all models of several stacks, in order (trained weights only)."""
+        out = cls.__new__(cls)
+        out.M, out.n_in, out.h = sum(n.M for n in nets), nets[0].n_in, nets[0].h
+        out.shapes, out.sizes, out.n_params = nets[0].shapes, nets[0].sizes, nets[0].n_params
+        out.P = torch.cat([n.P for n in nets])
+        out.m1 = torch.cat([n.m1 for n in nets])
+        out.m2 = torch.cat([n.m2 for n in nets])
+        out.view = out._views(out.P)
         return out
 
     def weights(self, m: int) -> Weights:
@@ -264,33 +278,78 @@ class Trainer:
         return [int(m) for m in torch.nonzero(~finite).flatten()]
 
 
+def default_workers() -> int:
+    """Worker threads when --workers is 0 (auto): one per core, at most 8."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
 def train_models(
     blocks: list[tuple[np.ndarray, np.ndarray]],
     jobs: list[Job],
     config: TrainConfig,
     *,
     names: list[str] | None = None,
-    progress=None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> StackedMLP:
     """Train every job together; returns the stacked trained weights (eval with `predict`).
 
     `blocks` are (standardised inputs [n, n_in], target [n]) pairs shared by jobs; `progress` is an
-    optional callable(epochs_done, epochs_total). A model whose weights stop being finite is a
-    training failure (exit 4) naming the model and epoch.
+    optional callable(epochs_done, epochs_total). The jobs are split into `config.workers` groups
+    (0 = one per core), each a batched computation driven by its own Python thread (torch releases
+    the GIL inside ops, so groups run on separate cores). A model's arithmetic does not depend on
+    its group, so results are identical for any worker count. A model whose weights stop being
+    finite is a training failure (exit 4) naming the model and epoch.
     """
-    with deterministic_torch(config.threads), torch.no_grad():
-        trainer = Trainer(blocks, jobs, config)
-        chunks = _prefetch(trainer.batches(config.epochs))
-        try:
-            _train_loop(trainer, chunks, config, names, progress)
-        finally:
-            chunks.close()
-        return trainer.net
+    n_groups = max(1, min(len(jobs), config.workers or default_workers()))
+    bounds = np.linspace(0, len(jobs), n_groups + 1).round().astype(int)
+    groups = [(int(lo), jobs[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True) if hi > lo]
+    stop = threading.Event()
+    done = [0] * len(groups)
+    lock = threading.Lock()
+
+    def tick(g: int, epoch: int) -> None:
+        with lock:
+            before = min(done)
+            done[g] = epoch
+            if progress is not None and min(done) > before:
+                progress(min(done), config.epochs)
+
+    def work(g: int, offset: int, group: list[Job]) -> StackedMLP:
+        with torch.no_grad():
+            trainer = Trainer(blocks, group, config)
+            chunks = _prefetch(trainer.batches(config.epochs))
+            group_names = [names[offset + i] if names else f"model {offset + i}" for i in range(len(group))]
+            try:
+                _train_loop(trainer, chunks, config, group_names, lambda e: tick(g, e), stop)
+            except BaseException:
+                stop.set()
+                raise
+            finally:
+                chunks.close()
+            return trainer.net
+
+    with deterministic_torch(config.threads):
+        if len(groups) == 1:
+            return work(0, *groups[0])
+        with ThreadPoolExecutor(max_workers=len(groups), thread_name_prefix="train-group") as pool:
+            futures = [pool.submit(work, g, offset, group) for g, (offset, group) in enumerate(groups)]
+            wait(futures)
+        for f in futures:  # first failure in job order, so the message does not depend on timing
+            if f.exception() is not None and not isinstance(f.exception(), _Stopped):
+                raise f.exception()
+        return StackedMLP.concat([f.result() for f in futures])
 
 
-def _train_loop(trainer: Trainer, chunks: Iterator, config: TrainConfig, names: list[str] | None, progress) -> None:
+class _Stopped(Exception):
+    """A group stopped early because another group failed."""
+
+
+def _train_loop(trainer: Trainer, chunks: Iterator, config: TrainConfig, names: list[str],
+                on_epoch: Callable[[int], None], stop: threading.Event) -> None:
     """Epoch by epoch over prefetched chunks; a model whose weights stop being finite fails the run."""
     for epoch in range(config.epochs):
+        if stop.is_set():
+            raise _Stopped()
         trainer.epoch = epoch
         for s0 in range(0, trainer.S, STEP_CHUNK):
             chunk_epoch, chunk_s0, idx, masks = next(chunks)
@@ -298,13 +357,11 @@ def _train_loop(trainer: Trainer, chunks: Iterator, config: TrainConfig, names: 
             trainer.run_chunk(s0, idx, masks)
         bad = trainer.diverged()
         if bad:
-            who = ", ".join((names[m] if names else f"model {m}") for m in bad)
             raise WorkFailed(
-                f"training diverged (weights became NaN/inf) at epoch {epoch + 1}: {who}",
+                f"training diverged (weights became NaN/inf) at epoch {epoch + 1}: {', '.join(names[m] for m in bad)}",
                 hint="lower --lr or check the corpus for extreme feature values",
             )
-        if progress is not None:
-            progress(epoch + 1, config.epochs)
+        on_epoch(epoch + 1)
 
 
 def _prefetch(source: Iterator, depth: int = 2) -> Iterator:

@@ -23,6 +23,8 @@ class TrainConfig:
     eps: float = 1e-8
     batch_size: int = 32
     epochs: int = 200
+    workers: int = 0  # model groups trained side by side, one Python thread each; 0 = one per core.
+    # Results do not depend on it (each model's arithmetic is independent of its group).
     threads: int = 1  # torch intra-op threads; FIXED (not "all cores") so results are byte-identical.
     # 1 is also the fastest here: the batched step is many small ops, and a second OpenMP thread on a
     # busy box makes every op wait for it (measured 3 ms vs 20-50 ms per step on a shared 2-core box).
@@ -39,6 +41,7 @@ class TrainConfig:
             "batch-size": self.batch_size >= 1,
             "epochs": self.epochs >= 1,
             "threads": self.threads >= 1,
+            "workers": self.workers >= 0,
         }
         for flag, ok in checks.items():
             if not ok:
