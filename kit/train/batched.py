@@ -136,9 +136,10 @@ class Trainer:
         self.n_in = blocks[0][0].shape[1]
         B = config.batch_size
         # All blocks in one flat [rows, n_in + 1] tensor (last column: target), one offset per block.
-        flat = np.concatenate([np.column_stack([x, y]) for x, y in blocks]).astype(np.float32)
+        used = sorted({j.block for j in jobs})  # only the blocks this group's jobs train on
+        flat = np.concatenate([np.column_stack(blocks[b]) for b in used]).astype(np.float32)
         self.data = torch.from_numpy(np.ascontiguousarray(flat))
-        starts = np.cumsum([0] + [len(x) for x, _ in blocks])[:-1]
+        starts = dict(zip(used, np.cumsum([0] + [len(blocks[b][0]) for b in used])[:-1], strict=True))
         self.offset = np.array([starts[j.block] for j in jobs], dtype=np.int64)
         self.n = np.array([len(blocks[j.block][0]) for j in jobs], dtype=np.int64)
         self.steps = -(-self.n // B)  # batches per epoch per model (last one partial)
