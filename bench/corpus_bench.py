@@ -10,6 +10,7 @@ wall time over the floor. Goal: utilisation >= 0.9 and wall <= 1.1 x floor.
 
     python bench/corpus_bench.py                 # 4 clips 640x360 x 60 frames, libx264 medium, 4 cqs
     python bench/corpus_bench.py --quick         # a smoke-sized run
+    python bench/corpus_bench.py --memory        # peak RSS of one cell at 60 vs 600 frames
 """
 
 from __future__ import annotations
@@ -90,6 +91,22 @@ def floor_cpu(ff: tools.FFmpeg, cells: list[corpus.Cell], wd: Path) -> float:
     return total
 
 
+def one_cell_peak_rss(frames: int, size: str) -> dict[str, float]:
+    """Run one full cell on a clip of `frames` frames in a fresh process; -> peak RSS (MiB) of it and its tools."""
+    code = (
+        "import json, resource, sys, tempfile; from pathlib import Path; sys.path.insert(0, sys.argv[3]);"
+        "import corpus_bench as b; from kit import corpus, tools; from kit.rundir import RunDir;"
+        "ff = tools.find_ffmpeg(); d = Path(tempfile.mkdtemp()); (d / 'refs').mkdir();"
+        "refs = b.make_refs(ff, d / 'refs', sys.argv[2], int(sys.argv[1]), 1);"
+        "corpus.run_corpus(RunDir(d / 'run'), refs, ['libx264'], [30], ff=ff, jobs=1);"
+        "print(json.dumps({'python_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,"
+        " 'tools_mib': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(frames), size, str(Path(__file__).parent)],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="640x360")
@@ -100,7 +117,15 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=None)
     ap.add_argument("--quick", action="store_true", help="160x90, 12 frames, 2 clips, 2 cqs")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--memory", action="store_true",
+                    help="only: peak RSS of one cell at 1x and 10x the frames (must not grow with clip length)")
     args = ap.parse_args()
+    if args.memory:
+        short, long = one_cell_peak_rss(args.frames, args.size), one_cell_peak_rss(10 * args.frames, args.size)
+        print(json.dumps({"frames": [args.frames, 10 * args.frames], "short": short, "long": long,
+                          "tools_growth": round(long["tools_mib"] / short["tools_mib"], 3),
+                          "python_growth": round(long["python_mib"] / short["python_mib"], 3)}, indent=2))
+        return
     if args.quick:
         args.size, args.frames, args.clips, args.cqs = "160x90", 12, 2, "25,37"
     ff = tools.find_ffmpeg()
