@@ -18,6 +18,8 @@ from typing import IO, Any
 from kit.errors import BadInput
 
 CHUNK = 1 << 20
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -42,6 +44,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; published files get the usual mode
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())

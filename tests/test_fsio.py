@@ -40,3 +40,12 @@ def test_cli_version_and_unknown_command_exit_code():
     assert r.exit_code == 0 and "ensemble-kit" in r.output
     r = CliRunner().invoke(main, ["no-such-command"])
     assert r.exit_code == ExitCode.BAD_INPUT
+
+
+def test_atomic_write_gives_the_usual_file_mode(tmp_path):
+    import os
+    target = tmp_path / "shared.json"
+    fsio.write_json(target, {})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
