@@ -90,7 +90,8 @@ def kill_during(out_dir: Path, phase: str, duration: float, rng: random.Random, 
         if proc.poll() is not None or time.monotonic() - t0 > timeout:
             break
         time.sleep(0.005)
-    time.sleep(rng.uniform(0.0, duration))
+    # Short steps (verdict, bundle: ~0.1 s) get the first half of their time, so the kill lands inside them.
+    time.sleep(rng.uniform(0.0, duration * (0.5 if duration < 0.3 else 0.9)))
     kill_group(proc)
     return landed(out_dir)
 

@@ -83,6 +83,12 @@ class PipelineOptions:
 # Options that change results: a rerun that differs in any of these would mix two runs in one directory.
 RESULT_KEYS: tuple[str, ...] = ("demo", "ref_sources", "encoders", "cqs", "seeds", "train", "gate", "vmaf_model",
                                 "demo_clips")
+# Training settings that change speed, not results (the trainer guarantees it): a resume may change them.
+RESULT_NEUTRAL_TRAIN: tuple[str, ...] = ("workers",)
+
+
+def result_train_config(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in RESULT_NEUTRAL_TRAIN}
 
 
 @dataclass
@@ -242,8 +248,10 @@ def locked_run_dir(options: PipelineOptions) -> Iterator[Path]:
 def _describe_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     diffs = []
     for key in RESULT_KEYS:
-        if old.get(key) != new.get(key):
-            a, b = old.get(key), new.get(key)
+        a, b = old.get(key), new.get(key)
+        if key == "train" and isinstance(a, dict) and isinstance(b, dict):
+            a, b = result_train_config(a), result_train_config(b)
+        if a != b:
             if key == "ref_sources":
                 a = f"{len(a or [])} sources" if a is not None else None
                 b = f"{len(b or [])} sources (different content)" if b is not None else None
@@ -508,7 +516,8 @@ def step_train(ctx: Context) -> StepReport:
     from kit.train import loso
     from kit.train.data import load_corpus
 
-    key = _key({"step": "train", "corpus": outputs_digest(_corpus_marker(ctx)), "config": ctx.config.to_dict(),
+    key = _key({"step": "train", "corpus": outputs_digest(_corpus_marker(ctx)),
+                "config": result_train_config(ctx.config.to_dict()),
                 "seeds": list(ctx.options.seeds)})
     if step_done(ctx.root, "train", key):
         return StepReport("train", "reused", "LOSO results from the earlier run")

@@ -101,3 +101,15 @@ def tiny_refs(tmp_path_factory, kit_ffmpeg) -> Path:
     lavfi_clip(kit_ffmpeg, "testsrc2=s=64x48:r=25", d / "tsrc.y4m", frames=8)
     lavfi_clip(kit_ffmpeg, "mandelbrot=s=64x48:r=25", d / "mandel_64x48_25fps.yuv", frames=8)
     return d
+
+
+# Tiny but real pipeline settings (pipeline issue): 5 lavfi clips of 96x64x8 frames, libx264 at 2 cqs,
+# 2 seeds x 5 folds, 20 epochs; the gate loosened so the run PROMOTEs and the export step runs too.
+TINY_PIPELINE_ARGS = ("--demo-size", "96x64", "--demo-frames", "8", "--encoders", "libx264", "--cqs", "22,34",
+                      "--seeds", "0,1", "--epochs", "20", "--gate-mean-plcc", "0.5", "--gate-per-seed-min", "0.5",
+                      "--gate-plcc-spread-max", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_args() -> list[str]:
+    return list(TINY_PIPELINE_ARGS)

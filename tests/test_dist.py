@@ -75,7 +75,7 @@ def _borrowing_venv(venv: Path) -> None:
         f"{purelib}\n")
 
 
-def test_unpack_install_and_run_from_an_empty_folder(built, tmp_path):
+def test_unpack_install_and_run_from_an_empty_folder(built, tmp_path, tiny_pipeline_args):
     unpacked = tmp_path / "empty"
     unpacked.mkdir()
     safe_extract(built.path, unpacked)
@@ -92,8 +92,32 @@ def test_unpack_install_and_run_from_an_empty_folder(built, tmp_path):
     where = subprocess.run([str(venv / "bin" / "python"), "-c", "import kit; print(kit.__file__)"], cwd=elsewhere,
                            capture_output=True, text=True, check=True).stdout.strip()
     assert Path(where).is_relative_to(venv), where  # the installed copy, not this checkout
-    # second call: no reinstall
+    # second call: no reinstall; the installed kit runs the (tiny) demo pipeline from an unrelated folder
     r2 = subprocess.run([str(home / "run"), "verify", str(tmp_path / "missing.tar.gz")], cwd=elsewhere, env=env,
                         capture_output=True, text=True, timeout=120)
     assert "installing" not in r2.stderr
     assert r2.returncode == 2 and "bundle not found" in r2.stderr
+    demo = subprocess.run([str(home / "run"), "pipeline", *tiny_pipeline_args, "--out-dir", "runs/demo"], cwd=elsewhere,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert demo.returncode == 0, demo.stderr[-3000:]
+    verdict, bundle_path = demo.stdout.split()
+    assert verdict == "PROMOTE" and (elsewhere / bundle_path).is_file()
+    assert subprocess.run([str(home / "run"), "verify", bundle_path], cwd=elsewhere, env=env,
+                          capture_output=True, text=True, timeout=120).returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_clean_install_from_the_lock_runs_the_demo(built, tmp_path):
+    """No borrowed packages: ./run builds its own venv from environments/ (hash-pinned) + the CPU torch pin,
+    from whatever index pip is configured for, then runs the full demo pipeline."""
+    unpacked = tmp_path / "empty"
+    safe_extract(built.path, unpacked)
+    home = unpacked / STEM
+    if not (home / "environments" / "linux-cpu.txt").is_file() or sys.platform != "linux":
+        pytest.skip("the hash-pinned lock covers linux-x86_64 only")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "EKIT_"))}
+    env.update(EKIT_NO_PIXI="1")
+    r = subprocess.run([str(home / "run")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1700)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert r.stdout.startswith("PROMOTE ")

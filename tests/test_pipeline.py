@@ -18,10 +18,7 @@ from kit import bundle, pipeline
 from kit.cli import DEMO_TRAIN, PIPELINE_GATE_FLAGS, main
 from kit.fsio import read_json
 
-# Tiny but real: 5 lavfi clips of 96x64x8 frames, libx264 at 2 cqs, 2 seeds x 5 folds, 20 epochs. The gate is
-# loosened so this tiny run PROMOTEs and the export step runs too (the real demo's numbers are in the docs).
-TINY = ["--demo-size", "96x64", "--demo-frames", "8", "--encoders", "libx264", "--cqs", "22,34", "--seeds", "0,1",
-        "--epochs", "20", "--gate-mean-plcc", "0.5", "--gate-per-seed-min", "0.5", "--gate-plcc-spread-max", "1"]
+# Tiny but real settings come from the `tiny_pipeline_args` fixture (tests/conftest.py), shared with test_dist.py.
 
 
 def _run(*args: str):
@@ -31,9 +28,9 @@ def _run(*args: str):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
+def tiny_run(tmp_path_factory, tiny_pipeline_args) -> Path:
     out = tmp_path_factory.mktemp("pipeline") / "run"
-    result = _run(*TINY, "--out-dir", str(out))
+    result = _run(*tiny_pipeline_args, "--out-dir", str(out))
     assert result.exit_code == 0, result.output
     return out
 
@@ -57,10 +54,10 @@ def test_tiny_demo_pipeline_promotes_and_bundles(tiny_run):
     assert bundle.compare(tiny_run, tarball).reproduced
 
 
-def test_rerun_resumes_without_redoing_anything(tiny_run):
+def test_rerun_resumes_without_redoing_anything(tiny_run, tiny_pipeline_args):
     (tarball,) = tiny_run.glob("ensemble-results-*.tar.gz")
     before = {p: p.stat().st_mtime_ns for p in tiny_run.rglob("*") if p.is_file() and ".pipeline" not in p.parts}
-    result = _run(*TINY, "--out-dir", str(tiny_run))
+    result = _run(*tiny_pipeline_args, "--out-dir", str(tiny_run))
     assert result.exit_code == 0, result.output
     for step in ("corpus", "train", "verdict", "export", "report", "bundle"):
         assert any(line.startswith("[") and f" {step} " in line and "(done earlier)" in line
@@ -70,9 +67,9 @@ def test_rerun_resumes_without_redoing_anything(tiny_run):
     assert result.output.strip().splitlines()[-1] == f"PROMOTE {tarball}"
 
 
-def test_other_options_are_refused_not_mixed(tiny_run):
+def test_other_options_are_refused_not_mixed(tiny_run, tiny_pipeline_args):
     run_json = (tiny_run / "run.json").read_bytes()
-    args = [a if a != "22,34" else "22,30,34" for a in TINY]
+    args = [a if a != "22,34" else "22,30,34" for a in tiny_pipeline_args]
     result = _run(*args, "--out-dir", str(tiny_run))
     assert result.exit_code == 2
     assert "resuming would mix results: cqs [22,34] -> [22,30,34]" in result.output
@@ -80,11 +77,11 @@ def test_other_options_are_refused_not_mixed(tiny_run):
     assert (tiny_run / "run.json").read_bytes() == run_json
 
 
-def test_fresh_moves_old_run_aside_and_hold_exits_1(tiny_run, tmp_path):
+def test_fresh_moves_old_run_aside_and_hold_exits_1(tiny_run, tiny_pipeline_args, tmp_path):
     work = tmp_path / "run"
     shutil.copytree(tiny_run, work)
     old_models = sorted(p.name for p in (work / "models").iterdir())
-    args = [a if a != "0.5" else "0.9999" for a in TINY]  # a gate no tiny run passes
+    args = [a if a != "0.5" else "0.9999" for a in tiny_pipeline_args]  # a gate no tiny run passes
     result = _run(*args, "--out-dir", str(work), "--fresh")
     assert result.exit_code == 1, result.output
     assert result.output.strip().splitlines()[-1].startswith("HOLD ")
@@ -120,10 +117,10 @@ def test_cli_flags_stay_in_step_with_the_gate_and_demo():
     assert DEMO_TRAIN == {"epochs": pipeline.DEMO_EPOCHS}
 
 
-def test_sigterm_exits_130_and_the_rerun_finishes(tmp_path):
+def test_sigterm_exits_130_and_the_rerun_finishes(tmp_path, tiny_pipeline_args):
     """A scheduler's SIGTERM mid-corpus: exit 130 with the resume hint; the same command then completes."""
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "kit", "pipeline", *TINY, "--demo-frames", "24", "--out-dir", str(out)]
+    args = [sys.executable, "-m", "kit", "pipeline", *tiny_pipeline_args, "--demo-frames", "24", "--out-dir", str(out)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 120
