@@ -9,6 +9,7 @@ it is only ever opened through `kit.archive.safe_extract` and checked against it
 from __future__ import annotations
 
 import atexit
+import contextlib
 import math
 import re
 import shutil
@@ -335,6 +336,11 @@ def make_bundle(run_root: Path, out: Path | None = None) -> BundleResult:
 # ---- opening and verifying a bundle (untrusted input) -------------------------------------------------
 
 
+class TamperedBundle(BadInput):
+    """A well-formed bundle whose content no longer matches its manifest (edited or corrupted after
+    bundling). `verify` reports it as bad input; `compare` reports it as a reason for DIVERGED."""
+
+
 def is_bundle(path: Path) -> bool:
     return Path(path).is_file() and Path(path).name.endswith((".tar.gz", ".tgz", ".tar"))
 
@@ -375,33 +381,33 @@ def check_tree(root: Path, manifest: dict[str, Any], label: str) -> tuple[int, i
     total = 0
     for entry in manifest["files"]:
         if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
-            raise BadInput(f"{label}: malformed entry in {MANIFEST_NAME}: {entry!r}", hint="ask the sender for a fresh bundle")
+            raise TamperedBundle(f"{label}: malformed entry in {MANIFEST_NAME}: {entry!r}", hint="ask the sender for a fresh bundle")
         rel = entry["path"]
         p = root / rel
         if not p.is_file():
-            raise BadInput(f"{label}: {rel} is listed in the manifest but missing", hint="ask the sender for a fresh bundle")
+            raise TamperedBundle(f"{label}: {rel} is listed in the manifest but missing", hint="ask the sender for a fresh bundle")
         size = p.stat().st_size
         if size != entry.get("size"):
-            raise BadInput(f"{label}: {rel} is {size} bytes, the manifest says {entry.get('size')}: it was changed after bundling",
+            raise TamperedBundle(f"{label}: {rel} is {size} bytes, the manifest says {entry.get('size')}: it was changed after bundling",
                            hint="ask the sender for a fresh bundle")
         digest = sha256_file(p)
         if digest != entry.get("sha256"):
-            raise BadInput(f"{label}: {rel} sha256 {digest[:12]}… differs from the manifest's {str(entry.get('sha256'))[:12]}…: "
+            raise TamperedBundle(f"{label}: {rel} sha256 {digest[:12]}… differs from the manifest's {str(entry.get('sha256'))[:12]}…: "
                            "it was changed after bundling", hint="ask the sender for a fresh bundle")
         listed.add(rel)
         total += size
     present = {_rel(p, root) for p in root.rglob("*") if p.is_file()} - {MANIFEST_NAME}
     extra = sorted(present - listed)
     if extra:
-        raise BadInput(f"{label}: {extra[0]} is in the bundle but not in its manifest ({len(extra)} unlisted file(s))",
+        raise TamperedBundle(f"{label}: {extra[0]} is in the bundle but not in its manifest ({len(extra)} unlisted file(s))",
                        hint="the bundle was altered; ask the sender for a fresh bundle")
     for required in ("verdict.json", "corpus.parquet"):
         if required not in listed:
-            raise BadInput(f"{label}: the manifest lists no {required}", hint="ask the sender for a fresh bundle")
+            raise TamperedBundle(f"{label}: the manifest lists no {required}", hint="ask the sender for a fresh bundle")
     verdict = read_json(root / "verdict.json", what=f"{label}: verdict.json")
     claimed = (manifest.get("verdict") or {}).get("verdict")
     if not isinstance(verdict, dict) or verdict.get("verdict") != claimed:
-        raise BadInput(f"{label}: manifest says {claimed}, verdict.json says {verdict.get('verdict') if isinstance(verdict, dict) else '?'}",
+        raise TamperedBundle(f"{label}: manifest says {claimed}, verdict.json says {verdict.get('verdict') if isinstance(verdict, dict) else '?'}",
                        hint="the bundle was altered; ask the sender for a fresh bundle")
     return len(listed), total
 
@@ -609,58 +615,71 @@ def compare(lead: Path, collab: Path, *, plcc_tol: float = 0.0) -> Comparison:
     """
     if plcc_tol < 0 or math.isnan(plcc_tol):
         raise BadInput(f"--plcc-tol {plcc_tol}: must be >= 0", hint="e.g. --plcc-tol 0.005")
-    with opened_run(lead) as lead_root, opened_run(collab) as collab_root:
-        lv, cv = read_verdict(lead_root), read_verdict(collab_root)
-        cmp = Comparison(lead=str(lead), collab=str(collab), plcc_tol=plcc_tol,
-                         lead_verdict=lv["verdict"], collab_verdict=cv["verdict"])
-        if lv["verdict"] != cv["verdict"]:
-            cmp.reasons.append(f"verdicts differ: lead {lv['verdict']}, collaborator {cv['verdict']}")
+    with contextlib.ExitStack() as stack:
+        roots: dict[str, Path] = {}
+        for side, path in (("lead", lead), ("collaborator", collab)):
+            try:
+                roots[side] = stack.enter_context(opened_run(path))
+            except TamperedBundle as exc:  # a bundle changed after bundling cannot confirm anything
+                cmp = Comparison(lead=str(lead), collab=str(collab), plcc_tol=plcc_tol, lead_verdict="?",
+                                 collab_verdict="?")
+                cmp.reasons.append(f"the {side}'s bundle fails verification: {exc}")
+                return cmp
+        return _compare(lead, collab, plcc_tol, roots["lead"], roots["collaborator"])
 
-        ls, cs = _per_seed(lv), _per_seed(cv)
-        if set(ls) != set(cs):
-            cmp.reasons.append(f"seeds differ: lead {sorted(ls)}, collaborator {sorted(cs)}")
-        for seed in sorted(set(ls) & set(cs), key=lambda s: (len(s), s)):
-            d = _delta(ls[seed], cs[seed])
-            cmp.per_seed.append({"seed": seed, "lead": ls[seed], "collab": cs[seed], "delta": d})
-            if not d <= plcc_tol:
-                cmp.reasons.append(f"seed {seed} mean PLCC differs by {d:.3g} (lead {ls[seed]:.6f}, collaborator {cs[seed]:.6f}; tolerance {plcc_tol:g})")
 
-        lf, cf = _per_fold(lv), _per_fold(cv)
-        only_lead, only_collab = set(lf) - set(cf), set(cf) - set(lf)
-        if only_lead or only_collab:
-            cmp.reasons.append(f"LOSO folds differ: {len(only_lead)} only in lead, {len(only_collab)} only in collaborator (different sources or seeds)")
-        worst = 0.0
-        n_over = 0
-        for key in sorted(set(lf) & set(cf)):
-            d = _delta(lf[key], cf[key])
-            cmp.per_fold.append({"seed": key[0], "fold": key[1], "lead": lf[key], "collab": cf[key], "delta": d})
-            if not d <= plcc_tol:
-                n_over += 1
-                worst = max(worst, d) if not math.isnan(d) else math.inf
-        if n_over:
-            cmp.reasons.append(f"{n_over} fold PLCC(s) differ by more than {plcc_tol:g} (largest {worst:.3g})")
+def _compare(lead: Path, collab: Path, plcc_tol: float, lead_root: Path, collab_root: Path) -> Comparison:
+    lv, cv = read_verdict(lead_root), read_verdict(collab_root)
+    cmp = Comparison(lead=str(lead), collab=str(collab), plcc_tol=plcc_tol,
+                     lead_verdict=lv["verdict"], collab_verdict=cv["verdict"])
+    if lv["verdict"] != cv["verdict"]:
+        cmp.reasons.append(f"verdicts differ: lead {lv['verdict']}, collaborator {cv['verdict']}")
 
-        lsrc, csrc = _corpus_sources(lead_root), _corpus_sources(collab_root)
-        for sha in sorted(set(lsrc) | set(csrc)):
-            a, b = lsrc.get(sha), csrc.get(sha)
-            cmp.sources.append({"src_sha256": sha, "src": (a or b or {}).get("src"),
-                                "lead_encoders": (a or {}).get("encoders"), "collab_encoders": (b or {}).get("encoders")})
-        shared = set(lsrc) & set(csrc)
-        if lsrc and csrc and len(shared) < max(len(lsrc), len(csrc)):
-            cmp.notes.append(f"sources: {len(shared)} shared by content, {len(lsrc) - len(shared)} only in lead, "
-                             f"{len(csrc) - len(shared)} only in collaborator")
-        lc, cc = _corpus_sha(lv), _corpus_sha(cv)
-        if lc and cc and lc != cc:
-            cmp.notes.append(f"corpora differ (content sha256 {lc[:12]}… vs {cc[:12]}…)")
+    ls, cs = _per_seed(lv), _per_seed(cv)
+    if set(ls) != set(cs):
+        cmp.reasons.append(f"seeds differ: lead {sorted(ls)}, collaborator {sorted(cs)}")
+    for seed in sorted(set(ls) & set(cs), key=lambda s: (len(s), s)):
+        d = _delta(ls[seed], cs[seed])
+        cmp.per_seed.append({"seed": seed, "lead": ls[seed], "collab": cs[seed], "delta": d})
+        if not d <= plcc_tol:
+            cmp.reasons.append(f"seed {seed} mean PLCC differs by {d:.3g} (lead {ls[seed]:.6f}, collaborator {cs[seed]:.6f}; tolerance {plcc_tol:g})")
 
-        lfp, cfp = _flatten(verdict_fingerprint(lv)), _flatten(verdict_fingerprint(cv))
-        for key in sorted(set(lfp) | set(cfp)):
-            if lfp.get(key) != cfp.get(key):
-                cmp.fingerprint_diffs.append({"key": key, "lead": lfp.get(key), "collab": cfp.get(key)})
-        if cmp.fingerprint_diffs:
-            keys = ", ".join(d["key"] for d in cmp.fingerprint_diffs[:6])
-            more = f" (+{len(cmp.fingerprint_diffs) - 6} more)" if len(cmp.fingerprint_diffs) > 6 else ""
-            cmp.notes.append(f"environments differ: {keys}{more}")
+    lf, cf = _per_fold(lv), _per_fold(cv)
+    only_lead, only_collab = set(lf) - set(cf), set(cf) - set(lf)
+    if only_lead or only_collab:
+        cmp.reasons.append(f"LOSO folds differ: {len(only_lead)} only in lead, {len(only_collab)} only in collaborator (different sources or seeds)")
+    worst = 0.0
+    n_over = 0
+    for key in sorted(set(lf) & set(cf)):
+        d = _delta(lf[key], cf[key])
+        cmp.per_fold.append({"seed": key[0], "fold": key[1], "lead": lf[key], "collab": cf[key], "delta": d})
+        if not d <= plcc_tol:
+            n_over += 1
+            worst = max(worst, d) if not math.isnan(d) else math.inf
+    if n_over:
+        cmp.reasons.append(f"{n_over} fold PLCC(s) differ by more than {plcc_tol:g} (largest {worst:.3g})")
+
+    lsrc, csrc = _corpus_sources(lead_root), _corpus_sources(collab_root)
+    for sha in sorted(set(lsrc) | set(csrc)):
+        a, b = lsrc.get(sha), csrc.get(sha)
+        cmp.sources.append({"src_sha256": sha, "src": (a or b or {}).get("src"),
+                            "lead_encoders": (a or {}).get("encoders"), "collab_encoders": (b or {}).get("encoders")})
+    shared = set(lsrc) & set(csrc)
+    if lsrc and csrc and len(shared) < max(len(lsrc), len(csrc)):
+        cmp.notes.append(f"sources: {len(shared)} shared by content, {len(lsrc) - len(shared)} only in lead, "
+                         f"{len(csrc) - len(shared)} only in collaborator")
+    lc, cc = _corpus_sha(lv), _corpus_sha(cv)
+    if lc and cc and lc != cc:
+        cmp.notes.append(f"corpora differ (content sha256 {lc[:12]}… vs {cc[:12]}…)")
+
+    lfp, cfp = _flatten(verdict_fingerprint(lv)), _flatten(verdict_fingerprint(cv))
+    for key in sorted(set(lfp) | set(cfp)):
+        if lfp.get(key) != cfp.get(key):
+            cmp.fingerprint_diffs.append({"key": key, "lead": lfp.get(key), "collab": cfp.get(key)})
+    if cmp.fingerprint_diffs:
+        keys = ", ".join(d["key"] for d in cmp.fingerprint_diffs[:6])
+        more = f" (+{len(cmp.fingerprint_diffs) - 6} more)" if len(cmp.fingerprint_diffs) > 6 else ""
+        cmp.notes.append(f"environments differ: {keys}{more}")
     return cmp
 
 

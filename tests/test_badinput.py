@@ -132,7 +132,8 @@ def test_bundle_of_another_schema_version(tmp_path, good_bundle):
         assert "bundle schema version 2" in _one_error_line(text)
 
 
-def test_tampered_bundle_is_refused_by_compare_too(tmp_path, good_bundle):
+def test_tampered_bundle_is_diverged_for_compare(tmp_path, good_bundle):
+    """verify: bad input (2). compare: a bundle edited after bundling confirms nothing -> DIVERGED (1), reason first."""
     work = tmp_path / "w"
     with tarfile.open(good_bundle) as tf:
         tf.extractall(work, filter="data")
@@ -142,9 +143,14 @@ def test_tampered_bundle_is_refused_by_compare_too(tmp_path, good_bundle):
     (top / "verdict.json").write_text(json.dumps(verdict))
     tampered = tmp_path / "tampered.tar.gz"
     write_reproducible_tar([(f"{top.name}/{p.relative_to(top)}", p) for p in top.rglob("*") if p.is_file()], tampered)
-    result, text = _invoke("compare", str(good_bundle), str(tampered))
+    result, text = _invoke("verify", str(tampered))
     assert result.exit_code == ExitCode.BAD_INPUT
     assert "verdict.json" in _one_error_line(text) and "changed after bundling" in text
+    result, text = _invoke("compare", str(good_bundle), str(tampered))
+    assert result.exit_code == ExitCode.HOLD
+    lines = text.splitlines()
+    assert lines[0].startswith("DIVERGED")
+    assert lines[1].startswith("  reason: the collaborator's bundle fails verification:") and "verdict.json" in lines[1]
 
 
 def test_pipeline_bad_input_battery(tmp_path):
