@@ -21,7 +21,9 @@ from kit.fsio import canonical_json, sha256_file, write_text
 
 # Top-level files and folders of a checkout that go in (when present); everything else stays out.
 TOP_FILES = ("pyproject.toml", "pixi.toml", "pixi.lock", "README.md", "LICENSE", "LICENSE.txt", "CHANGELOG.md")
-TOP_DIRS = ("kit", "environments", "docs")
+# tests/, bench/ and ci/ travel too: `pixi run test` and the benches must work from the tarball (tests that
+# need the lead's ../shared/media skip themselves).
+TOP_DIRS = ("kit", "environments", "docs", "tests", "bench", "ci")
 EXTRA_FILES = ("binaries/README.md",)
 SKIP_PARTS = {"__pycache__", ".pytest_cache", ".ruff_cache", ".ipynb_checkpoints"}
 SKIP_SUFFIXES = (".pyc", ".pyo", ".tmp")
