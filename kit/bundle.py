@@ -62,12 +62,9 @@ def read_verdict(run_root: Path) -> dict[str, Any]:
 
 
 def verdict_fingerprint(verdict: dict[str, Any]) -> dict[str, Any]:
-    """The environment fingerprint a verdict carries (the gate may name the key either way)."""
-    for key in ("fingerprint", "environment", "env_fingerprint", "environment_fingerprint"):
-        value = verdict.get(key)
-        if isinstance(value, dict):
-            return value
-    return {}
+    """The environment fingerprint a verdict carries (kit.gate.verdict_document's `fingerprint`)."""
+    value = verdict.get("fingerprint")
+    return value if isinstance(value, dict) else {}
 
 
 def _read_json_if(path: Path) -> dict[str, Any]:
@@ -121,29 +118,19 @@ def _model_files(rd: RunDir, verdict: dict[str, Any]) -> list[Path]:
     if corpus_sha and ens_corpus and ens_corpus != corpus_sha:
         return []  # models from another corpus: not this run's
     files = [ensemble_path]
-    for member in _ensemble_members(ensemble):
-        for key in ("onnx", "file", "path", "model"):
+    for member in _ensemble_members(ensemble):  # kit.export: {"onnx", "sha256", "sidecar", ...}
+        for key in ("onnx", "sidecar"):
             name = member.get(key)
-            if isinstance(name, str):
-                break
-        else:
-            continue
-        onnx = rd.models_dir / name
-        if not onnx.is_file():
-            raise BadInput(f"{ensemble_path} lists {name}, which is missing", hint="rerun `ensemble-kit export`")
-        want = member.get("sha256") or member.get("onnx_sha256")
-        if want and sha256_file(onnx) != want:
-            raise BadInput(f"{onnx}: sha256 differs from ensemble.json", hint="rerun `ensemble-kit export`")
-        files.append(onnx)
-        for side_key in ("sidecar", "json"):
-            side = member.get(side_key)
-            if isinstance(side, str) and (rd.models_dir / side).is_file():
-                files.append(rd.models_dir / side)
-                break
-        else:
-            side_path = onnx.with_suffix(".json")
-            if side_path.is_file():
-                files.append(side_path)
+            if not isinstance(name, str):
+                continue
+            path = rd.models_dir / name
+            if not path.is_file():
+                raise BadInput(f"{ensemble_path} lists {name}, which is missing", hint="rerun `ensemble-kit export`")
+            files.append(path)
+        want = member.get("sha256")
+        if isinstance(member.get("onnx"), str) and want and sha256_file(rd.models_dir / member["onnx"]) != want:
+            raise BadInput(f"{rd.models_dir / member['onnx']}: sha256 differs from ensemble.json",
+                           hint="rerun `ensemble-kit export`")
     return files
 
 
@@ -153,15 +140,11 @@ def _ensemble_members(ensemble: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _find_corpus_sha(doc: dict[str, Any]) -> str | None:
-    for key in ("corpus_sha256", "corpus_content_sha256"):
-        if isinstance(doc.get(key), str):
-            return doc[key]
+    """Corpus content sha256 of a verdict (`corpus.sha256`) or an ensemble.json (`corpus_sha256`)."""
+    if isinstance(doc.get("corpus_sha256"), str):
+        return doc["corpus_sha256"]
     corpus = doc.get("corpus")
-    if isinstance(corpus, dict):
-        for key in ("sha256", "content_sha256", "rows_sha256"):
-            if isinstance(corpus.get(key), str):
-                return corpus[key]
-    return None
+    return corpus.get("sha256") if isinstance(corpus, dict) and isinstance(corpus.get("sha256"), str) else None
 
 
 def _corpus_sha(verdict: dict[str, Any]) -> str | None:
@@ -491,39 +474,23 @@ def corpus_from(path: Path, dest: Path | None = None) -> Path:
 
 
 def _per_fold(verdict: dict[str, Any]) -> dict[tuple[str, str], float]:
-    """(seed, fold key) -> PLCC from the verdict's per-fold table, whatever its exact layout."""
-    table = None
-    for key in ("per_fold", "folds", "fold_table", "loso_folds", "per_fold_table"):
-        if isinstance(verdict.get(key), list):
-            table = verdict[key]
-            break
-        if isinstance(verdict.get(key), dict) and isinstance(verdict[key].get("rows"), list):
-            table = verdict[key]["rows"]
-            break
+    """(seed, held-out source sha256) -> frame-level PLCC, from the verdict's `folds` table."""
     out: dict[tuple[str, str], float] = {}
-    for row in table or []:
-        if not isinstance(row, dict):
+    for row in verdict.get("folds") or []:
+        if not isinstance(row, dict) or row.get("seed") is None or row.get("fold_src_sha256") is None:
             continue
-        seed = row.get("seed")
-        fold = next((row[k] for k in ("src_sha256", "fold_src_sha256", "heldout_src_sha256", "src", "fold") if row.get(k) is not None), None)
-        plcc = next((row[k] for k in ("plcc", "plcc_frame", "frame_plcc", "PLCC") if k in row), None)
-        if seed is None or fold is None:
-            continue
-        out[(str(seed), str(fold))] = float(plcc) if isinstance(plcc, int | float) else math.nan
+        plcc = row.get("plcc")
+        out[(str(row["seed"]), str(row["fold_src_sha256"]))] = float(plcc) if isinstance(plcc, int | float) else math.nan
     return out
 
 
 def _per_seed(verdict: dict[str, Any]) -> dict[str, float]:
+    """seed -> mean PLCC over its folds, from the verdict's `gate.per_seed_plccs` (None = undefined)."""
     gate = verdict.get("gate") if isinstance(verdict.get("gate"), dict) else {}
     values = gate.get("per_seed_plccs")
-    seeds = verdict.get("seeds") or []
-    if isinstance(values, dict):
-        return {str(k): float(v) if v is not None else math.nan for k, v in values.items()}
-    if isinstance(values, list):
-        if values and isinstance(values[0], dict):
-            return {str(v.get("seed")): float(v.get("plcc", v.get("mean_plcc", math.nan))) for v in values}
-        return {str(s): float(v) if v is not None else math.nan for s, v in zip(seeds, values, strict=False)}
-    return {}
+    if not isinstance(values, dict):
+        return {}
+    return {str(k): float(v) if isinstance(v, int | float) else math.nan for k, v in values.items()}
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
