@@ -138,3 +138,28 @@ def test_sigterm_exits_130_and_the_rerun_finishes(tmp_path, tiny_pipeline_args):
     again = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 0, again.stderr
     assert "[resuming]" in again.stderr
+
+
+def test_failed_cells_exit_4_keep_the_rest_and_the_rerun_redoes_only_them(tmp_path, tiny_pipeline_args):
+    """Fault injection: an ffmpeg whose encoder crashes at cq 34 while a 'broken' file exists."""
+    import imageio_ffmpeg
+
+    broken = tmp_path / "broken"
+    broken.touch()
+    fake = tmp_path / "ffmpeg"
+    fake.write_text(f'#!/bin/bash\nif [ -f "{broken}" ] && [[ " $* " == *" -crf 34 "* ]]; then\n'
+                    f'  echo "fake encoder crash: out of hardware sessions" >&2; exit 1\nfi\n'
+                    f'exec "{imageio_ffmpeg.get_ffmpeg_exe()}" "$@"\n')
+    fake.chmod(0o755)
+    out = tmp_path / "run"
+    args = [*tiny_pipeline_args, "--ffmpeg", str(fake), "--out-dir", str(out)]
+    first = _run(*args)
+    assert first.exit_code == 4, first.output
+    assert "5 of 10 corpus cells failed" in first.output and "failures.jsonl" in first.output
+    assert len(list((out / "corpus" / "cells").glob("*.parquet"))) == 5  # the good half is kept
+    assert "fake encoder crash" in (out / "corpus" / "failures.jsonl").read_text()
+    assert not (out / "verdict.json").exists()
+    broken.unlink()  # "fix the cause"
+    second = _run(*args)
+    assert second.exit_code == 0, second.output
+    assert "5 cells encoded + scored, 5 reused" in second.output
