@@ -96,6 +96,8 @@ lock="" torch_req=""
 if [ "$(uname -s)-$(uname -m)" = Linux-x86_64 ]; then
   lock="environments/linux-cpu.txt" torch_req="environments/torch-cpu.txt"
 fi
+# The kit is installed editable from this folder: it is the kit's home, where environments/ (the locks the
+# drift check compares with) and binaries/<platform>/ (tools this box stages) are found.
 if [ ! -f "$stamp" ]; then
   echo "ensemble-kit: first run, installing into $venv (once)" >&2
   [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"   # an existing venv (EKIT_VENV) is reused
@@ -105,7 +107,7 @@ if [ ! -f "$stamp" ]; then
     offline=(--no-index --find-links "$here/__WHEELS__")
     [ -f "$here/$torch_req" ] && "${pip[@]}" "${offline[@]}" -r "$here/$torch_req"
     [ -f "$here/$lock" ] && "${pip[@]}" "${offline[@]}" --require-hashes -r "$here/$lock"
-    "${pip[@]}" "${offline[@]}" --no-deps "$here"
+    "${pip[@]}" "${offline[@]}" --no-deps -e "$here"
   else
     # CPU torch first, from PyTorch's CPU index: PyPI's Linux torch is a multi-GB CUDA build.
     if [ -f "$here/$torch_req" ]; then
@@ -115,9 +117,9 @@ if [ ! -f "$stamp" ]; then
     fi
     if [ -f "$here/$lock" ]; then
       "${pip[@]}" --require-hashes -r "$here/$lock"
-      "${pip[@]}" --no-deps "$here"
+      "${pip[@]}" --no-deps -e "$here"
     else
-      "${pip[@]}" "$here"
+      "${pip[@]}" -e "$here"
     fi
   fi
   touch "$stamp"

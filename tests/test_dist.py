@@ -92,7 +92,10 @@ def test_unpack_install_and_run_from_an_empty_folder(built, tmp_path, tiny_pipel
     assert "ensemble-kit, version" in r.stdout
     where = subprocess.run([str(venv / "bin" / "python"), "-c", "import kit; print(kit.__file__)"], cwd=elsewhere,
                            capture_output=True, text=True, check=True).stdout.strip()
-    assert Path(where).is_relative_to(venv), where  # the installed copy, not this checkout
+    assert Path(where).is_relative_to(home), where  # the unpacked copy (its home), not this checkout
+    locks_dir = subprocess.run([str(venv / "bin" / "python"), "-c", "from kit import locks; print(locks.ENVIRONMENTS_DIR)"],
+                               cwd=elsewhere, capture_output=True, text=True, check=True).stdout.strip()
+    assert Path(locks_dir) == home / "environments"  # the drift check finds the tarball's locks
     # second call: no reinstall; the installed kit runs the (tiny) demo pipeline from an unrelated folder
     r2 = subprocess.run([str(home / "run"), "verify", str(tmp_path / "missing.tar.gz")], cwd=elsewhere, env=env,
                         capture_output=True, text=True, timeout=120)
