@@ -334,7 +334,11 @@ def train_models(
             return work(0, *groups[0])
         with ThreadPoolExecutor(max_workers=len(groups), thread_name_prefix="train-group") as pool:
             futures = [pool.submit(work, g, offset, group) for g, (offset, group) in enumerate(groups)]
-            wait(futures)
+            try:
+                wait(futures)
+            except BaseException:  # Ctrl-C / SIGTERM: stop every group at its next epoch, then leave
+                stop.set()
+                raise
         for f in futures:  # first failure in job order, so the message does not depend on timing
             if f.exception() is not None and not isinstance(f.exception(), _Stopped):
                 raise f.exception()
