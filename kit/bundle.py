@@ -493,11 +493,12 @@ def _per_seed(verdict: dict[str, Any]) -> dict[str, float]:
     return {str(k): float(v) if isinstance(v, int | float) else math.nan for k, v in values.items()}
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> {"a.b.c": value}; lists as canonical JSON. For naming fingerprint differences."""
     if isinstance(d, dict):
         out: dict[str, Any] = {}
         for k, v in d.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
         return out
     if isinstance(d, list):
         return {prefix: canonical_json(d, indent=None).strip()}
@@ -639,7 +640,7 @@ def _compare(lead: Path, collab: Path, plcc_tol: float, lead_root: Path, collab_
     if lc and cc and lc != cc:
         cmp.notes.append(f"corpora differ (content sha256 {lc[:12]}… vs {cc[:12]}…)")
 
-    lfp, cfp = _flatten(verdict_fingerprint(lv)), _flatten(verdict_fingerprint(cv))
+    lfp, cfp = flatten(verdict_fingerprint(lv)), flatten(verdict_fingerprint(cv))
     for key in sorted(set(lfp) | set(cfp)):
         if lfp.get(key) != cfp.get(key):
             cmp.fingerprint_diffs.append({"key": key, "lead": lfp.get(key), "collab": cfp.get(key)})

@@ -23,7 +23,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -307,9 +307,9 @@ def prepare_run_dir(options: PipelineOptions, resolved: dict[str, Any], fingerpr
 
 
 def _fingerprint_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    from kit.bundle import _flatten
+    from kit.bundle import flatten
 
-    fa, fb = _flatten(a), _flatten(b)
+    fa, fb = flatten(a), flatten(b)
     return [k for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
 
 
@@ -359,21 +359,14 @@ def _find_tools(options: PipelineOptions) -> Any:
     return tools.find_ffmpeg(options.ffmpeg)  # PrereqError (exit 3) naming what is missing
 
 
-def _resolve_encoders(options: PipelineOptions, ff: Any) -> list[str]:
-    from kit import encoders as enc_table
-    from kit import platform as kit_platform
-
+def _resolve_encoders(options: PipelineOptions, prereq_report: Any) -> list[str]:
+    """--encoders as given, else what the prereqs table chose: the family's encoders that really encode."""
     if options.encoders:
-        for name in options.encoders:
-            enc_table.get(name)  # unknown -> BadInput naming --encoders
         return list(options.encoders)
-    choice = kit_platform.default_encoders(ffmpeg=ff)
-    for line in choice.warnings:
-        warn(line)
-    if not choice.encoders:
+    if not prereq_report.encoders:
         raise PrereqError("no encoder passes a test encode on this box",
                           hint="run `ensemble-kit prereqs` to see why each one failed")
-    return list(choice.encoders)
+    return list(prereq_report.encoders)
 
 
 def _demo_sources(options: PipelineOptions, ff: Any) -> Path:
@@ -397,15 +390,15 @@ def _gate_defaults() -> dict[str, Any]:
     return dict(gate.GATE_DEFAULTS)
 
 
-def resolve(options: PipelineOptions) -> tuple[dict[str, Any], Any, list[Any], list[str], tuple[int, ...], TrainConfig,
-                                                dict[str, Any]]:
+def resolve(options: PipelineOptions, prereq_report: Any) -> tuple[dict[str, Any], Any, list[Any], list[str],
+                                                                  tuple[int, ...], TrainConfig, dict[str, Any]]:
     """Fill in this box's defaults; everything that decides results ends up in the returned dict."""
     from kit import encoders as enc_table
     from kit import sources as kit_sources
     from kit.schema import DEFAULT_VMAF_MODEL
 
     ff = _find_tools(options)
-    encoders = _resolve_encoders(options, ff)
+    encoders = _resolve_encoders(options, prereq_report)
     cqs = tuple(sorted(set(options.cqs))) if options.cqs else (DEMO_CQS if options.demo else tuple(enc_table.DEFAULT_CQS))
     for name in encoders:
         for cq in cqs:
@@ -685,8 +678,8 @@ def run_pipeline(options: PipelineOptions) -> PipelineResult:
 
             for name in options.encoders:
                 enc_table.get(name)  # an unknown name is bad input (2), not a missing prerequisite (3)
-        check_prereqs(options)
-        resolved, ff, srcs, encoders, cqs, config, gate = resolve(options)
+        prereq_report = check_prereqs(options)
+        resolved, ff, srcs, encoders, cqs, config, gate = resolve(options, prereq_report)
         fp = environment.fingerprint(ff)
         fp_id = environment.fingerprint_id(fp)
         with locked_run_dir(options):
@@ -732,6 +725,3 @@ def resolved_summary(resolved: dict[str, Any]) -> str:
     return (f"encoders {','.join(resolved['encoders'])}; cqs {','.join(map(str, resolved['cqs']))}; "
             f"seeds {','.join(map(str, resolved['seeds']))}; epochs {resolved['train']['epochs']}")
 
-
-def with_out_dir(options: PipelineOptions, out_dir: Path) -> PipelineOptions:
-    return replace(options, out_dir=out_dir)
