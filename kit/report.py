@@ -47,9 +47,11 @@ def plot_fold_plcc(folds: pd.DataFrame, threshold: float, path: Path) -> None:
     sources = sorted(folds["fold_src"].astype(str).unique())
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(sources) + 2), 4))
     x = np.arange(len(sources))
-    for seed in sorted(folds["seed"].unique()):
+    seeds = sorted(folds["seed"].unique())
+    for k, seed in enumerate(seeds):  # dots side by side per source: folds are categories, not a series
         part = folds[folds["seed"] == seed].set_index("fold_src")["plcc"]
-        ax.plot(x, [part.get(s, np.nan) for s in sources], marker="o", linestyle="-", alpha=0.8, label=f"seed {seed}")
+        dx = (k - (len(seeds) - 1) / 2) * min(0.12, 0.6 / max(1, len(seeds)))
+        ax.plot(x + dx, [part.get(s, np.nan) for s in sources], marker="o", linestyle="", alpha=0.85, label=f"seed {seed}")
     ax.axhline(threshold, color="crimson", linestyle="--", linewidth=1, label=f"threshold {threshold}")
     ax.set_xticks(x, sources, rotation=30, ha="right")
     ax.set_ylabel("PLCC (held-out source, per frame)")
