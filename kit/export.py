@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import math
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,7 @@ def export_ensemble(
     force: bool = False,
     *,
     name: str = DEFAULT_NAME,
-    progress=None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Fit one model per seed on the whole corpus, export and verify each, write ensemble.json.
 
@@ -224,7 +225,7 @@ def write_predictions(df: pd.DataFrame, path: str | Path) -> None:
 
 
 def export_run(run_dir: str | Path, *, force: bool = False, corpus: str | Path | None = None,
-               name: str = DEFAULT_NAME, progress=None) -> dict[str, Any]:
+               name: str = DEFAULT_NAME, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """`ensemble-kit export`: the run's corpus, seeds and config -> run_dir/models/ (PROMOTE or force).
 
     The corpus must be the one the verdict was computed on (same content sha256), so models never
