@@ -163,3 +163,24 @@ def test_failed_cells_exit_4_keep_the_rest_and_the_rerun_redoes_only_them(tmp_pa
     second = _run(*args)
     assert second.exit_code == 0, second.output
     assert "5 cells encoded + scored, 5 reused" in second.output
+
+
+def test_bundles_from_two_boxes_merge_and_retrain(tiny_run, tiny_pipeline_args, tmp_path):
+    """A cross-platform retrain: the lead's bundle + a collaborator's bundle with another encoder."""
+    other = tmp_path / "collab"
+    args = [a if a != "libx264" else "libx265" for a in tiny_pipeline_args]
+    assert _run(*args, "--out-dir", str(other)).exit_code == 0
+    (lead_bundle,) = tiny_run.glob("ensemble-results-*.tar.gz")
+    (collab_bundle,) = other.glob("ensemble-results-*.tar.gz")
+    merged = tmp_path / "merged" / "corpus.parquet"
+    r = CliRunner().invoke(main, ["merge", str(lead_bundle), str(collab_bundle), "--out", str(merged)])
+    assert r.exit_code == 0, r.output
+    df = pd.read_parquet(merged)
+    assert sorted(df["encoder"].unique()) == ["libx264", "libx265"]
+    assert len(df) == len(pd.read_parquet(tiny_run / "corpus.parquet")) + len(pd.read_parquet(other / "corpus.parquet"))
+    assert df["box_id"].notna().all() and df["platform"].notna().all()  # provenance kept per row
+    r = CliRunner().invoke(main, ["train", "--corpus", str(merged), "--out-dir", str(tmp_path / "retrain"),
+                                  "--seeds", "0", "--epochs", "5", "--quiet"])
+    assert r.exit_code == 0, r.output
+    folds = pd.read_csv(tmp_path / "retrain" / "loso" / "folds.csv")
+    assert len(folds) == df["src_sha256"].nunique()
