@@ -81,7 +81,8 @@ if [ "${EKIT_NO_PIXI:-0}" != 1 ] && command -v pixi >/dev/null 2>&1; then
   locked=()
   [ -f "$here/pixi.lock" ] && locked=(--locked)
   echo "ensemble-kit: pixi environment '$env_name'" >&2
-  exec pixi run --manifest-path "$here/pixi.toml" "${locked[@]}" -e "$env_name" ensemble-kit "$@"
+  # ${a[@]+"${a[@]}"}: an empty array under `set -u` is an error in macOS's bash 3.2
+  exec pixi run --manifest-path "$here/pixi.toml" ${locked[@]+"${locked[@]}"} -e "$env_name" ensemble-kit "$@"
 fi
 
 py="${PYTHON:-python3}"

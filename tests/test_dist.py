@@ -125,3 +125,22 @@ def test_clean_install_from_the_lock_runs_the_demo(built, tmp_path):
     r = subprocess.run([str(home / "run")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1700)
     assert r.returncode == 0, r.stderr[-4000:]
     assert r.stdout.startswith("PROMOTE ")
+
+
+def test_run_script_hands_over_to_pixi_when_present(tmp_path):
+    """pixi itself cannot run here (no conda-forge); a stand-in on PATH records what ./run would execute."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "run").write_text(dist.render_run_script())
+    (home / "run").chmod(0o755)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "pixi").write_text('#!/bin/sh\necho "$@"\n')
+    (bin_dir / "pixi").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "EKIT_PIXI_ENV": "cuda"}
+    env.pop("EKIT_NO_PIXI", None)
+    r = subprocess.run([str(home / "run")], env=env, capture_output=True, text=True, check=True)
+    assert r.stdout.split() == ["run", "--manifest-path", str(home / "pixi.toml"), "-e", "cuda", "ensemble-kit", "pipeline"]
+    (home / "pixi.lock").write_text("")
+    r = subprocess.run([str(home / "run"), "verify", "x.tar.gz"], env=env, capture_output=True, text=True, check=True)
+    assert "--locked" in r.stdout.split() and r.stdout.split()[-2:] == ["verify", "x.tar.gz"]
