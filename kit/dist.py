@@ -101,6 +101,7 @@ fi
 # drift check compares with) and binaries/<platform>/ (tools this box stages) are found.
 if [ ! -f "$stamp" ]; then
   echo "ensemble-kit: first run, installing into $venv (once)" >&2
+  exec 3>&1 1>&2  # installer chatter to stderr: stdout carries only ensemble-kit's result lines
   [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"   # an existing venv (EKIT_VENV) is reused
   pip=("$venv/bin/python" -m pip install --disable-pip-version-check)
   if [ -d "$here/__WHEELS__" ]; then
@@ -124,6 +125,7 @@ if [ ! -f "$stamp" ]; then
     fi
   fi
   touch "$stamp"
+  exec 1>&3 3>&-
 fi
 exec "$venv/bin/ensemble-kit" "$@"
 """
