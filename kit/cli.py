@@ -739,7 +739,7 @@ DEMO_TRAIN = {"epochs": 100}  # kit.pipeline.DEMO_EPOCHS, shown in --help (test 
 
 
 def _dataclass_options(cls, prefix: str = "", help_prefix: str = ""):
-    """One --flag per dataclass field (TrainConfig, gate Thresholds): the pass-through stays in step with the data."""
+    """One --flag per dataclass field (TrainConfig): the pass-through stays in step with the config."""
     from dataclasses import fields
 
     def decorate(fn):
@@ -831,8 +831,7 @@ def pipeline_cmd(ref_dir: Path | None, demo: bool, encoders: str | None, cqs: st
         sys.exit(int(ExitCode.HOLD))
 
 
-
-@main.command("bundle")
+@main.command("bundle", epilog=EPILOG_EXIT_CODES)
 @click.argument("run_dir", type=click.Path(path_type=Path), default=Path("runs/demo"))
 @click.option("--out", "out", type=click.Path(path_type=Path), default=None,
               help="Where to write the tarball (a file or a folder); default: inside RUN_DIR.")
@@ -853,7 +852,7 @@ def bundle_cmd(run_dir: Path, out: Path | None) -> None:
     click.echo(str(result.path))
 
 
-@main.command("verify")
+@main.command("verify", epilog=EPILOG_EXIT_CODES)
 @click.argument("bundle_path", metavar="BUNDLE", type=click.Path(path_type=Path))
 @click.option("--max-bytes", type=click.IntRange(min=1), default=None,
               help="Refuse bundles whose content exceeds this many bytes (default 8 GiB).")
@@ -873,7 +872,7 @@ def verify_cmd(bundle_path: Path, max_bytes: int | None) -> None:
     click.echo(f"sha256 {result.sha256}")
 
 
-@main.command("compare")
+@main.command("compare", epilog=EPILOG_EXIT_CODES)
 @click.argument("lead", type=click.Path(path_type=Path))
 @click.argument("collab", type=click.Path(path_type=Path))
 @click.option("--plcc-tol", type=float, default=0.0, show_default=True,
@@ -903,7 +902,7 @@ def compare_cmd(lead: Path, collab: Path, plcc_tol: float, as_json: bool, verbos
         sys.exit(int(ExitCode.HOLD))
 
 
-@main.command("dist")
+@main.command("dist", epilog=EPILOG_EXIT_CODES)
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Tarball path or folder (default: dist/ in the checkout).")
 @click.option("--with-wheels", "with_wheels", metavar="PLATFORM", default=None,
