@@ -337,6 +337,27 @@ class Context:
         return self.rd.root
 
 
+def check_options(options: PipelineOptions) -> None:
+    """Mistakes in what the user typed are bad input (exit 2), found before any probing or work."""
+    from kit import encoders as enc_table
+
+    out = Path(options.out_dir)
+    if out.exists() and not out.is_dir():
+        raise BadInput(f"--out-dir {out} is a file", hint="pass a directory (it is created if missing)")
+    if options.ref_dir is not None and not Path(options.ref_dir).is_dir():
+        raise BadInput(f"--ref-dir {options.ref_dir} is not a directory", hint="pass the folder holding your reference clips")
+    for name in options.encoders or ():
+        encoder = enc_table.get(name)  # an unknown name is bad input, not a missing prerequisite
+        for cq in options.cqs or ():
+            encoder.check_cq(cq)
+    TrainConfig().with_overrides(**options.train_overrides)  # out-of-range values name their flag
+    unknown = set(options.gate_overrides) - set(_gate_defaults())
+    if unknown:
+        raise BadInput(f"unknown gate threshold(s): {', '.join(sorted(unknown))}", hint=f"use {', '.join(_gate_defaults())}")
+    if not options.seeds:
+        raise BadInput("--seeds is empty", hint="e.g. --seeds 0,1,2,3,4")
+
+
 def check_prereqs(options: PipelineOptions) -> Any:
     """The same PASS/WARN/FAIL table as `ensemble-kit prereqs`; any FAIL stops the run with exit 3."""
     from kit import prereqs
@@ -670,14 +691,7 @@ def run_pipeline(options: PipelineOptions) -> PipelineResult:
     t0 = time.perf_counter()
     n = len(STEPS)
     with _sigterm_as_interrupt():
-        out = Path(options.out_dir)
-        if out.exists() and not out.is_dir():
-            raise BadInput(f"--out-dir {out} is a file", hint="pass a directory (it is created if missing)")
-        if options.encoders:
-            from kit import encoders as enc_table
-
-            for name in options.encoders:
-                enc_table.get(name)  # an unknown name is bad input (2), not a missing prerequisite (3)
+        check_options(options)
         prereq_report = check_prereqs(options)
         resolved, ff, srcs, encoders, cqs, config, gate = resolve(options, prereq_report)
         fp = environment.fingerprint(ff)
