@@ -215,3 +215,11 @@ def test_merge_accepts_bundles(tmp_path, fake_run):
     assert len(merged) == 3 * 2 * 2 * 3  # libx264 rows shared, h264_nvenc rows added
     assert set(merged["encoder"]) == {"libx264", "h264_nvenc"}
     assert set(merged["box_id"]) == {"box0"}
+
+
+def test_verify_bounds_the_extracted_size(tmp_path, fake_run):
+    made = bundle.make_bundle(fake_run(tmp_path / "run"))
+    with pytest.raises(BadInput, match="size limit of 1000 bytes"):
+        bundle.verify(made.path, max_total_bytes=1000)
+    r = CliRunner().invoke(main, ["verify", str(made.path), "--max-bytes", "1000"])
+    assert r.exit_code == 2 and "size limit" in r.output
