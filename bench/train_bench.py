@@ -114,18 +114,20 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--procs", type=int, default=os.cpu_count() or 1, help="(b): processes (default: one per core)")
     ap.add_argument("--skip-a", action="store_true", help="skip the slowest baseline")
+    ap.add_argument("--skip-b", action="store_true", help="skip the multi-process baseline")
+    ap.add_argument("--workers", type=int, default=0, help="(c): worker groups (0 = one per core)")
     args = ap.parse_args()
 
     df = load_corpus(args.corpus) if args.corpus else normalise(synthetic_corpus(n_sources=9, frames=args.frames))
     df = check_trainable(df)
-    config = TrainConfig(epochs=args.epochs)
+    config = TrainConfig(epochs=args.epochs, workers=args.workers)
     folds, blocks, tests = prepare_folds(df)
     jobs = [Job(f, (seed, LOSO_TAG, source_key(sha))) for seed in range(args.seeds) for f, sha in enumerate(folds)]
     print(f"corpus: {len(df)} rows, {len(folds)} sources; {len(jobs)} models x {args.epochs} epochs; "
           f"{os.cpu_count()} cores; torch {torch.__version__}, default threads {torch.get_num_threads()}")
 
     results = {}
-    order = (["a"] if not args.skip_a else []) + ["b", "c"]
+    order = (["a"] if not args.skip_a else []) + (["b"] if not args.skip_b else []) + ["c"]
     for name in order:
         t0 = time.perf_counter()
         if name == "a":
