@@ -152,6 +152,10 @@ def test_codec_vocabulary_covers_every_encoder():
     assert block[1, VOCAB.index("h264_vaapi")] == 1
     assert block[2, VOCAB.index(UNKNOWN)] == 1
     assert (block[:, : len(VOCAB)].sum(axis=1) == 1).all()
+    legacy = pd.DataFrame({"encoder": ["libx264", "libx264"], "cq": [51, 0], "preset": ["", "medium"]})
+    block = codec_block(legacy)
+    assert block[0, -2] == 0.5 and block[1, -2] == pytest.approx(ENCODERS["libx264"].preset_norm)  # unknown preset: neutral
+    assert block[0, -1] == 1.0 and block[1, -1] == 0.0
 
 
 def test_bad_corpora_are_bad_input(small_corpus, tmp_path):

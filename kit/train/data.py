@@ -25,6 +25,7 @@ UNKNOWN = "unknown"
 VOCAB: tuple[str, ...] = (*ENCODERS, UNKNOWN)
 CODEC_COLUMNS: tuple[str, ...] = (*(f"onehot:{v}" for v in VOCAB), "preset_norm", "cq_norm")
 MIN_SOURCES = 3
+NEUTRAL_PRESET = 0.5  # preset_norm for rows that do not record their preset (old-kit imports)
 
 # Columns a training corpus must have; everything else in CORPUS_COLUMNS is optional provenance.
 REQUIRED = ("src", "encoder", "cq", "frame_index", TARGET, *FEATURES)
@@ -119,6 +120,9 @@ def target(df: pd.DataFrame) -> np.ndarray:
 def codec_block(df: pd.DataFrame, vocab: tuple[str, ...] | list[str] = VOCAB) -> np.ndarray:
     """[N, len(vocab)+2]: one-hot encoder (names not in vocab -> 'unknown'), preset_norm, cq_norm.
 
+    preset_norm comes from the encoder table; a row with no recorded preset (old-kit JSONL) gets the
+    neutral 0.5 for encoders that have presets, rather than a guess.
+
     `vocab` defaults to this kit's; a model sidecar's own vocab can be passed to feed older models.
     """
     n = len(df)
@@ -131,7 +135,10 @@ def codec_block(df: pd.DataFrame, vocab: tuple[str, ...] | list[str] = VOCAB) ->
     for i in range(n):
         key = (enc[i], int(cq[i]), preset[i])
         if key not in cache:
-            cache[key] = codec_inputs(enc[i], int(cq[i]), preset[i] or None)
+            preset_norm, cq_norm = codec_inputs(enc[i], int(cq[i]), preset[i] or None)
+            if not preset[i] and enc[i] in ENCODERS and ENCODERS[enc[i]].preset:
+                preset_norm = NEUTRAL_PRESET  # an old corpus never said which preset it used
+            cache[key] = (preset_norm, cq_norm)
         block[i, index.get(enc[i], index[UNKNOWN])] = 1.0
         block[i, -2], block[i, -1] = cache[key]
     return block
