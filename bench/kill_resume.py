@@ -5,13 +5,16 @@
 
 How: one uninterrupted reference run first (its step timings say how long each phase lasts). Then, per
 trial, a fresh run directory: start `ensemble-kit pipeline`, wait until the target phase has begun (the
-previous step's marker appears; polled every 5 ms), sleep a random fraction of that phase's duration,
+previous step's marker appears; polled every 1 ms), sleep a random fraction of that phase's duration,
 SIGKILL the whole process group (ffmpeg children too: a power cut, an OOM kill), and rerun the same
 command until it completes; every third trial is killed a second time during its resume. The final
 verdict, LOSO folds and corpus must equal the reference run's. Excluded from "equal", because they are
 measurements of wall time or of when the file was written, not results: the verdict's
 `generated_at_utc`, the corpus' `enc_time_ms`/`score_time_ms` columns and the corpus content sha256 the
 verdict carries (it covers those two timing columns).
+
+The pipeline runs from a snapshot of kit/ (and environments/) taken at the start, so edits to the
+working tree during the bench cannot make the reference and the reruns differ.
 
 Prints one line per kill (target phase, where it actually landed, by the markers on disk) and a summary
 with the count; exit 0 only if every rerun completed and every result matched.
@@ -45,6 +48,16 @@ TINY = ["--demo-size", "96x64", "--demo-frames", "12", "--encoders", "libx264", 
 # Phases a kill can target: startup (imports, prereqs, run.json) and each step after it.
 PHASES = ("startup", *STEPS[1:])
 TIMING_COLUMNS = ("enc_time_ms", "score_time_ms")
+SNAPSHOT: dict[str, Path] = {"cwd": ROOT}  # where `python -m kit` runs (the snapshot's folder)
+
+
+def take_snapshot(base: Path) -> Path:
+    src = base / "src"
+    shutil.rmtree(src, ignore_errors=True)
+    shutil.copytree(ROOT / "kit", src / "kit", ignore=shutil.ignore_patterns("__pycache__"))
+    if (ROOT / "environments").is_dir():
+        shutil.copytree(ROOT / "environments", src / "environments")
+    return src
 
 
 def command(out_dir: Path) -> list[str]:
@@ -53,7 +66,7 @@ def command(out_dir: Path) -> list[str]:
 
 def start(out_dir: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(command(out_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, cwd=ROOT)
+                            start_new_session=True, cwd=SNAPSHOT["cwd"])
 
 
 def started_signal(out_dir: Path, phase: str) -> Path | None:
@@ -89,9 +102,11 @@ def kill_during(out_dir: Path, phase: str, duration: float, rng: random.Random, 
     while sig is not None and not sig.exists():
         if proc.poll() is not None or time.monotonic() - t0 > timeout:
             break
-        time.sleep(0.005)
-    # Short steps (verdict, bundle: ~0.1 s) get the first half of their time, so the kill lands inside them.
-    time.sleep(rng.uniform(0.0, duration * (0.5 if duration < 0.3 else 0.9)))
+        time.sleep(0.001)
+    # Aim into the first part of the phase: its length varies run to run on a busy box, and short steps
+    # (verdict, bundle: ~0.1 s) are over soon after they start. Where a kill really landed is reported.
+    share = 0.3 if phase == "startup" else 0.4 if duration < 0.3 else 0.6  # startup's estimate is the loosest
+    time.sleep(rng.uniform(0.0, duration * share))
     kill_group(proc)
     return landed(out_dir)
 
@@ -104,7 +119,7 @@ def kill_at(out_dir: Path, delay: float) -> str:
 
 
 def complete(out_dir: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(command(out_dir), capture_output=True, text=True, cwd=ROOT, timeout=900)
+    return subprocess.run(command(out_dir), capture_output=True, text=True, cwd=SNAPSHOT["cwd"], timeout=900)
 
 
 def phase_durations(stderr: str, total: float) -> dict[str, float]:
@@ -144,11 +159,12 @@ def main() -> int:
     rng = random.Random(args.seed)
     base = args.keep or Path(tempfile.mkdtemp(prefix="ekit-kill-"))
     base.mkdir(parents=True, exist_ok=True)
+    SNAPSHOT["cwd"] = take_snapshot(base)
     try:
         ref_dir = base / "reference"
         shutil.rmtree(ref_dir, ignore_errors=True)
         t0 = time.monotonic()
-        ref = subprocess.run([c for c in command(ref_dir) if c != "--quiet"], capture_output=True, text=True, cwd=ROOT)
+        ref = subprocess.run([c for c in command(ref_dir) if c != "--quiet"], capture_output=True, text=True, cwd=SNAPSHOT["cwd"])
         total = time.monotonic() - t0
         if ref.returncode not in (0, 1):
             print(ref.stderr[-3000:])
