@@ -434,6 +434,11 @@ def resolve(options: PipelineOptions, prereq_report: Any) -> tuple[dict[str, Any
         if not ref_dir.exists():
             raise BadInput(f"--ref-dir {ref_dir} does not exist", hint="pass the folder holding your reference clips")
     srcs = kit_sources.discover(ref_dir, ff=ff)
+    from kit.train.data import MIN_SOURCES
+
+    if len(srcs) < MIN_SOURCES:  # say so before hours of encoding, not after
+        raise BadInput(f"--ref-dir {ref_dir} holds {len(srcs)} distinct clip(s); leave-one-source-out needs at least "
+                       f"{MIN_SOURCES}", hint="add reference clips (different content) to the folder")
     resolved = {
         "demo": options.demo,
         "ref_dir": None if options.demo else str(Path(ref_dir).resolve()),

@@ -9,6 +9,7 @@ import gzip
 import io
 import json
 import os
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -162,6 +163,13 @@ def test_pipeline_bad_input_battery(tmp_path):
     (bad_refs / "clip.y4m").write_bytes(os.urandom(2048))
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
+    two_refs = tmp_path / "two_refs"
+    two_refs.mkdir()
+    import imageio_ffmpeg
+
+    for i, graph in enumerate(("testsrc2=s=64x64:r=25", "mandelbrot=s=64x64:r=25")):
+        subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i", graph, "-frames:v", "2",
+                        "-pix_fmt", "yuv420p", str(two_refs / f"c{i}.y4m")], check=True)
     out = ["--out-dir", str(tmp_path / "out")]
     cases = [
         (["--ref-dir", str(tmp_path / "nope"), *out], ExitCode.BAD_INPUT, "nope"),
@@ -176,6 +184,7 @@ def test_pipeline_bad_input_battery(tmp_path):
         (["--demo-size", "10x10", *out], ExitCode.BAD_INPUT, "--demo-size"),
         (["--epochs", "0", *out], ExitCode.BAD_INPUT, "--epochs"),
         (["--encoders", "h264_nvenc", *out], ExitCode.PREREQS, "h264_nvenc"),
+        (["--ref-dir", str(two_refs), "--encoders", "libx264", *out], ExitCode.BAD_INPUT, "needs at least 3"),
     ]
     failures = []
     for argv, code, phrase in cases:
