@@ -184,3 +184,27 @@ def test_bundles_from_two_boxes_merge_and_retrain(tiny_run, tiny_pipeline_args, 
     assert r.exit_code == 0, r.output
     folds = pd.read_csv(tmp_path / "retrain" / "loso" / "folds.csv")
     assert len(folds) == df["src_sha256"].nunique()
+
+
+def test_pipeline_on_real_footage_ref_dir(shared_media, tmp_path):
+    """--ref-dir with real clips (an h264 .mp4 and a .y4m from ../shared/media) plus one lavfi clip."""
+    import imageio_ffmpeg
+
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    for name in ("Seeking_10_288_375.mp4", "park_joy_420_720p50_frm0to9_480x270.y4m"):
+        (refs / name).symlink_to(shared_media / name)
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i", "testsrc2=s=160x96:r=25",
+                    "-frames:v", "12", "-pix_fmt", "yuv420p", str(refs / "synthetic.y4m")], check=True)
+    out = tmp_path / "run"
+    result = _run("--ref-dir", str(refs), "--encoders", "libx264", "--cqs", "24,36", "--seeds", "0", "--epochs", "5",
+                  "--gate-mean-plcc", "-1", "--gate-per-seed-min", "-1", "--gate-plcc-spread-max", "1",
+                  "--out-dir", str(out))
+    assert result.exit_code == 0, result.output
+    run = read_json(out / "run.json")
+    assert run["options"]["demo"] is False and run["options"]["ref_dir"] == str(refs.resolve())
+    assert sorted(s["src"] for s in run["options"]["ref_sources"]) == sorted(
+        ["Seeking_10_288_375", "park_joy_420_720p50_frm0to9_480x270", "synthetic"])
+    df = pd.read_parquet(out / "corpus.parquet")
+    assert df.groupby("src")["frame_index"].nunique().to_dict() == {
+        "Seeking_10_288_375": 150, "park_joy_420_720p50_frm0to9_480x270": 10, "synthetic": 12}
