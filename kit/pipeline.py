@@ -643,7 +643,12 @@ def run_export(ctx: Context) -> list[Path]:
     """Per-seed ONNX + sidecars + ensemble.json; the exporter's parity failure is WorkFailed (exit 4)."""
     from kit import export
 
-    ensemble = export.export_run(ctx.root)
+    on_plan, on_tick, close = _progress(ctx, f"export {len(ctx.options.seeds)} models")
+    on_plan(ctx.config.epochs)
+    try:
+        ensemble = export.export_run(ctx.root, progress=lambda done, total: on_tick(done, total))
+    finally:
+        close()
     files = [ctx.rd.models_dir / "ensemble.json"]
     for member in ensemble["members"]:
         files += [ctx.rd.models_dir / member["onnx"], ctx.rd.models_dir / member["sidecar"]]
