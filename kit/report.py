@@ -17,6 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker as ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -92,6 +93,10 @@ def plot_rate_quality(corpus: pd.DataFrame, path: Path) -> None:
             e = part[part["encoder"] == enc].sort_values("rate")
             ax.plot(e["rate"], e["vmaf"], marker="o", label=enc)
         ax.set_xscale("log")
+        # Plain numbers on the log axis; minor labels like "3x10^1" collide on narrow ranges.
+        ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_title(src, fontsize=9)
         ax.set_xlabel("bitrate (kbit/s)" if rate_col == "bitrate_kbps" else "encoded bytes")
         ax.set_ylabel("mean VMAF")
