@@ -105,7 +105,7 @@ def kill_during(out_dir: Path, phase: str, duration: float, rng: random.Random, 
         time.sleep(0.001)
     # Aim into the first part of the phase: its length varies run to run on a busy box, and short steps
     # (verdict, bundle: ~0.1 s) are over soon after they start. Where a kill really landed is reported.
-    share = 0.3 if phase == "startup" else 0.4 if duration < 0.3 else 0.6  # startup's estimate is the loosest
+    share = 0.3 if phase == "startup" else 0.2 if duration < 0.3 else 0.6  # startup's estimate is the loosest
     time.sleep(rng.uniform(0.0, duration * share))
     kill_group(proc)
     return landed(out_dir)
