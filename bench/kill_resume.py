@@ -10,8 +10,8 @@ SIGKILL the whole process group (ffmpeg children too: a power cut, an OOM kill),
 command until it completes; every third trial is killed a second time during its resume. The final
 verdict, LOSO folds and corpus must equal the reference run's. Excluded from "equal", because they are
 measurements of wall time or of when the file was written, not results: the verdict's
-`generated_at_utc`, the corpus' `enc_time_ms`/`score_time_ms` columns and the corpus content sha256 the
-verdict carries (it covers those two timing columns).
+`generated_at_utc` and the corpus' `enc_time_ms`/`score_time_ms` columns (the verdict's corpus
+content sha256 leaves them out, so it is compared exactly).
 
 The pipeline runs from a snapshot of kit/ (and environments/) taken at the start, so edits to the
 working tree during the bench cannot make the reference and the reruns differ.
@@ -42,12 +42,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from kit.pipeline import STEPS, marker_path  # noqa: E402
+from kit.schema import MEASURED_COLUMNS  # noqa: E402
 
 TINY = ["--demo-size", "96x64", "--demo-frames", "12", "--encoders", "libx264", "--cqs", "22,34", "--seeds", "0,1",
         "--epochs", "30", "--gate-mean-plcc", "0.5", "--gate-per-seed-min", "0.5", "--gate-plcc-spread-max", "1"]
 # Phases a kill can target: startup (imports, prereqs, run.json) and each step after it.
 PHASES = ("startup", *STEPS[1:])
-TIMING_COLUMNS = ("enc_time_ms", "score_time_ms")
+TIMING_COLUMNS = MEASURED_COLUMNS
 SNAPSHOT: dict[str, Path] = {"cwd": ROOT}  # where `python -m kit` runs (the snapshot's folder)
 
 
@@ -132,7 +133,6 @@ def phase_durations(stderr: str, total: float) -> dict[str, float]:
 def results(out_dir: Path) -> dict[str, object]:
     verdict = json.loads((out_dir / "verdict.json").read_text())
     verdict.pop("generated_at_utc", None)
-    verdict.get("corpus", {}).pop("sha256", None)
     corpus = pd.read_parquet(out_dir / "corpus.parquet").drop(columns=list(TIMING_COLUMNS))
     return {"verdict": verdict, "folds": (out_dir / "loso" / "folds.csv").read_bytes(), "corpus": corpus}
 

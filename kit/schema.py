@@ -57,6 +57,15 @@ LEGACY_JSONL_COLUMNS: tuple[str, ...] = (
     "src", "encoder", "cq", "enc_bytes", "enc_time_ms", "frame_index", "vmaf", *FEATURES,
 )
 
+# Wall-clock measurements: they differ between two runs of the same cell, so they stay out of the
+# corpus content hash (two boxes that computed the same rows must get the same hash).
+MEASURED_COLUMNS: tuple[str, ...] = ("enc_time_ms", "score_time_ms")
+# Who computed a row, not what it is: also out of the content hash, kept in the rows.
+PROVENANCE_COLUMNS: tuple[str, ...] = ("platform", "box_id", "env_fingerprint")
+CONTENT_COLUMNS: tuple[str, ...] = tuple(
+    c for c in CORPUS_COLUMNS if c not in MEASURED_COLUMNS and c not in PROVENANCE_COLUMNS
+)
+
 # Rows are unique on this key across boxes and shards.
 ROW_KEY: tuple[str, ...] = ("src_sha256", "encoder", "cq", "frame_index")
 

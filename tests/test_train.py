@@ -200,3 +200,16 @@ def test_legacy_jsonl_loads(small_corpus, tmp_path: Path):
     df = load_corpus(path)
     assert len(df) == len(small_corpus)
     assert df["src_sha256"].nunique() == small_corpus["src"].nunique()
+
+
+def test_corpus_hash_ignores_timings_and_provenance_but_not_content():
+    """Two boxes that computed the same rows must agree on the corpus hash; any value change must not."""
+    from kit.schema import CORPUS_COLUMNS
+    from kit.train.data import corpus_sha256
+
+    rows = {c: ([1, 2] if t == "int64" else [0.5, 0.25] if t == "float64" else ["a", "b"]) for c, t in CORPUS_COLUMNS.items()}
+    df = pd.DataFrame(rows)
+    other_box = df.assign(enc_time_ms=[9.0, 9.0], score_time_ms=[7.0, 7.0], box_id=["zz", "zz"], platform=["darwin-arm64"] * 2)
+    assert corpus_sha256(df) == corpus_sha256(other_box)
+    assert corpus_sha256(df) != corpus_sha256(df.assign(vmaf=[0.5, 0.26]))
+    assert corpus_sha256(df) != corpus_sha256(df.assign(enc_bytes=[1, 3]))

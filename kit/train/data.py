@@ -16,7 +16,7 @@ import pandas as pd
 
 from kit.encoders import ENCODERS, codec_inputs
 from kit.errors import BadInput
-from kit.schema import CORPUS_COLUMNS, FEATURES, SORT_KEY, TARGET
+from kit.schema import CONTENT_COLUMNS, CORPUS_COLUMNS, FEATURES, SORT_KEY, TARGET
 
 # The codec one-hot vocabulary. Bump the version whenever the list changes: a model's sidecar records
 # it, so a consumer can tell which column means which encoder. Order = kit.encoders.ENCODERS order.
@@ -149,14 +149,17 @@ def codec_layout() -> dict[str, Any]:
 
 
 def corpus_sha256(df: pd.DataFrame) -> str:
-    """Content hash of the rows in canonical order over every corpus column present.
+    """Content hash of the rows in canonical order over every content column present.
+
+    Timings and provenance (schema.MEASURED_COLUMNS, PROVENANCE_COLUMNS) stay out: the same rows
+    computed twice, or on two boxes, hash the same.
 
     Column by column: name, then values as little-endian int64/float64 bytes or UTF-8 strings joined
     by an unused separator. Independent of file format, row order on disk and pandas version.
     """
     df = canonical_order(df)
     h = hashlib.sha256()
-    for col in [c for c in CORPUS_COLUMNS if c in df.columns]:
+    for col in [c for c in CONTENT_COLUMNS if c in df.columns]:
         h.update(f"\x1e{col}\x1e".encode())
         values = df[col]
         if CORPUS_COLUMNS[col] == "int64":
