@@ -478,9 +478,9 @@ def train_cmd(corpus_path: Path | None, out_dir: Path, seeds: str, quiet: bool, 
 
 @main.command("verdict", epilog=EPILOG_EXIT_CODES)
 @click.option("--out-dir", **_RUN_DIR_OPTION)
-@click.option("--mean-plcc", type=float, default=0.95, show_default=True, help="Minimum mean of the per-seed mean PLCCs.")
-@click.option("--spread-max", type=float, default=0.005, show_default=True, help="Maximum max-min of the per-seed mean PLCCs.")
-@click.option("--per-seed-min", type=float, default=0.95, show_default=True, help="Minimum mean PLCC of every seed.")
+@click.option("--mean-plcc", "--gate-mean-plcc", "mean_plcc", type=float, default=0.95, show_default=True, help="Minimum mean of the per-seed mean PLCCs.")
+@click.option("--spread-max", "--gate-plcc-spread-max", "spread_max", type=float, default=0.005, show_default=True, help="Maximum max-min of the per-seed mean PLCCs.")
+@click.option("--per-seed-min", "--gate-per-seed-min", "per_seed_min", type=float, default=0.95, show_default=True, help="Minimum mean PLCC of every seed.")
 @click.option("--json", "as_json", is_flag=True, help="Print verdict.json on stdout.")
 def verdict_cmd(out_dir: Path, mean_plcc: float, spread_max: float, per_seed_min: float, as_json: bool) -> None:
     """Apply the PROMOTE/HOLD gate to OUT_DIR/loso/ and write OUT_DIR/verdict.json (the one verdict file).

@@ -109,6 +109,9 @@ def test_thresholds_are_flags_and_exit_codes(tmp_path):
     doc = json.loads((tmp_path / "verdict.json").read_text())
     assert doc["verdict"] == PROMOTE and doc["gate"]["plcc_spread_max"] == 0.02
     assert sorted(p.name for p in tmp_path.iterdir()) == ["loso", "verdict.json"]  # one verdict file, never two
+    # the pipeline's spelling of the same thresholds works here too
+    alias = runner.invoke(main, ["verdict", "--out-dir", str(tmp_path), "--gate-plcc-spread-max", "0.001"])
+    assert alias.exit_code == 1, alias.output
     missing = runner.invoke(main, ["verdict", "--out-dir", str(tmp_path / "nothing")])
     assert missing.exit_code == 2
 
