@@ -291,11 +291,15 @@ def discover(ref_dir: Path, *, ff: FFmpeg, width: int | None = None, height: int
     if not files:
         raise BadInput(f"--ref-dir {ref_dir} holds no reference clips",
                        hint="add .yuv (with geometry in the name or a sidecar), .y4m or video files such as .mp4")
+    from kit.refs import raw_rekeyer  # late: kit.refs imports this module
+
+    # With a refs.json (a reference pack), src_sha256 is the raw-frame sha256: .y4m/.yuv/.mkv of one clip are one source.
+    rekey = raw_rekeyer(ref_dir)
     sources: list[Source] = []
     by_sha: dict[str, Source] = {}
     by_src: dict[str, Source] = {}
     for path in files:
-        s = open_source(path, ff=ff, width=width, height=height, pix_fmt=pix_fmt, fps=fps)
+        s = rekey(open_source(path, ff=ff, width=width, height=height, pix_fmt=pix_fmt, fps=fps))
         if s.src_sha256 in by_sha:
             warn(f"{path.name} has the same content as {by_sha[s.src_sha256].path.name}: using {by_sha[s.src_sha256].src} once")
             continue

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from kit import refs
 from kit.cli import main
 from kit.errors import BadInput, ExitCode
-from kit.sources import discover
+from kit.sources import discover, open_source
 from kit.tools import find_ffmpeg
 
 B10 = "b420p10_64x48_30fps_yuv420p10le"
@@ -280,6 +280,8 @@ def test_corpus_runs_on_the_unpacked_directory(pack_dir, tmp_path):
     df = pd.read_parquet(summary.corpus_path)
     assert sorted(df["src"].unique()) == sorted(["a420", B10])
     assert set(df["pix_fmt"]) == {"yuv420p", "yuv420p10le"}
+    # Keyed by raw frames (refs.json present): the lead's rows from the original clips merge with these.
+    assert dict(df.groupby("src")["src_sha256"].first()) == {e["name"]: e["raw_sha256"] for e in doc["sources"]}
 
 
 def test_codec_choice_falls_back_and_explains_what_is_missing(ff):
@@ -303,12 +305,21 @@ def test_raw_rekeyer_makes_y4m_yuv_and_mkv_of_the_same_frames_one_source(pack_di
     refs.unpack(pack_dir, out, ff=ff, y4m=True)
     for d in (pack_dir, out):
         rekey = refs.raw_rekeyer(d)
-        for s in discover(d, ff=ff):
+        for path in sorted(d.glob("*.mkv")) + sorted(d.glob("*.y4m")):
+            s = open_source(path, ff=ff)
             assert s.src_sha256 != manifest[s.src].raw_sha256  # a file hash: .mkv / .y4m bytes are not raw frames
             assert rekey(s).src_sha256 == manifest[s.src].raw_sha256
-    assert refs.raw_rekeyer(ref_dir)(discover(ref_dir, ff=ff)[0]) == discover(ref_dir, ff=ff)[0]  # no refs.json
+        # ...and discover() applies it (kit.sources): the corpus keys these sources by their frames.
+        assert {s.src: s.src_sha256 for s in discover(d, ff=ff)} == {n: e.raw_sha256 for n, e in manifest.items()}
+    s = open_source(ref_dir / "a420.y4m", ff=ff)
+    assert refs.raw_rekeyer(ref_dir)(s) == s  # no refs.json: file hashes, as before
+    # One directory holding the .y4m AND the lossless .mkv of the same frames: one source, not a name clash.
+    shutil.copy(pack_dir / "a420.mkv", out / "a420.mkv")
+    assert [s.src for s in discover(out, ff=ff)].count("a420") == 1
+    (out / "a420.mkv").unlink()
     # A file whose geometry disagrees with refs.json keeps its own hash.
     (out / "a420.y4m").unlink()
     _lavfi(ff, out / "a420.y4m", "yuv444p", "-strict", "-1")
-    s = next(s for s in discover(out, ff=ff) if s.src == "a420")
+    s = open_source(out / "a420.y4m", ff=ff)
     assert refs.raw_rekeyer(out)(s) == s
+    assert next(d for d in discover(out, ff=ff) if d.src == "a420").src_sha256 == s.src_sha256
