@@ -74,7 +74,8 @@ def _open(tar_path: Path) -> tarfile.TarFile:
     except FileNotFoundError:
         raise BadInput(f"archive not found: {tar_path}", hint="check the path") from None
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-        raise BadInput(f"not a readable tar archive: {tar_path}: {exc}", hint=_FIX) from None
+        reason = str(exc).splitlines()[0].rstrip(":") if str(exc) else type(exc).__name__
+        raise BadInput(f"not a readable tar archive: {tar_path}: {reason}", hint=_FIX) from None
 
 
 def _validated_members(tf: tarfile.TarFile, tar_path: Path, max_total_bytes: int,

@@ -34,6 +34,7 @@ def _one_error_line(text: str) -> str:
     lines = [ln for ln in text.splitlines() if ln.strip()]
     errors = [ln for ln in lines if ln.startswith("error:")]
     assert len(errors) == 1, text
+    assert lines[-1] == errors[0], f"the error must be one line, nothing after it:\n{text}"
     return errors[0]
 
 
