@@ -101,41 +101,17 @@ def _corpus_encoders(ff, text: str | None) -> list[str]:
 
 
 def _progress_printer(quiet: bool):
-    """(on_plan, on_cell, close): a rich bar with ETA at a terminal; one line per failure otherwise."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    """(on_plan, on_cell, close) for run_corpus: the shared progress display, plus one line per failed cell."""
+    from kit.console import Progress
 
-    from kit.console import progress_enabled
-
-    bar = None
-    if progress_enabled(quiet):
-        bar = Progress(TextColumn("corpus"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[last]}"),
-                       TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err, transient=False)
-    task = None
-
-    def on_plan(n: int) -> None:
-        nonlocal task
-        if bar is not None:
-            bar.start()
-            task = bar.add_task("cells", total=n, last="")
+    bar = Progress("corpus", quiet=quiet)
 
     def on_cell(outcome, done: int, total: int) -> None:
         if outcome.status == "failed" and not quiet:
             err.print(f"[red]cell failed:[/red] {outcome.cell.label}: {outcome.reason}")
-        if bar is not None and task is not None:
-            bar.update(task, completed=done, last=outcome.cell.label)
+        bar.tick(done, total, last=outcome.cell.label)
 
-    def close() -> None:
-        if bar is not None:
-            bar.stop()
-
-    return on_plan, on_cell, close
+    return bar.plan, on_cell, bar.close
 
 
 @main.group("corpus", invoke_without_command=True, epilog=EPILOG_EXIT_CODES)
@@ -382,29 +358,11 @@ _RUN_DIR_OPTION = dict(type=click.Path(path_type=Path), default=Path("runs/corpu
 
 
 def _train_progress(quiet: bool, label: str):
-    """callable(done, total) drawing a rich bar with ETA at a terminal; (callback, close)."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    """(callback(done, total), close): the shared progress display, counting epochs."""
+    from kit.console import Progress
 
-    from kit.console import progress_enabled
-
-    if not progress_enabled(quiet):
-        return None, lambda: None
-    bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"), TimeElapsedColumn(),
-                   TextColumn("ETA"), TimeRemainingColumn(), console=err, transient=False)
-    bar.start()
-    task = bar.add_task(label, total=None)
-
-    def tick(done: int, total: int) -> None:
-        bar.update(task, completed=done, total=total)
-
-    return tick, bar.stop
+    bar = Progress(label, quiet=quiet, unit="epochs")
+    return bar.tick, bar.close
 
 
 def _train_config_options(f):

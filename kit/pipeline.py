@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from kit import __version__
-from kit.console import err, progress_enabled, warn
+from kit.console import Progress, err, warn
 from kit.errors import BadInput, PrereqError, WorkFailed
 from kit.fsio import append_line, canonical_json, read_json, sha256_file, write_json
 from kit.rundir import RunDir
@@ -457,43 +457,9 @@ def resolve(options: PipelineOptions, prereq_report: Any) -> tuple[dict[str, Any
 
 
 def _progress(ctx: Context, label: str) -> tuple[Callable[[int], None], Callable[..., None], Callable[[], None]]:
-    """A rich bar at a terminal; otherwise a line every ~10% so CI logs show life without flooding."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    bar = None
-    if progress_enabled(ctx.options.quiet):
-        bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"),
-                       TimeRemainingColumn(), console=err, transient=True)
-    state = {"task": None, "total": 0, "last_pct": -1}
-
-    def on_plan(total: int) -> None:
-        state["total"] = total
-        if bar is not None:
-            bar.start()
-            state["task"] = bar.add_task(label, total=max(total, 1))
-
-    def on_tick(done: int, total: int | None = None) -> None:
-        total = total or state["total"] or 1
-        if bar is not None and state["task"] is not None:
-            bar.update(state["task"], completed=done, total=total)
-        elif not ctx.options.quiet:
-            pct = int(100 * done / total) // 10 * 10
-            if pct != state["last_pct"] and pct % 20 == 0:
-                state["last_pct"] = pct
-                err.print(f"      {label}: {done}/{total}", markup=False)
-
-    def close() -> None:
-        if bar is not None:
-            bar.stop()
-
-    return on_plan, on_tick, close
+    """(on_plan, on_tick, close) of the shared progress display; the bar clears itself when the step ends."""
+    bar = Progress(label, quiet=ctx.options.quiet, transient=True)
+    return bar.plan, bar.tick, bar.close
 
 
 def step_corpus(ctx: Context) -> StepReport:
