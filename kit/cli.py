@@ -173,9 +173,9 @@ def _corpus_run(demo, ref_dir, width, height, pix_fmt, fps, encoders, cqs, jobs,
                 vmaf_threads, scorer, cell_timeout, fmt, quiet, as_json) -> None:
     import json as _json
 
-    from kit import corpus, legacy, scoring, tools
+    from kit import corpus, legacy, tools
     from kit import encoders as enc_table
-    from kit.errors import PrereqError, WorkFailed
+    from kit.errors import PrereqError
 
     if demo == bool(ref_dir):  # say this before any probing
         _corpus_sources(None, demo, ref_dir, out_dir, {})
@@ -200,13 +200,10 @@ def _corpus_run(demo, ref_dir, width, height, pix_fmt, fps, encoders, cqs, jobs,
         err.print(f"{len(srcs)} sources x {len(names)} encoders ({', '.join(names)}) x {len(cq_values)} cqs = "
                   f"{len(srcs) * len(names) * len(cq_values)} cells{f', shard {shard}' if shard else ''} -> {out_dir}")
     on_plan, on_cell, close = _progress_printer(quiet)
-    try:
+    try:  # run_corpus kills its tools itself when interrupted
         summary = corpus.run_corpus(run_dir, srcs, names, cq_values, ff=ff, jobs=jobs, shard=shard_kn,
                                     vmaf_threads=vmaf_threads, timeout=cell_timeout, vmaf_cli=vmaf_cli,
                                     progress=on_cell, on_plan=on_plan)
-    except KeyboardInterrupt:
-        scoring.kill_all()
-        raise
     finally:
         close()
     if fmt == "jsonl" and summary.corpus_path:
@@ -217,10 +214,7 @@ def _corpus_run(demo, ref_dir, width, height, pix_fmt, fps, encoders, cqs, jobs,
         where = summary.corpus_path or "(not assembled: other shards' cells are still missing)"
         err.print(f"corpus: {summary.done} cells computed, {summary.reused} reused, {len(summary.failed)} failed "
                   f"of {summary.planned}; {summary.corpus_rows} rows -> {where}")
-    if summary.failed:
-        raise WorkFailed(f"{len(summary.failed)} of {summary.planned} cells failed (details in "
-                            f"{run_dir.failures}); the other cells are kept",
-                            hint="fix the cause and rerun the same command: finished cells are reused")
+    summary.raise_if_failed(run_dir.failures, hint="fix the cause and rerun the same command: finished cells are reused")
 
 
 @corpus_cmd.command("import")

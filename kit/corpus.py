@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from kit import encoders as enc_table
 from kit import scoring
-from kit.errors import BadInput
+from kit.errors import BadInput, WorkFailed
 from kit.fsio import append_line, canonical_json, write_json, write_with
 from kit.rundir import RunDir
 from kit.schema import CORPUS_COLUMNS, DEFAULT_VMAF_MODEL, FEATURES, ROW_KEY, SORT_KEY, TARGET
@@ -271,6 +271,12 @@ class CorpusSummary:
     @property
     def ok(self) -> bool:
         return not self.failed
+
+    def raise_if_failed(self, failures_file: Path, hint: str) -> None:
+        """Exit 4 with the count and where the details are; the finished cells stay on disk."""
+        if self.failed:
+            raise WorkFailed(f"{len(self.failed)} of {self.planned} corpus cells failed (details in "
+                             f"{failures_file}); the finished cells are kept", hint=hint)
 
     def to_json(self) -> dict[str, Any]:
         return {"grid_cells": self.grid_cells, "shard": f"{self.shard[0]}/{self.shard[1]}" if self.shard else None,

@@ -30,7 +30,7 @@ from typing import Any
 
 from kit import __version__
 from kit.console import Progress, err, warn
-from kit.errors import BadInput, PrereqError, WorkFailed
+from kit.errors import BadInput, PrereqError
 from kit.fsio import append_line, canonical_json, read_json, sha256_file, write_json
 from kit.rundir import RunDir
 from kit.train.config import DEFAULT_SEEDS, TrainConfig
@@ -463,7 +463,7 @@ def _progress(ctx: Context, label: str) -> tuple[Callable[[int], None], Callable
 
 
 def step_corpus(ctx: Context) -> StepReport:
-    from kit import corpus, scoring
+    from kit import corpus
 
     key = _key({"step": "corpus", "sources": ctx.resolved["ref_sources"], "encoders": ctx.encoders,
                 "cqs": list(ctx.cqs), "ffmpeg": ctx.resolved["ffmpeg"], "model": ctx.resolved["vmaf_model"]})
@@ -476,18 +476,13 @@ def step_corpus(ctx: Context) -> StepReport:
             err.print(f"      cell failed: {outcome.cell.label}: {outcome.reason}", markup=False)
         on_tick(done, total)
 
-    try:
+    try:  # run_corpus kills its tools itself when interrupted
         summary = corpus.run_corpus(ctx.rd, ctx.sources, ctx.encoders, ctx.cqs, ff=ctx.ff, jobs=ctx.options.jobs,
                                     progress=on_cell, on_plan=on_plan)
-    except KeyboardInterrupt:
-        scoring.kill_all()
-        raise
     finally:
         close()
-    if summary.failed:
-        raise WorkFailed(f"{len(summary.failed)} of {summary.planned} corpus cells failed (details in "
-                         f"{ctx.rd.failures}); the finished cells are kept",
-                         hint="fix the cause (see `ensemble-kit prereqs`) and rerun the same command: it resumes")
+    summary.raise_if_failed(ctx.rd.failures,
+                            hint="fix the cause (see `ensemble-kit prereqs`) and rerun the same command: it resumes")
     mark_done(ctx.root, "corpus", key, [ctx.rd.corpus], {"rows": summary.corpus_rows})
     return StepReport("corpus", "done", f"{summary.done} cells encoded + scored, {summary.reused} reused; "
                       f"{summary.corpus_rows} rows from {len(ctx.sources)} sources")

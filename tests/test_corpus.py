@@ -154,7 +154,7 @@ def test_failed_cells_are_logged_and_the_rest_go_on(tmp_path, tiny_refs, kit_ffm
     assert r.exit_code == ExitCode.WORK_FAILED, r.output
     summary = json.loads(r.stdout)
     assert summary["failed"] == 2 and summary["done"] == 2 and summary["corpus_rows"] == 2 * N_FRAMES
-    assert "2 of 4 cells failed" in r.stderr and "failures.jsonl" in r.stderr
+    assert "2 of 4 corpus cells failed" in r.stderr and "failures.jsonl" in r.stderr
     records = [json.loads(line) for line in (out / "corpus" / "failures.jsonl").read_text().splitlines()]
     assert len(records) == 2 and {rec["cq"] for rec in records} == {37}
     assert all(rec["stage"] == stage and reason in rec["reason"] for rec in records), records
