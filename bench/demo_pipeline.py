@@ -10,6 +10,7 @@ demo to compare with.
 
 from __future__ import annotations
 
+import argparse
 import re
 import shutil
 import subprocess
@@ -29,6 +30,7 @@ def run(out: Path) -> tuple[float, subprocess.CompletedProcess[str]]:
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     work = Path(tempfile.mkdtemp(prefix="ekit-demo-bench-"))
     try:
         out = work / "demo"
