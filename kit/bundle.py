@@ -589,8 +589,11 @@ def compare(lead: Path, collab: Path, *, plcc_tol: float = 0.0) -> Comparison:
             try:
                 roots[side] = stack.enter_context(opened_run(path))
             except TamperedBundle as exc:  # a bundle changed after bundling cannot confirm anything
-                cmp = Comparison(lead=str(lead), collab=str(collab), plcc_tol=plcc_tol, lead_verdict="?",
-                                 collab_verdict="?")
+                shown = {"lead": "not checked", "collaborator": "not checked", side: "tampered"}
+                if "lead" in roots:
+                    shown["lead"] = str(read_verdict(roots["lead"]).get("verdict"))
+                cmp = Comparison(lead=str(lead), collab=str(collab), plcc_tol=plcc_tol,
+                                 lead_verdict=shown["lead"], collab_verdict=shown["collaborator"])
                 cmp.reasons.append(f"the {side}'s bundle fails verification: {exc}")
                 return cmp
         return _compare(lead, collab, plcc_tol, roots["lead"], roots["collaborator"])

@@ -151,7 +151,7 @@ def test_tampered_bundle_is_diverged_for_compare(tmp_path, good_bundle):
     result, text = _invoke("compare", str(good_bundle), str(tampered))
     assert result.exit_code == ExitCode.HOLD
     lines = text.splitlines()
-    assert lines[0].startswith("DIVERGED")
+    assert lines[0].startswith("DIVERGED: lead PROMOTE, collaborator tampered")
     assert lines[1].startswith("  reason: the collaborator's bundle fails verification:") and "verdict.json" in lines[1]
 
 
