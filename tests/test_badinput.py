@@ -118,16 +118,22 @@ def test_hostile_bundle_writes_nothing_outside(tmp_path):
     assert not list(Path("/tmp").glob("escaped.txt"))
 
 
-def test_bundle_of_another_schema_version(tmp_path, good_bundle):
-    work = tmp_path / "w"
-    with tarfile.open(good_bundle) as tf:
+def _edited_copy(bundle_path: Path, out: Path, name: str, edit) -> Path:
+    """Unpack a bundle, let `edit(doc)` change one JSON member, pack it again as `out`."""
+    work = out.parent / f"{out.name}.work"
+    with tarfile.open(bundle_path) as tf:
         tf.extractall(work, filter="data")
     (top,) = list(work.iterdir())
-    manifest = json.loads((top / "manifest.json").read_text())
-    manifest["schema_version"] = 2
-    (top / "manifest.json").write_text(json.dumps(manifest))
-    future = tmp_path / "future.tar.gz"
-    write_reproducible_tar([(f"{top.name}/{p.relative_to(top)}", p) for p in top.rglob("*") if p.is_file()], future)
+    doc = json.loads((top / name).read_text())
+    edit(doc)
+    (top / name).write_text(json.dumps(doc))
+    write_reproducible_tar([(f"{top.name}/{p.relative_to(top)}", p) for p in top.rglob("*") if p.is_file()], out)
+    return out
+
+
+def test_bundle_of_another_schema_version(tmp_path, good_bundle):
+    future = _edited_copy(good_bundle, tmp_path / "future.tar.gz", "manifest.json",
+                          lambda m: m.update(schema_version=2))
     for argv in (["verify", str(future)], ["compare", str(good_bundle), str(future)]):
         result, text = _invoke(*argv)
         assert result.exit_code == ExitCode.BAD_INPUT
@@ -136,15 +142,8 @@ def test_bundle_of_another_schema_version(tmp_path, good_bundle):
 
 def test_tampered_bundle_is_diverged_for_compare(tmp_path, good_bundle):
     """verify: bad input (2). compare: a bundle edited after bundling confirms nothing -> DIVERGED (1), reason first."""
-    work = tmp_path / "w"
-    with tarfile.open(good_bundle) as tf:
-        tf.extractall(work, filter="data")
-    (top,) = list(work.iterdir())
-    verdict = json.loads((top / "verdict.json").read_text())
-    verdict["verdict"] = "HOLD"
-    (top / "verdict.json").write_text(json.dumps(verdict))
-    tampered = tmp_path / "tampered.tar.gz"
-    write_reproducible_tar([(f"{top.name}/{p.relative_to(top)}", p) for p in top.rglob("*") if p.is_file()], tampered)
+    tampered = _edited_copy(good_bundle, tmp_path / "tampered.tar.gz", "verdict.json",
+                            lambda v: v.update(verdict="HOLD"))
     result, text = _invoke("verify", str(tampered))
     assert result.exit_code == ExitCode.BAD_INPUT
     assert "verdict.json" in _one_error_line(text) and "changed after bundling" in text
