@@ -2,7 +2,7 @@
 """Corpus engine vs the plain sequential way, on the same cells, same machine, same run.
 
 plain: per cell, one at a time: encode -> decode to a .yuv file -> libvmaf on two raw files, 1 thread
-ours:  `kit.corpus.run_corpus` (cells in parallel, encode decoded straight into libvmaf)
+ours:  `kit.corpus.engine.run_corpus` (cells in parallel, encode decoded straight into libvmaf)
 floor: CPU seconds of encode-only plus score-only runs of the same cells, divided by cores
 
 Prints the speed-up (plain wall / ours wall), our CPU utilisation ((user+sys) / (wall x cores)) and our
@@ -26,8 +26,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kit import corpus, scoring, sources, tools  # noqa: E402
-from kit.rundir import RunDir  # noqa: E402
+from kit.core.rundir import RunDir  # noqa: E402
+from kit.corpus import engine as corpus
+from kit.corpus import ffmpeg as tools  # noqa: E402
+from kit.corpus import scoring, sources
 
 CLIPS = {
     "testsrc2": "testsrc2=s={s}:r=25",
@@ -95,7 +97,7 @@ def one_cell_peak_rss(frames: int, size: str) -> dict[str, float]:
     """Run one full cell on a clip of `frames` frames in a fresh process; -> peak RSS (MiB) of it and its tools."""
     code = (
         "import json, resource, sys, tempfile; from pathlib import Path; sys.path.insert(0, sys.argv[3]);"
-        "import corpus_bench as b; from kit import corpus, tools; from kit.rundir import RunDir;"
+        "import corpus_bench as b; from kit.corpus import engine as corpus; from kit.corpus import ffmpeg as tools; from kit.core.rundir import RunDir;"
         "ff = tools.find_ffmpeg(); d = Path(tempfile.mkdtemp()); (d / 'refs').mkdir();"
         "refs = b.make_refs(ff, d / 'refs', sys.argv[2], int(sys.argv[1]), 1);"
         "corpus.run_corpus(RunDir(d / 'run'), refs, ['libx264'], [30], ff=ff, jobs=1);"

@@ -41,8 +41,8 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from kit.core.schema import MEASURED_COLUMNS  # noqa: E402
 from kit.pipeline import STEPS, marker_path  # noqa: E402
-from kit.schema import MEASURED_COLUMNS  # noqa: E402
 
 TINY = ["--demo-size", "96x64", "--demo-frames", "12", "--encoders", "libx264", "--cqs", "22,34", "--seeds", "0,1",
         "--epochs", "30", "--gate-mean-plcc", "0.5", "--gate-per-seed-min", "0.5", "--gate-plcc-spread-max", "1"]

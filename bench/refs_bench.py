@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 from kit import refs
-from kit.demo import make_demo_sources
-from kit.tools import find_ffmpeg
+from kit.corpus.demo import make_demo_sources
+from kit.corpus.ffmpeg import find_ffmpeg
 
 MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
 

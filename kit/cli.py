@@ -13,8 +13,8 @@ from pathlib import Path
 import click
 
 from kit import __version__
-from kit.console import err
-from kit.errors import ExitCode, KitError
+from kit.core.console import err
+from kit.core.errors import ExitCode, KitError
 
 EPILOG_EXIT_CODES = "Exit codes: 0 ok/PROMOTE, 1 HOLD/DIVERGED, 2 bad input, 3 prerequisites, 4 work failed, 130 interrupted."
 
@@ -71,9 +71,9 @@ def main() -> None:
 
 
 def _corpus_sources(ff, demo: bool, ref_dir: Path | None, out_dir: Path, geometry: dict):
-    from kit import demo as demo_mod
-    from kit import sources
-    from kit.errors import BadInput
+    from kit.core.errors import BadInput
+    from kit.corpus import demo as demo_mod
+    from kit.corpus import sources
 
     if demo and ref_dir:
         raise BadInput("--demo and --ref-dir are mutually exclusive", hint="pass one of them")
@@ -86,9 +86,9 @@ def _corpus_sources(ff, demo: bool, ref_dir: Path | None, out_dir: Path, geometr
 
 
 def _corpus_encoders(ff, text: str | None) -> list[str]:
-    from kit import platform
-    from kit.console import warn
-    from kit.errors import PrereqError
+    from kit.core.console import warn
+    from kit.core.errors import PrereqError
+    from kit.env import platform
 
     if text:
         return [e.strip() for e in text.split(",") if e.strip()]
@@ -102,7 +102,7 @@ def _corpus_encoders(ff, text: str | None) -> list[str]:
 
 def _progress_printer(quiet: bool):
     """(on_plan, on_cell, close) for run_corpus: the shared progress display, plus one line per failed cell."""
-    from kit.console import Progress
+    from kit.core.console import Progress
 
     bar = Progress("corpus", quiet=quiet)
 
@@ -173,9 +173,11 @@ def _corpus_run(demo, ref_dir, width, height, pix_fmt, fps, encoders, cqs, jobs,
                 vmaf_threads, scorer, cell_timeout, fmt, quiet, as_json) -> None:
     import json as _json
 
-    from kit import corpus, legacy, tools
-    from kit import encoders as enc_table
-    from kit.errors import PrereqError
+    from kit.core.errors import PrereqError
+    from kit.corpus import encoders as enc_table
+    from kit.corpus import engine as corpus
+    from kit.corpus import ffmpeg as tools
+    from kit.corpus import legacy
 
     if demo == bool(ref_dir):  # say this before any probing
         _corpus_sources(None, demo, ref_dir, out_dir, {})
@@ -230,8 +232,8 @@ def corpus_import_cmd(jsonl: tuple[Path, ...], out_dir: Path, as_json: bool) -> 
     """
     import json as _json
 
-    from kit import legacy
-    from kit.rundir import RunDir
+    from kit.core.rundir import RunDir
+    from kit.corpus import legacy
 
     report = legacy.import_jsonl(list(jsonl), RunDir(out_dir))
     if as_json:
@@ -251,8 +253,8 @@ def corpus_export_cmd(run_dir: Path, out: Path | None) -> None:
     Example:
       ensemble-kit corpus export runs/demo --out corpus.jsonl
     """
-    from kit import legacy
-    from kit.rundir import RunDir
+    from kit.core.rundir import RunDir
+    from kit.corpus import legacy
 
     rd = RunDir(run_dir)
     target = out or rd.root / "corpus.jsonl"
@@ -282,9 +284,10 @@ def score_cmd(ref: Path, dis: Path, width: int | None, height: int | None, pix_f
     """
     import json as _json
 
-    from kit import scoring, tools
-    from kit.errors import PrereqError
-    from kit.schema import FEATURES, LIBVMAF_KEYS
+    from kit.core.errors import PrereqError
+    from kit.core.schema import FEATURES, LIBVMAF_KEYS
+    from kit.corpus import ffmpeg as tools
+    from kit.corpus import scoring
 
     ff = tools.find_ffmpeg(ffmpeg_path)
     vmaf_cli = tools.find_vmaf_cli() if scorer == "vmaf" else None
@@ -301,7 +304,7 @@ def score_cmd(ref: Path, dis: Path, width: int | None, height: int | None, pix_f
         return
     from rich.table import Table
 
-    from kit.console import out
+    from kit.core.console import out
 
     table = Table("frame", *LIBVMAF_KEYS, title=f"{d.path.name} vs {r.path.name} ({result.model})")
     for i, f in enumerate(result.frames):
@@ -330,9 +333,9 @@ def merge_cmd(inputs: tuple[Path, ...], out: Path, as_json: bool) -> None:
     """
     import json as _json
 
-    from kit import corpus
-    from kit.bundle import corpus_from, is_bundle  # results bundles: verified, safely extracted
-    from kit.console import warn
+    from kit.core.console import warn
+    from kit.corpus import engine as corpus
+    from kit.results.bundle import corpus_from, is_bundle  # results bundles: verified, safely extracted
 
     report = corpus.merge([corpus_from(p) if is_bundle(p) else p for p in inputs], out)
     if as_json:
@@ -353,7 +356,7 @@ _RUN_DIR_OPTION = dict(type=click.Path(path_type=Path), default=Path("runs/corpu
 
 def _train_progress(quiet: bool, label: str):
     """(callback(done, total), close): the shared progress display, counting epochs."""
-    from kit.console import Progress
+    from kit.core.console import Progress
 
     bar = Progress(label, quiet=quiet, unit="epochs")
     return bar.tick, bar.close
@@ -398,9 +401,9 @@ def train_cmd(corpus_path: Path | None, out_dir: Path, seeds: str, quiet: bool, 
       ensemble-kit train --out-dir runs/demo
       ensemble-kit train --corpus old_kit_corpus.jsonl --out-dir runs/imported --epochs 100
     """
-    from kit.console import out
-    from kit.fsio import canonical_json
-    from kit.rundir import RunDir
+    from kit.core.console import out
+    from kit.core.fsio import canonical_json
+    from kit.core.rundir import RunDir
     from kit.train import loso
     from kit.train.config import TrainConfig, parse_seeds
     from kit.train.data import adopt_corpus, load_corpus
@@ -408,7 +411,7 @@ def train_cmd(corpus_path: Path | None, out_dir: Path, seeds: str, quiet: bool, 
     rd = RunDir(out_dir)
     config = TrainConfig().with_overrides(**overrides)
     seed_list = parse_seeds(seeds)
-    from kit.bundle import corpus_from  # a results bundle is verified and safely extracted first
+    from kit.results.bundle import corpus_from  # a results bundle is verified and safely extracted first
 
     df = load_corpus(corpus_from(corpus_path) if corpus_path else rd.corpus)
     if corpus_path is not None:
@@ -443,9 +446,9 @@ def verdict_cmd(out_dir: Path, mean_plcc: float, spread_max: float, per_seed_min
     Example:
       ensemble-kit verdict --out-dir runs/demo --spread-max 0.01
     """
-    from kit import gate
-    from kit.console import out
-    from kit.fsio import canonical_json
+    from kit.core.console import out
+    from kit.core.fsio import canonical_json
+    from kit.results import gate
 
     doc = gate.write_verdict(out_dir, mean_plcc=mean_plcc, plcc_spread_max=spread_max, per_seed_min=per_seed_min)
     if as_json:
@@ -472,9 +475,9 @@ def export_cmd(out_dir: Path, force: bool, corpus_path: Path | None, name: str, 
     Example:
       ensemble-kit export --out-dir runs/demo
     """
-    from kit import export
-    from kit.console import out
-    from kit.rundir import RunDir
+    from kit.core.console import out
+    from kit.core.rundir import RunDir
+    from kit.results import export
 
     tick, close = _train_progress(quiet, "export")
     try:
@@ -498,7 +501,7 @@ def predict_cmd(models_dir: Path, corpus_path: Path, output: Path) -> None:
     Example:
       ensemble-kit predict --models runs/demo/models runs/other/corpus.parquet -o other.csv
     """
-    from kit import export
+    from kit.results import export
     from kit.train.data import load_corpus
 
     df = export.predict_ensemble(models_dir, load_corpus(corpus_path))
@@ -517,7 +520,7 @@ def report_cmd(out_dir: Path, corpus_path: Path | None) -> None:
     Example:
       ensemble-kit report --out-dir runs/demo
     """
-    from kit import report
+    from kit.results import report
     from kit.train.data import load_corpus
 
     path = report.build_report(out_dir, load_corpus(corpus_path) if corpus_path else None)
@@ -528,8 +531,8 @@ def report_cmd(out_dir: Path, corpus_path: Path | None) -> None:
 
 
 def _print_json(obj) -> None:
-    from kit.console import out
-    from kit.fsio import canonical_json
+    from kit.core.console import out
+    from kit.core.fsio import canonical_json
 
     out.print(canonical_json(obj), end="", markup=False, highlight=False)
 
@@ -552,8 +555,9 @@ def env_cmd(ctx: click.Context, as_json: bool, ffmpeg_path: str | None) -> None:
         return
     from rich.table import Table
 
-    from kit import environment, tools
-    from kit.console import out
+    from kit.core.console import out
+    from kit.corpus import ffmpeg as tools
+    from kit.env import fingerprint as environment
 
     ff = tools.find_ffmpeg(ffmpeg_path, require_libvmaf=False) if ffmpeg_path else None
     fp = environment.fingerprint(ff)
@@ -579,9 +583,9 @@ def env_check_cmd(as_json: bool) -> None:
       pixi run env-check
       ensemble-kit env check --json
     """
-    from kit import locks
-    from kit.console import out
-    from kit.errors import PrereqError
+    from kit.core.console import out
+    from kit.core.errors import PrereqError
+    from kit.env import locks
 
     report = locks.check_drift()
     if as_json:
@@ -594,7 +598,7 @@ def env_check_cmd(as_json: bool) -> None:
     if report.kind == "none":
         raise PrereqError("no lock to compare with on this platform", hint="use the pixi environments (docs/environments.md)")
     if report.differences:
-        from kit.prereqs import FIX_LOCK
+        from kit.env.prereqs import FIX_LOCK
 
         raise PrereqError(f"{len(report.differences)} package(s) differ from the lock", hint=FIX_LOCK[report.kind])
 
@@ -614,8 +618,8 @@ def env_export_cmd(lock_path: Path, out_dir: Path, envs: tuple[str, ...]) -> Non
       ensemble-kit env export -e cuda --out-dir /tmp/locks
       micromamba create -n ekit-cuda -f environments/cuda.conda-lock.yml
     """
-    from kit import locks
-    from kit.console import out
+    from kit.core.console import out
+    from kit.env import locks
 
     for path in locks.export_conda_locks(lock_path, out_dir, envs):
         out.print(f"wrote {path}", markup=False)
@@ -641,8 +645,8 @@ def prereqs_cmd(encoders: str | None, out_dir: Path, ref_dir: Path | None, ffmpe
     """
     from rich.table import Table
 
-    from kit import prereqs
-    from kit.console import out
+    from kit.core.console import out
+    from kit.env import prereqs
 
     wanted = [e.strip() for e in encoders.split(",") if e.strip()] if encoders else None
     report = prereqs.run_prereqs(encoders=wanted, out_dir=out_dir, ref_dir=ref_dir, strict=strict, ffmpeg=ffmpeg_path)
@@ -676,8 +680,8 @@ def build_libvmaf_cmd(source: Path, backend: str, dest: Path | None, meson_args:
       git clone https://github.com/Netflix/vmaf && ensemble-kit build-libvmaf --source vmaf
       ensemble-kit build-libvmaf --source vmaf --backend cuda
     """
-    from kit import libvmaf_build
-    from kit.console import info, out
+    from kit.core.console import info, out
+    from kit.env import libvmaf_build
 
     info(f"building libvmaf ({backend}) from {source} with meson + ninja ...")
     built = libvmaf_build.build_libvmaf(source, backend=backend, dest=dest, meson_args=meson_args)
@@ -705,8 +709,8 @@ def _dataclass_options(cls, prefix: str = "", help_prefix: str = ""):
     return decorate
 
 
-# The gate's thresholds (kit.gate.Thresholds fields; tests/test_pipeline.py checks they stay in step).
-# Spelled out so `ensemble-kit --help` does not import torch through kit.gate.
+# The gate's thresholds (kit.results.gate.Thresholds fields; tests/test_pipeline.py checks they stay in step).
+# Spelled out so `ensemble-kit --help` does not import torch through kit.results.gate.
 PIPELINE_GATE_FLAGS = {"mean_plcc": 0.95, "plcc_spread_max": 0.005, "per_seed_min": 0.95}
 
 
@@ -750,9 +754,9 @@ def pipeline_cmd(ref_dir: Path | None, demo: bool, encoders: str | None, cqs: st
       ensemble-kit pipeline --ref-dir refs/ --out-dir runs/box1
       ensemble-kit pipeline --ref-dir refs/ --encoders h264_nvenc,hevc_nvenc --cqs 22,27,32
     """
-    from kit import encoders as enc_table
     from kit import pipeline
-    from kit.errors import BadInput
+    from kit.core.errors import BadInput
+    from kit.corpus import encoders as enc_table
     from kit.train.config import parse_seeds
 
     if demo and ref_dir is not None:
@@ -796,7 +800,7 @@ def bundle_cmd(run_dir: Path, out: Path | None) -> None:
     Example:
       ensemble-kit bundle runs/demo
     """
-    from kit import bundle
+    from kit.results import bundle
 
     result = bundle.make_bundle(run_dir, out)
     err.print(f"bundle: {len(result.manifest['files'])} files, verdict {result.manifest['verdict']['verdict']}")
@@ -815,7 +819,7 @@ def verify_cmd(bundle_path: Path, max_bytes: int | None) -> None:
     Example:
       ensemble-kit verify ensemble-results-linux-cuda-x86_64-3f9c0a1b2c4d-20261125T101500Z.tar.gz
     """
-    from kit import bundle
+    from kit.results import bundle
 
     result = bundle.verify(bundle_path, max_total_bytes=max_bytes or bundle.DEFAULT_MAX_BUNDLE_BYTES)
     m = result.manifest
@@ -841,8 +845,8 @@ def compare_cmd(lead: Path, collab: Path, plcc_tol: float, as_json: bool, verbos
       ensemble-kit compare runs/lead ensemble-results-linux-cpu-x86_64-ab12cd34ef56-20261125T101500Z.tar.gz
       ensemble-kit compare lead.tar.gz collab.tar.gz --plcc-tol 0.005   # different hardware
     """
-    from kit import bundle
-    from kit.fsio import canonical_json
+    from kit.core.fsio import canonical_json
+    from kit.results import bundle
 
     cmp = bundle.compare(lead, collab, plcc_tol=plcc_tol)
     if as_json:
@@ -867,7 +871,7 @@ def dist_cmd(out: Path | None, with_wheels: str | None) -> None:
       ensemble-kit dist                          # dist/ensemble-kit-<version>.tar.gz, < 50 MiB
       ensemble-kit dist --with-wheels linux-64   # + every locked wheel, installs offline
     """
-    from kit import dist
+    from kit.env import dist
 
     result = dist.make_dist(out, with_wheels=with_wheels)
     err.print(f"dist: {result.n_files} files, {result.size / 2**20:.1f} MiB, sha256 {result.sha256}")
@@ -883,7 +887,7 @@ class _RefsProgress:
     def __init__(self, label: str) -> None:
         from rich import progress as rp
 
-        from kit.console import progress_enabled
+        from kit.core.console import progress_enabled
 
         self.label = label
         self.bar = rp.Progress(rp.TextColumn("{task.description}"), rp.BarColumn(), rp.DownloadColumn(),
@@ -950,7 +954,7 @@ def refs_pack_cmd(ref_dir: Path, out: Path, codec: str, jobs: int | None, ffmpeg
       ensemble-kit refs pack --ref-dir refs/ --out refs-pack/ --codec x265-lossless --jobs 4
     """
     from kit import refs
-    from kit.tools import find_ffmpeg
+    from kit.corpus.ffmpeg import find_ffmpeg
 
     ff = find_ffmpeg(ffmpeg_path, require_libvmaf=False)
     with _RefsProgress("pack") as progress:
@@ -982,7 +986,7 @@ def refs_unpack_cmd(pack_path: Path, out: Path, y4m: bool, jobs: int | None, ffm
       ensemble-kit corpus --ref-dir refs/ ...
     """
     from kit import refs
-    from kit.tools import find_ffmpeg
+    from kit.corpus.ffmpeg import find_ffmpeg
 
     ff = find_ffmpeg(ffmpeg_path, require_libvmaf=False)
     with _RefsProgress("unpack") as progress:
@@ -1009,8 +1013,8 @@ def refs_verify_cmd(ref_dir: Path, refs_json: Path | None, jobs: int | None, ffm
       ensemble-kit refs verify my-copy/ --refs-json refs-pack/refs.json
     """
     from kit import refs
-    from kit.errors import BadInput
-    from kit.tools import find_ffmpeg
+    from kit.core.errors import BadInput
+    from kit.corpus.ffmpeg import find_ffmpeg
 
     ff = find_ffmpeg(ffmpeg_path, require_libvmaf=False)
     report = refs.verify(ref_dir, refs_json=refs_json, jobs=jobs, ff=ff)

@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from kit import __version__
-from kit.console import Progress, err, warn
-from kit.errors import BadInput, PrereqError
-from kit.fsio import append_line, canonical_json, read_json, sha256_file, write_json
-from kit.rundir import RunDir
+from kit.core.console import Progress, err, warn
+from kit.core.errors import BadInput, PrereqError
+from kit.core.fsio import append_line, canonical_json, read_json, sha256_file, write_json
+from kit.core.rundir import RunDir
 from kit.train.config import DEFAULT_SEEDS, TrainConfig
 
 RUN_SCHEMA = "ensemble-kit/pipeline-run"
@@ -64,7 +64,7 @@ class PipelineOptions:
     out_dir: Path
     ref_dir: Path | None = None  # None: the demo clips
     encoders: tuple[str, ...] | None = None  # None: the platform's encoders that pass a test encode
-    cqs: tuple[int, ...] | None = None  # None: kit.encoders.DEFAULT_CQS (DEMO_CQS for the demo)
+    cqs: tuple[int, ...] | None = None  # None: kit.corpus.encoders.DEFAULT_CQS (DEMO_CQS for the demo)
     seeds: tuple[int, ...] = DEFAULT_SEEDS
     jobs: int | None = None  # cells in parallel; does not change results
     train_overrides: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields given on the CLI
@@ -289,7 +289,7 @@ def prepare_run_dir(options: PipelineOptions, resolved: dict[str, Any], fingerpr
             raise BadInput(f"--out-dir {root} is not empty and holds no pipeline run (found {foreign[0]})",
                            hint="pick an empty or new --out-dir, or pass --fresh to move its contents aside")
     root.mkdir(parents=True, exist_ok=True)
-    from kit import platform as kit_platform
+    from kit.env import platform as kit_platform
 
     write_json(rd.run_json, {
         "schema": RUN_SCHEMA,
@@ -307,7 +307,7 @@ def prepare_run_dir(options: PipelineOptions, resolved: dict[str, Any], fingerpr
 
 
 def _fingerprint_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    from kit.bundle import flatten
+    from kit.results.bundle import flatten
 
     fa, fb = flatten(a), flatten(b)
     return [k for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
@@ -339,7 +339,7 @@ class Context:
 
 def check_options(options: PipelineOptions) -> None:
     """Mistakes in what the user typed are bad input (exit 2), found before any probing or work."""
-    from kit import encoders as enc_table
+    from kit.corpus import encoders as enc_table
 
     out = Path(options.out_dir)
     if out.exists() and not out.is_dir():
@@ -360,7 +360,7 @@ def check_options(options: PipelineOptions) -> None:
 
 def check_prereqs(options: PipelineOptions) -> Any:
     """The same PASS/WARN/FAIL table as `ensemble-kit prereqs`; any FAIL stops the run with exit 3."""
-    from kit import prereqs
+    from kit.env import prereqs
 
     report = prereqs.run_prereqs(encoders=list(options.encoders) if options.encoders else None,
                                  out_dir=Path(options.out_dir), ref_dir=options.ref_dir, ffmpeg=options.ffmpeg,
@@ -375,7 +375,7 @@ def check_prereqs(options: PipelineOptions) -> Any:
 
 
 def _find_tools(options: PipelineOptions) -> Any:
-    from kit import tools
+    from kit.corpus import ffmpeg as tools
 
     return tools.find_ffmpeg(options.ffmpeg)  # PrereqError (exit 3) naming what is missing
 
@@ -391,7 +391,8 @@ def _resolve_encoders(options: PipelineOptions, prereq_report: Any) -> list[str]
 
 
 def _demo_sources(options: PipelineOptions, ff: Any) -> Path:
-    from kit import demo, tools
+    from kit.corpus import demo
+    from kit.corpus import ffmpeg as tools
 
     w, h = options.demo_size
     names = demo_clip_names()
@@ -400,13 +401,13 @@ def _demo_sources(options: PipelineOptions, ff: Any) -> Path:
 
 
 def demo_clip_names() -> tuple[str, ...]:
-    from kit import demo
+    from kit.corpus import demo
 
     return tuple(n for n in demo.DEMO_CLIPS if n not in DEMO_EXCLUDE)
 
 
 def _gate_defaults() -> dict[str, Any]:
-    from kit import gate
+    from kit.results import gate
 
     return dict(gate.GATE_DEFAULTS)
 
@@ -414,9 +415,9 @@ def _gate_defaults() -> dict[str, Any]:
 def resolve(options: PipelineOptions, prereq_report: Any) -> tuple[dict[str, Any], Any, list[Any], list[str],
                                                                   tuple[int, ...], TrainConfig, dict[str, Any]]:
     """Fill in this box's defaults; everything that decides results ends up in the returned dict."""
-    from kit import encoders as enc_table
-    from kit import sources as kit_sources
-    from kit.schema import DEFAULT_VMAF_MODEL
+    from kit.core.schema import DEFAULT_VMAF_MODEL
+    from kit.corpus import encoders as enc_table
+    from kit.corpus import sources as kit_sources
 
     ff = _find_tools(options)
     encoders = _resolve_encoders(options, prereq_report)
@@ -463,7 +464,7 @@ def _progress(ctx: Context, label: str) -> tuple[Callable[[int], None], Callable
 
 
 def step_corpus(ctx: Context) -> StepReport:
-    from kit import corpus
+    from kit.corpus import engine as corpus
 
     key = _key({"step": "corpus", "sources": ctx.resolved["ref_sources"], "encoders": ctx.encoders,
                 "cqs": list(ctx.cqs), "ffmpeg": ctx.resolved["ffmpeg"], "model": ctx.resolved["vmaf_model"]})
@@ -577,7 +578,7 @@ def step_report(ctx: Context) -> StepReport:
 
 
 def step_bundle(ctx: Context) -> StepReport:
-    from kit import bundle
+    from kit.results import bundle
 
     markers = [m for m in ("corpus", "train", "verdict", "export", "report") if marker_path(ctx.root, m).is_file()]
     key = _key({"step": "bundle", "inputs": [outputs_digest(read_json(marker_path(ctx.root, m))) for m in markers],
@@ -595,14 +596,14 @@ def step_bundle(ctx: Context) -> StepReport:
 
 def run_gate(ctx: Context) -> dict[str, Any]:
     """verdict.json from the LOSO results with this run's thresholds; -> the verdict document."""
-    from kit import gate
+    from kit.results import gate
 
     return gate.write_verdict(ctx.root, **ctx.gate)
 
 
 def run_export(ctx: Context) -> list[Path]:
     """Per-seed ONNX + sidecars + ensemble.json; the exporter's parity failure is WorkFailed (exit 4)."""
-    from kit import export
+    from kit.results import export
 
     on_plan, on_tick, close = _progress(ctx, f"export {len(ctx.options.seeds)} models")
     on_plan(ctx.config.epochs)
@@ -617,8 +618,8 @@ def run_export(ctx: Context) -> list[Path]:
 
 
 def run_report(ctx: Context) -> list[Path]:
-    from kit import report
-    from kit.bundle import report_files
+    from kit.results import report
+    from kit.results.bundle import report_files
     from kit.train.data import load_corpus
 
     report.build_report(ctx.root, load_corpus(ctx.rd.corpus))
@@ -657,7 +658,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 def run_pipeline(options: PipelineOptions) -> PipelineResult:
     """The whole job. Raises KitError subclasses for the documented exit codes; returns PROMOTE/HOLD."""
-    from kit import environment
+    from kit.env import fingerprint as environment
 
     t0 = time.perf_counter()
     n = len(STEPS)

@@ -29,12 +29,12 @@ from pathlib import Path
 from typing import IO, Any
 
 from kit import __version__
-from kit.archive import safe_extract, write_reproducible_tar
-from kit.console import warn
-from kit.errors import BadInput, KitError, PrereqError, WorkFailed
-from kit.fsio import atomic_path, read_json, sha256_file, write_bytes, write_json, write_text
-from kit.sources import RAW_PIX_FMTS, Y4M_COLORSPACES, Source, discover, fps_arg, frame_bytes
-from kit.tools import FFmpeg, cpu_count, find_ffmpeg
+from kit.core.archive import safe_extract, write_reproducible_tar
+from kit.core.console import warn
+from kit.core.errors import BadInput, KitError, PrereqError, WorkFailed
+from kit.core.fsio import atomic_path, read_json, sha256_file, write_bytes, write_json, write_text
+from kit.corpus.ffmpeg import FFmpeg, cpu_count, find_ffmpeg
+from kit.corpus.sources import RAW_PIX_FMTS, Y4M_COLORSPACES, Source, discover, fps_arg, frame_bytes
 
 REFS_JSON = "refs.json"
 README = "README.txt"
@@ -46,7 +46,7 @@ TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 CHUNK = 1 << 20
 FFMPEG_TIMEOUT_S = None  # raw clips can be hundreds of GiB: no wall-clock limit on a single decode
 
-# ---- raw frame layouts come from kit.sources (one table); Y4M tags are its table inverted -------
+# ---- raw frame layouts come from kit.corpus.sources (one table); Y4M tags are its table inverted -------
 
 Y4M_TAG: dict[str, str] = {}
 for _tag, _fmt in Y4M_COLORSPACES.items():
@@ -66,7 +66,7 @@ def _check_pix_fmt(pix_fmt: str, where: str) -> None:
 class Variant:
     encoder: str
     args: tuple[str, ...]
-    pix_fmts: frozenset[str] | None = None  # None: every raw layout kit.sources knows
+    pix_fmts: frozenset[str] | None = None  # None: every raw layout kit.corpus.sources knows
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,7 @@ class RefEntry:
 
     def raw_file(self, *, y4m: bool = False) -> str:
         """File name `refs unpack` gives these frames: `<name>.y4m`, or `<name>.yuv` + a `<name>.json`
-        geometry sidecar (kit.sources reads it), so the corpus' source name stays `<name>`."""
+        geometry sidecar (kit.corpus.sources reads it), so the corpus' source name stays `<name>`."""
         return f"{self.name}.y4m" if y4m else f"{self.name}.yuv"
 
     def sidecar(self) -> dict[str, Any]:
@@ -279,7 +279,7 @@ def raw_sha256_index(ref_dir: str | os.PathLike[str]) -> dict[str, str]:
 
 
 def raw_rekeyer(ref_dir: str | os.PathLike[str]) -> Callable[[Source], Source]:
-    """For `kit.sources.discover`: a function giving each Source its raw-frame sha256 as `src_sha256`.
+    """For `kit.corpus.sources.discover`: a function giving each Source its raw-frame sha256 as `src_sha256`.
 
     WHY: with a refs.json present, a `.y4m`, a `.yuv` and a lossless `.mkv` of the same frames must be
     ONE source, so corpus rows from two boxes that used the same pack merge. Identity when there is no
@@ -489,7 +489,7 @@ def pack(ref_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, codec:
     Resumable: members finished by an interrupted run (recorded in the pack's state file, keyed on the
     source file's size and mtime) are kept, not encoded again.
     """
-    from kit.environment import fingerprint, fingerprint_id
+    from kit.env.fingerprint import fingerprint, fingerprint_id
 
     started = time.perf_counter()
     ref_dir, out = Path(ref_dir), Path(out)
@@ -595,7 +595,7 @@ def _y4m_header(entry: RefEntry) -> bytes:
 
 
 def _sidecar_path(raw_file: Path) -> Path:
-    return raw_file.with_suffix(".json")  # where kit.sources looks first
+    return raw_file.with_suffix(".json")  # where kit.corpus.sources looks first
 
 
 def _unpack_one(entry: RefEntry, pack_dir: Path, out_dir: Path, y4m: bool, ff: FFmpeg, threads: int) -> Path:

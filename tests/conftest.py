@@ -23,9 +23,9 @@ def _write_fake_run(root: Path, *, seeds=(0, 1), plcc=0.97, verdict="PROMOTE", n
     """A finished run's artefacts with valid layouts but made-up numbers: for bundle/compare tests only."""
     import pandas as pd
 
-    from kit.fsio import sha256_bytes, write_json
-    from kit.rundir import RunDir
-    from kit.schema import CORPUS_COLUMNS
+    from kit.core.fsio import sha256_bytes, write_json
+    from kit.core.rundir import RunDir
+    from kit.core.schema import CORPUS_COLUMNS
 
     rd = RunDir(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -45,7 +45,7 @@ def _write_fake_run(root: Path, *, seeds=(0, 1), plcc=0.97, verdict="PROMOTE", n
     df.to_parquet(rd.corpus, index=False)
     srcs = sorted({(r["src_sha256"], r["src"]) for r in rows})
     fp = fingerprint or {"platform": "linux-cpu-x86_64", "packages": {"torch": "2.13.0"}, "ffmpeg": {"version": "n9"}}
-    # the layout kit.gate.verdict_document writes (folds table, per-seed PLCCs keyed by seed)
+    # the layout kit.results.gate.verdict_document writes (folds table, per-seed PLCCs keyed by seed)
     folds = [{"seed": s, "fold_src": name, "fold_src_sha256": sha, "plcc": plcc + 0.001 * i}
              for s in seeds for i, (sha, name) in enumerate(srcs)]
     write_json(rd.verdict, {
@@ -79,7 +79,7 @@ def fake_run():
 @pytest.fixture(scope="session")
 def kit_ffmpeg():
     """The ffmpeg the kit would pick here (imageio-ffmpeg's static build, with libvmaf)."""
-    from kit import tools
+    from kit.corpus import ffmpeg as tools
 
     return tools.find_ffmpeg()
 

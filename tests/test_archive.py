@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from kit.archive import safe_extract, write_reproducible_tar
-from kit.errors import BadInput, ExitCode
+from kit.core.archive import safe_extract, write_reproducible_tar
+from kit.core.errors import BadInput, ExitCode
 
 
 def _tar(path: Path, entries: list[tarfile.TarInfo | tuple[str, bytes]], mode: str = "w:gz") -> Path:

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from kit import bundle
-from kit.archive import write_reproducible_tar
 from kit.cli import main
-from kit.errors import ExitCode
+from kit.core.archive import write_reproducible_tar
+from kit.core.errors import ExitCode
+from kit.results import bundle
 
 
 def _invoke(*args: str):

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from kit import libvmaf_build
-from kit.errors import BadInput, WorkFailed
+from kit.core.errors import BadInput, WorkFailed
+from kit.env import libvmaf_build
 
 FAKE_SOURCE = Path(__file__).parent / "fixtures" / "fake-libvmaf"
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from kit import bundle
-from kit.archive import write_reproducible_tar
 from kit.cli import main
-from kit.errors import BadInput
-from kit.fsio import read_json, write_json
+from kit.core.archive import write_reproducible_tar
+from kit.core.errors import BadInput
+from kit.core.fsio import read_json, write_json
+from kit.results import bundle
 
 
 def _tar_names(path: Path) -> list[str]:
@@ -54,7 +54,7 @@ def test_models_included_only_when_they_belong_to_this_corpus(tmp_path, fake_run
     models.mkdir()
     (models / "ens_seed0.onnx").write_bytes(b"onnx-bytes")
     write_json(models / "ens_seed0.json", {"seed": 0})
-    from kit.fsio import sha256_file
+    from kit.core.fsio import sha256_file
 
     write_json(models / "ensemble.json", {"corpus_sha256": "c" * 64, "members": [
         {"onnx": "ens_seed0.onnx", "sha256": sha256_file(models / "ens_seed0.onnx"), "sidecar": "ens_seed0.json"}]})

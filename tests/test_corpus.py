@@ -1,4 +1,4 @@
-"""kit.corpus and `ensemble-kit corpus`: the grid, cell ids, atomic cells, resume, failures, shards, merge.
+"""kit.corpus.engine and `ensemble-kit corpus`: the grid, cell ids, atomic cells, resume, failures, shards, merge.
 
 Real ffmpeg + libvmaf on tiny clips; a wrapper script around the real ffmpeg injects faults (crash, hang,
 garbage, dropped frames) into matching encodes only.
@@ -19,11 +19,12 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from kit import corpus, sources
 from kit.cli import main
-from kit.errors import BadInput, ExitCode
-from kit.rundir import RunDir
-from kit.schema import CORPUS_COLUMNS, FEATURES
+from kit.core.errors import BadInput, ExitCode
+from kit.core.rundir import RunDir
+from kit.core.schema import CORPUS_COLUMNS, FEATURES
+from kit.corpus import engine as corpus
+from kit.corpus import sources
 
 TIMING = ["enc_time_ms", "score_time_ms"]
 N_FRAMES = 8  # each tiny_refs clip
@@ -104,7 +105,7 @@ def test_rerun_reuses_every_cell_and_gives_the_same_corpus(baseline, refs, kit_f
 def test_cell_id_covers_what_decides_rows_and_nothing_else(refs, ctx):
     from dataclasses import replace
 
-    from kit import encoders
+    from kit.corpus import encoders
 
     s, x264 = refs[0], encoders.get("libx264")
     base = corpus.cell_key(s, x264, 25, x264.argv(25), ctx)
@@ -170,7 +171,7 @@ def test_failed_cells_are_logged_and_the_rest_go_on(tmp_path, tiny_refs, kit_ffm
 
 def test_hung_encoder_times_out(tmp_path, refs, kit_ffmpeg):
     fake = _fault_ffmpeg(tmp_path, kit_ffmpeg.path, "hang")
-    from kit import tools
+    from kit.corpus import ffmpeg as tools
 
     ff = tools.probe_ffmpeg(fake)
     t0 = time.monotonic()
@@ -263,8 +264,8 @@ def test_merge_dedupes_and_reports_conflicts(tmp_path, baseline):
 
 
 def test_legacy_jsonl_round_trip_and_bad_lines(tmp_path, baseline):
-    from kit import legacy
-    from kit.schema import LEGACY_JSONL_COLUMNS
+    from kit.core.schema import LEGACY_JSONL_COLUMNS
+    from kit.corpus import legacy
 
     rd, _ = baseline
     out = tmp_path / "old.jsonl"
@@ -290,8 +291,8 @@ def test_legacy_jsonl_round_trip_and_bad_lines(tmp_path, baseline):
 
 
 def test_demo_clips_are_deterministic_and_distinct(tmp_path, kit_ffmpeg):
-    from kit import demo
-    from kit.fsio import sha256_file
+    from kit.core.fsio import sha256_file
+    from kit.corpus import demo
 
     a = demo.make_demo_sources(tmp_path / "a", kit_ffmpeg, width=64, height=48, frames=6)
     b = demo.make_demo_sources(tmp_path / "b", kit_ffmpeg, width=64, height=48, frames=6)

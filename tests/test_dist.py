@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from kit import dist
-from kit.archive import safe_extract
 from kit.cli import main
-from kit.errors import BadInput
+from kit.core.archive import safe_extract
+from kit.core.errors import BadInput
+from kit.env import dist
 
 STEM = "ensemble-kit-" + __import__("kit").__version__
 
@@ -93,7 +93,7 @@ def test_unpack_install_and_run_from_an_empty_folder(built, tmp_path, tiny_pipel
     where = subprocess.run([str(venv / "bin" / "python"), "-c", "import kit; print(kit.__file__)"], cwd=elsewhere,
                            capture_output=True, text=True, check=True).stdout.strip()
     assert Path(where).is_relative_to(home), where  # the unpacked copy (its home), not this checkout
-    locks_dir = subprocess.run([str(venv / "bin" / "python"), "-c", "from kit import locks; print(locks.ENVIRONMENTS_DIR)"],
+    locks_dir = subprocess.run([str(venv / "bin" / "python"), "-c", "from kit.env import locks; print(locks.ENVIRONMENTS_DIR)"],
                                cwd=elsewhere, capture_output=True, text=True, check=True).stdout.strip()
     assert Path(locks_dir) == home / "environments"  # the drift check finds the tarball's locks
     # second call: no reinstall; the installed kit runs the (tiny) demo pipeline from an unrelated folder

@@ -6,9 +6,10 @@ import json
 import subprocess
 import sys
 
-from kit import environment, platform
-from kit.fsio import canonical_json
-from kit.platform import GPU, HostPlatform
+from kit.core.fsio import canonical_json
+from kit.env import fingerprint as environment
+from kit.env import platform
+from kit.env.platform import GPU, HostPlatform
 
 GPU_A = GPU("nvidia", "NVIDIA GeForce RTX 4090", "560.35.03", 24564, memory_free_mib=20000)
 HOST = HostPlatform("linux-cuda", "x86_64", (GPU_A,))
@@ -59,7 +60,7 @@ def test_what_changes_results_changes_the_id():
 
 def test_real_fingerprint_is_identical_in_a_fresh_process():
     """The real thing (this box's ffmpeg, packages, lock), computed twice in separate interpreters."""
-    code = "from kit import environment as e; print(e.fingerprint_id(e.fingerprint()))"
+    code = "from kit.env import fingerprint as e; print(e.fingerprint_id(e.fingerprint()))"
     ids = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
            for _ in range(2)}
     assert len(ids) == 1 and len(ids.pop()) == 16

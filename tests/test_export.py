@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from kit import export
 from kit.cli import main
-from kit.errors import BadInput, WorkFailed
-from kit.fsio import sha256_file
+from kit.core.errors import BadInput, WorkFailed
+from kit.core.fsio import sha256_file
+from kit.results import export
 from kit.train.config import TrainConfig
 from kit.train.data import VOCAB
 from kit.train.synthetic import synthetic_corpus
@@ -103,7 +103,7 @@ def test_parity_failure_is_work_failed(corpus, tmp_path, monkeypatch):
 
 def test_cli_train_verdict_export_predict_report(corpus, tmp_path):
     """The user's path on an old-kit JSONL: train -> verdict (HOLD at 2 epochs) -> export --force -> predict -> report."""
-    from kit.legacy import write_jsonl
+    from kit.corpus.legacy import write_jsonl
 
     jsonl = tmp_path / "old.jsonl"
     write_jsonl(corpus, jsonl)

@@ -3,9 +3,9 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from kit import fsio
 from kit.cli import main
-from kit.errors import BadInput, ExitCode
+from kit.core import fsio
+from kit.core.errors import BadInput, ExitCode
 
 
 def test_atomic_write_leaves_old_file_when_writer_fails(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from kit.cli import main
-from kit.gate import GATE_EPS, HOLD, PROMOTE, Thresholds, decide, write_verdict, write_verdict_file
+from kit.results.gate import GATE_EPS, HOLD, PROMOTE, Thresholds, decide, write_verdict, write_verdict_file
 from kit.train.config import TrainConfig
 from kit.train.loso import PREDICTION_COLUMNS, LosoResult, write_loso
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from kit import locks
-from kit.errors import BadInput, PrereqError
+from kit.core.errors import BadInput, PrereqError
+from kit.env import locks
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures" / "pixi"
@@ -215,8 +215,8 @@ def test_cli_env_check_names_drift_and_exits_3(prefix: Path, tmp_path: Path, mon
 def test_cli_env_json_and_export(tmp_path: Path):
     from click.testing import CliRunner
 
-    from kit import environment
     from kit.cli import main
+    from kit.env import fingerprint as environment
 
     result = CliRunner().invoke(main, ["env", "--json"])
     assert result.exit_code == 0, result.output

@@ -14,9 +14,10 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from kit import bundle, pipeline
+from kit import pipeline
 from kit.cli import DEMO_TRAIN, PIPELINE_GATE_FLAGS, main
-from kit.fsio import read_json
+from kit.core.fsio import read_json
+from kit.results import bundle
 
 # Tiny but real settings come from the `tiny_pipeline_args` fixture (tests/conftest.py), shared with test_dist.py.
 
@@ -111,7 +112,7 @@ def test_retraining_the_lead_bundle_gives_identical_plccs(tiny_run, tmp_path):
 
 
 def test_cli_flags_stay_in_step_with_the_gate_and_demo():
-    from kit.gate import GATE_DEFAULTS
+    from kit.results.gate import GATE_DEFAULTS
 
     assert PIPELINE_GATE_FLAGS == GATE_DEFAULTS
     assert DEMO_TRAIN == {"epochs": pipeline.DEMO_EPOCHS}

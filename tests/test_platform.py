@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from kit import platform
-from kit.errors import BadInput
-from kit.platform import GPU, HostPlatform, Probes
+from kit.core.errors import BadInput
+from kit.env import platform
+from kit.env.platform import GPU, HostPlatform, Probes
 
 RTX = GPU("nvidia", "NVIDIA GeForce RTX 4090", "560.35.03", 24564, 20000)
 T4 = GPU("nvidia", "Tesla T4", "550.54.15", 15360, 15000)
@@ -147,7 +147,7 @@ def test_this_box_is_linux_cpu_and_software_encoders_really_encode():
 
 def test_nvenc_really_fails_here_and_the_kit_explains_it():
     """A real NVENC probe on this GPU-less box: listed by ffmpeg, fails the test encode, explained."""
-    from kit import tools
+    from kit.corpus import ffmpeg as tools
 
     host = platform.detect()
     if any(g.vendor == "nvidia" for g in host.gpus):

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from kit import prereqs
 from kit.cli import main
-from kit.platform import GPU, HostPlatform
+from kit.env import prereqs
+from kit.env.platform import GPU, HostPlatform
 
 Probe = namedtuple("Probe", "encoder ok reason")
 H100 = HostPlatform("linux-cuda", "x86_64", (GPU("nvidia", "NVIDIA H100 80GB HBM3", "550.90.07", 81559, 80000),))
@@ -115,7 +115,7 @@ def test_out_dir_that_is_a_file_fails_write_check(tmp_path: Path):
 
 def _broken_ffmpeg(tmp_path: Path, *, list_libvmaf: bool) -> Path:
     """Fault injection: the real ffmpeg behind a wrapper whose libvmaf is missing (or listed but broken)."""
-    from kit import tools
+    from kit.corpus import ffmpeg as tools
 
     real = tools.find_ffmpeg().path
     hide = "" if list_libvmaf else f'if [ "$2" = "-filters" ]; then "{real}" "$@" | grep -v libvmaf; exit 0; fi\n'

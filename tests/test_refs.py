@@ -13,9 +13,9 @@ from click.testing import CliRunner
 
 from kit import refs
 from kit.cli import main
-from kit.errors import BadInput, ExitCode
-from kit.sources import discover, open_source
-from kit.tools import find_ffmpeg
+from kit.core.errors import BadInput, ExitCode
+from kit.corpus.ffmpeg import find_ffmpeg
+from kit.corpus.sources import discover, open_source
 
 B10 = "b420p10_64x48_30fps_yuv420p10le"
 # source name (the file stem) -> (file name written into the reference dir, pix_fmt); 64x48, 5 frames each.
@@ -260,8 +260,8 @@ def test_corpus_runs_on_the_unpacked_directory(pack_dir, tmp_path):
     """Done-when: `--ref-dir` on an unpacked pack runs the corpus (real x264 + libvmaf, 2 tiny sources)."""
     import pandas as pd
 
-    from kit.corpus import run_corpus
-    from kit.rundir import RunDir
+    from kit.core.rundir import RunDir
+    from kit.corpus.engine import run_corpus
 
     ff = find_ffmpeg()  # with libvmaf
     sub = tmp_path / "pack"
@@ -287,7 +287,7 @@ def test_corpus_runs_on_the_unpacked_directory(pack_dir, tmp_path):
 def test_codec_choice_falls_back_and_explains_what_is_missing(ff):
     from dataclasses import replace
 
-    from kit.errors import PrereqError
+    from kit.core.errors import PrereqError
 
     svt_only = replace(ff, encoders=frozenset({"ffv1", "libsvtav1"}))
     assert refs.choose_variant("av1-lossless", "yuv420p10le", svt_only, where="x").encoder == "libsvtav1"

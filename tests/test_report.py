@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from kit.gate import write_verdict
-from kit.report import build_report
+from kit.results.gate import write_verdict
+from kit.results.report import build_report
 from kit.train.config import TrainConfig
 from kit.train.loso import run_loso
 from kit.train.synthetic import synthetic_corpus

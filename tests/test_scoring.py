@@ -1,4 +1,4 @@
-"""kit.scoring and `ensemble-kit score`: libvmaf per-frame features, pooling and the failure checks."""
+"""kit.corpus.scoring and `ensemble-kit score`: libvmaf per-frame features, pooling and the failure checks."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pytest
 from click.testing import CliRunner
 from conftest import lavfi_clip
 
-from kit import scoring, sources
 from kit.cli import main
-from kit.errors import ExitCode
-from kit.schema import FEATURES, LIBVMAF_KEYS
+from kit.core.errors import ExitCode
+from kit.core.schema import FEATURES, LIBVMAF_KEYS
+from kit.corpus import scoring, sources
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ import subprocess
 import pytest
 from conftest import lavfi_clip
 
-from kit import sources
-from kit.errors import BadInput
-from kit.fsio import sha256_file
+from kit.core.errors import BadInput
+from kit.core.fsio import sha256_file
+from kit.corpus import sources
 
 
 @pytest.fixture(autouse=True)

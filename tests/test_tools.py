@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from kit import tools
-from kit.errors import ExitCode, PrereqError
+from kit.core.errors import ExitCode, PrereqError
+from kit.corpus import ffmpeg as tools
 
 
 @pytest.fixture(autouse=True)
@@ -95,7 +95,7 @@ def test_listed_hardware_encoders_are_unavailable_with_a_reason(kit_ffmpeg):
 
 
 def test_qsv_uses_the_first_working_render_node_not_a_fixed_one(kit_ffmpeg, monkeypatch, tmp_path):
-    from kit import encoders
+    from kit.corpus import encoders
 
     nodes = [tmp_path / "renderD128", tmp_path / "renderD129"]
     monkeypatch.setattr(tools, "render_nodes", lambda: nodes)

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from kit.encoders import ENCODERS
-from kit.errors import BadInput, WorkFailed
+from kit.core.errors import BadInput, WorkFailed
+from kit.corpus.encoders import ENCODERS
 from kit.train.batched import Job, train_models
 from kit.train.config import TrainConfig, parse_seeds
 from kit.train.data import UNKNOWN, VOCAB, check_trainable, codec_block, corpus_sha256, load_corpus
@@ -84,7 +84,7 @@ def test_loso_outputs_and_verdict_are_byte_identical(small_corpus, tmp_path):
     """Two full runs (training, LOSO files, verdict) on the same corpus give the same bytes."""
     from datetime import UTC, datetime
 
-    from kit.gate import decide, write_verdict_file
+    from kit.results.gate import decide, write_verdict_file
 
     for run in ("a", "b"):
         result = run_loso(small_corpus, TINY, (0, 1), tmp_path / run / "loso")
@@ -191,7 +191,7 @@ def test_config_rejects_nonsense():
 
 
 def test_legacy_jsonl_loads(small_corpus, tmp_path: Path):
-    from kit.legacy import write_jsonl
+    from kit.corpus.legacy import write_jsonl
 
     path = tmp_path / "old.jsonl"
     write_jsonl(small_corpus, path)
@@ -204,7 +204,7 @@ def test_legacy_jsonl_loads(small_corpus, tmp_path: Path):
 
 def test_corpus_hash_ignores_timings_and_provenance_but_not_content():
     """Two boxes that computed the same rows must agree on the corpus hash; any value change must not."""
-    from kit.schema import CORPUS_COLUMNS
+    from kit.core.schema import CORPUS_COLUMNS
     from kit.train.data import corpus_sha256
 
     rows = {c: ([1, 2] if t == "int64" else [0.5, 0.25] if t == "float64" else ["a", "b"]) for c, t in CORPUS_COLUMNS.items()}

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kit.errors import WorkFailed
+from kit.core.errors import WorkFailed
 from kit.train.config import TrainConfig
 from kit.train.model import Weights
 

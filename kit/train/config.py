@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from kit.errors import BadInput
+from kit.core.errors import BadInput
 
 
 @dataclass(frozen=True)

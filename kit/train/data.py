@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kit.encoders import ENCODERS, codec_inputs
-from kit.errors import BadInput
-from kit.schema import CONTENT_COLUMNS, CORPUS_COLUMNS, FEATURES, SORT_KEY, TARGET
+from kit.core.errors import BadInput
+from kit.core.schema import CONTENT_COLUMNS, CORPUS_COLUMNS, FEATURES, SORT_KEY, TARGET
+from kit.corpus.encoders import ENCODERS, codec_inputs
 
 # The codec one-hot vocabulary. Bump the version whenever the list changes: a model's sidecar records
-# it, so a consumer can tell which column means which encoder. Order = kit.encoders.ENCODERS order.
+# it, so a consumer can tell which column means which encoder. Order = kit.corpus.encoders.ENCODERS order.
 VOCAB_VERSION = 1
 UNKNOWN = "unknown"
 VOCAB: tuple[str, ...] = (*ENCODERS, UNKNOWN)
@@ -66,7 +66,7 @@ def load_corpus(path: str | Path) -> pd.DataFrame:
     the old kit's per-frame JSONL (via kit.legacy, which fills what old rows lack). Exact duplicate
     rows (the old kit appended them on re-runs) are dropped so no frame counts twice.
     """
-    from kit.corpus import dedupe, load_corpus_input
+    from kit.corpus.engine import dedupe, load_corpus_input
 
     p = Path(path)
     if not p.exists():
@@ -74,7 +74,7 @@ def load_corpus(path: str | Path) -> pd.DataFrame:
     df = load_corpus_input(p)
     df, dropped, _ = dedupe(df)
     if dropped:
-        from kit.console import warn
+        from kit.core.console import warn
 
         warn(f"{p}: dropped {dropped} exact duplicate row(s)")
     return canonical_order(normalise(df))
@@ -193,7 +193,7 @@ def corpus_summary(df: pd.DataFrame) -> dict[str, Any]:
 def adopt_corpus(df: pd.DataFrame, run_corpus: Path) -> None:
     """Make a corpus given with --corpus the run directory's corpus.parquet (so verdict, export,
     report and bundle all see the rows that were trained on); never overwrite a different one."""
-    from kit.corpus import write_corpus
+    from kit.corpus.engine import write_corpus
 
     run_corpus = Path(run_corpus)
     if run_corpus.is_file():

@@ -24,8 +24,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from kit.errors import BadInput
-from kit.fsio import read_json, write_json, write_text, write_with
+from kit.core.errors import BadInput
+from kit.core.fsio import read_json, write_json, write_text, write_with
 from kit.train.batched import Job, predict, train_models
 from kit.train.config import TrainConfig
 from kit.train.data import (
@@ -119,7 +119,7 @@ class LosoResult:
 
 
 def _environment() -> tuple[dict[str, Any], str]:
-    from kit.environment import fingerprint, fingerprint_id
+    from kit.env.fingerprint import fingerprint, fingerprint_id
 
     fp = fingerprint()
     return fp, fingerprint_id(fp)

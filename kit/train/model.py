@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from kit.schema import FEATURES
+from kit.core.schema import FEATURES
 from kit.train.config import TrainConfig
 from kit.train.data import VOCAB
 

@@ -12,8 +12,8 @@ import hashlib
 import numpy as np
 import pandas as pd
 
-from kit.encoders import ENCODERS
-from kit.schema import CORPUS_COLUMNS
+from kit.core.schema import CORPUS_COLUMNS
+from kit.corpus.encoders import ENCODERS
 
 
 def synthetic_corpus(

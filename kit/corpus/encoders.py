@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from kit.errors import BadInput
+from kit.core.errors import BadInput
 
 DEFAULT_CQS: tuple[int, ...] = (19, 25, 31, 37)
 

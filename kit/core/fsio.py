@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from kit.errors import BadInput
+from kit.core.errors import BadInput
 
 CHUNK = 1 << 20
 _UMASK = os.umask(0)

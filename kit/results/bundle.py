@@ -3,7 +3,7 @@
 A bundle holds exactly one run's outputs (never files an earlier run left in the directory), hashed in
 `manifest.json`, in a reproducible tarball: the same run always gives the same name and the same bytes,
 so two people can compare a sha256 over the phone. A bundle from someone else is untrusted input:
-it is only ever opened through `kit.archive.safe_extract` and checked against its manifest.
+it is only ever opened through `kit.core.archive.safe_extract` and checked against its manifest.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from kit import __version__
-from kit.errors import BadInput
-from kit.fsio import canonical_json, read_json, sha256_file, write_text
-from kit.rundir import RunDir
+from kit.core.errors import BadInput
+from kit.core.fsio import canonical_json, read_json, sha256_file, write_text
+from kit.core.rundir import RunDir
 
 BUNDLE_SCHEMA = "ensemble-kit/results-bundle"
 BUNDLE_SCHEMA_VERSION = 1
@@ -62,7 +62,7 @@ def read_verdict(run_root: Path) -> dict[str, Any]:
 
 
 def verdict_fingerprint(verdict: dict[str, Any]) -> dict[str, Any]:
-    """The environment fingerprint a verdict carries (kit.gate.verdict_document's `fingerprint`)."""
+    """The environment fingerprint a verdict carries (kit.results.gate.verdict_document's `fingerprint`)."""
     value = verdict.get("fingerprint")
     return value if isinstance(value, dict) else {}
 
@@ -238,7 +238,7 @@ def _slug(text: str) -> str:
 
 def run_identity(run_root: Path, verdict: dict[str, Any] | None = None) -> dict[str, str]:
     """platform, box and utc stamp of a run, from its own records (so a re-bundle gives the same name)."""
-    from kit import platform as kit_platform
+    from kit.env import platform as kit_platform
 
     verdict = verdict if verdict is not None else read_verdict(run_root)
     run = _read_json_if(RunDir(run_root).run_json)
@@ -297,7 +297,7 @@ class BundleResult:
 
 def make_bundle(run_root: Path, out: Path | None = None) -> BundleResult:
     """Write `ensemble-results-<platform>-<box>-<utc>.tar.gz` for this run (into the run dir by default)."""
-    from kit.archive import write_reproducible_tar
+    from kit.core.archive import write_reproducible_tar
 
     root = Path(run_root)
     if not root.is_dir():
@@ -399,7 +399,7 @@ def check_tree(root: Path, manifest: dict[str, Any], label: str) -> tuple[int, i
 def opened_bundle(bundle: Path, *, max_total_bytes: int = DEFAULT_MAX_BUNDLE_BYTES,
                   dest: Path | None = None) -> Iterator[tuple[Path, VerifyResult]]:
     """Safely extract and verify a bundle; yield (run root inside it, result). Temp files are removed after."""
-    from kit.archive import safe_extract
+    from kit.core.archive import safe_extract
 
     bundle = Path(bundle)
     if not bundle.exists():

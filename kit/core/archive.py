@@ -19,8 +19,8 @@ import zlib
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
-from kit.errors import BadInput
-from kit.fsio import atomic_path
+from kit.core.errors import BadInput
+from kit.core.fsio import atomic_path
 
 DEFAULT_MAX_TOTAL_BYTES = 64 << 30  # 64 GiB of extracted content unless the caller says otherwise
 DEFAULT_MAX_MEMBERS = 100_000

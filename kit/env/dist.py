@@ -16,8 +16,8 @@ from importlib import metadata
 from pathlib import Path
 
 from kit import __version__
-from kit.errors import BadInput, PrereqError, WorkFailed
-from kit.fsio import canonical_json, sha256_file, write_text
+from kit.core.errors import BadInput, PrereqError, WorkFailed
+from kit.core.fsio import canonical_json, sha256_file, write_text
 
 # Top-level files and folders of a checkout that go in (when present); everything else stays out.
 TOP_FILES = ("pyproject.toml", "pixi.toml", "pixi.lock", "README.md", "LICENSE", "LICENSE.txt", "CHANGELOG.md")
@@ -133,7 +133,7 @@ exec "$venv/bin/ensemble-kit" "$@"
 
 def source_root() -> Path:
     """The checkout this kit runs from; `dist` packs a checkout, not an installed copy."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     if not (root / "pyproject.toml").is_file() or not (root / "kit" / "__init__.py").is_file():
         raise BadInput(f"dist needs the kit's source checkout, but {root} has no pyproject.toml",
                        hint="run `ensemble-kit dist` from a clone or an unpacked dist tarball")
@@ -208,7 +208,7 @@ def dist_name(with_wheels: str | None) -> str:
 
 def make_dist(out: Path | None = None, *, with_wheels: str | None = None, root: Path | None = None) -> DistResult:
     """Write the distribution tarball (default `dist/ensemble-kit-<version>.tar.gz` in the checkout)."""
-    from kit.archive import write_reproducible_tar
+    from kit.core.archive import write_reproducible_tar
 
     root = Path(root) if root is not None else source_root()
     name = dist_name(with_wheels)

@@ -24,10 +24,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from kit.errors import BadInput, PrereqError
-from kit.fsio import sha256_file, write_with
+from kit.core.errors import BadInput, PrereqError
+from kit.core.fsio import sha256_file, write_with
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 ENVIRONMENTS_DIR = REPO_ROOT / "environments"
 
 # pip locks per platform, in the order they are tried; the one that matches best is "the" lock.
@@ -161,7 +161,7 @@ def _same_version(a: str, b: str) -> bool:
 
 def pip_platform_key() -> str:
     system = "darwin" if sys.platform == "darwin" else sys.platform
-    from kit.platform import normalize_arch
+    from kit.env.platform import normalize_arch
 
     return f"{system}-{normalize_arch(_stdlib_platform.machine())}"
 
@@ -193,7 +193,7 @@ def pip_drift(lock_dir: Path = ENVIRONMENTS_DIR, *, names: Sequence[str] | None 
 
 def conda_subdir(system: str | None = None, machine: str | None = None) -> str:
     """conda's platform name for this box: linux-64, linux-aarch64, osx-arm64, osx-64."""
-    from kit.platform import normalize_arch
+    from kit.env.platform import normalize_arch
 
     system = system or sys.platform
     arch = normalize_arch(machine or _stdlib_platform.machine())

@@ -17,8 +17,8 @@ from importlib import metadata
 from typing import Any
 
 from kit import __version__
-from kit.fsio import canonical_json
-from kit.schema import DEFAULT_VMAF_MODEL
+from kit.core.fsio import canonical_json
+from kit.core.schema import DEFAULT_VMAF_MODEL
 
 PACKAGES = ("torch", "numpy", "pandas", "pyarrow", "onnx", "onnxruntime", "click")
 FINGERPRINT_VERSION = 1
@@ -51,8 +51,8 @@ def _ffmpeg_block(ffmpeg: Any | None) -> dict[str, Any] | None:
 
 
 def _default_ffmpeg() -> Any | None:
-    from kit import tools
-    from kit.errors import KitError
+    from kit.core.errors import KitError
+    from kit.corpus import ffmpeg as tools
 
     try:
         return tools.find_ffmpeg(require_libvmaf=False)
@@ -65,10 +65,10 @@ def fingerprint(ffmpeg: Any | None = None, *, vmaf_model: str = DEFAULT_VMAF_MOD
                 find_ffmpeg: Callable[[], Any | None] = _default_ffmpeg) -> dict[str, Any]:
     """The canonical description of this environment (see module doc for what is in and out).
 
-    `ffmpeg` is a `kit.tools.FFmpeg` (found with `find_ffmpeg()` when None); `host` a
+    `ffmpeg` is a `kit.corpus.ffmpeg.FFmpeg` (found with `find_ffmpeg()` when None); `host` a
     `platform.HostPlatform`; `lock` the `locks.current_lock()` record. All injectable for tests.
     """
-    from kit import locks, platform
+    from kit.env import locks, platform
 
     host = host or platform.detect()
     ff = ffmpeg if ffmpeg is not None else find_ffmpeg()

@@ -1,7 +1,7 @@
 """Full-corpus fit per seed, self-contained ONNX export verified against PyTorch, and ensemble predict.
 
 Each member is one ONNX file (opset 17, weights inside the file: no `.onnx.data`), inputs
-`features` [N, 6] (raw libvmaf values, in kit.schema.FEATURES order; the scaler is in the graph) and
+`features` [N, 6] (raw libvmaf values, in kit.core.schema.FEATURES order; the scaler is in the graph) and
 `codec_onehot` [N, K] (one-hot over the sidecar's vocab, then preset_norm, then cq_norm), output
 `score` [N], dynamic batch. A sidecar JSON beside it records everything needed to use and trust it,
 and models/ensemble.json lists the members with their sha256.
@@ -23,9 +23,9 @@ import pandas as pd
 import torch
 from scipy import stats
 
-from kit.errors import BadInput, WorkFailed
-from kit.fsio import read_json, sha256_bytes, sha256_file, write_bytes, write_json, write_with
-from kit.schema import FEATURES
+from kit.core.errors import BadInput, WorkFailed
+from kit.core.fsio import read_json, sha256_bytes, sha256_file, write_bytes, write_json, write_with
+from kit.core.schema import FEATURES
 from kit.train.batched import Job, deterministic_torch, train_models
 from kit.train.config import TrainConfig
 from kit.train.data import (
@@ -106,7 +106,7 @@ def export_ensemble(
     net = train_models([(x, y)], jobs, config, names=[f"seed {s} (full corpus)" for s in seeds], progress=progress)
     raw_feats = features(df).astype(np.float32)
     codec = codec_block(df)
-    from kit.environment import fingerprint, fingerprint_id
+    from kit.env.fingerprint import fingerprint, fingerprint_id
 
     fp = fingerprint()
     models_dir = Path(models_dir)
@@ -231,7 +231,7 @@ def export_run(run_dir: str | Path, *, force: bool = False, corpus: str | Path |
     The corpus must be the one the verdict was computed on (same content sha256), so models never
     ride on a verdict about other data.
     """
-    from kit.rundir import RunDir
+    from kit.core.rundir import RunDir
     from kit.train.data import corpus_sha256, load_corpus
     from kit.train.loso import load_loso
 

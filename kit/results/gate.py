@@ -22,8 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kit.fsio import write_json
-from kit.rundir import RunDir
+from kit.core.fsio import write_json
+from kit.core.rundir import RunDir
 from kit.train.loso import LosoResult, _json_safe, load_loso
 
 SCHEMA_VERSION = 1

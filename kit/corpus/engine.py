@@ -26,14 +26,14 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
-from kit import encoders as enc_table
-from kit import scoring
-from kit.errors import BadInput, WorkFailed
-from kit.fsio import append_line, canonical_json, write_json, write_with
-from kit.rundir import RunDir
-from kit.schema import CORPUS_COLUMNS, DEFAULT_VMAF_MODEL, FEATURES, ROW_KEY, SORT_KEY, TARGET
-from kit.sources import Source
-from kit.tools import EncoderProbe, FFmpeg, cpu_count, probe_encoder
+from kit.core.errors import BadInput, WorkFailed
+from kit.core.fsio import append_line, canonical_json, write_json, write_with
+from kit.core.rundir import RunDir
+from kit.core.schema import CORPUS_COLUMNS, DEFAULT_VMAF_MODEL, FEATURES, ROW_KEY, SORT_KEY, TARGET
+from kit.corpus import encoders as enc_table
+from kit.corpus import scoring
+from kit.corpus.ffmpeg import EncoderProbe, FFmpeg, cpu_count, probe_encoder
+from kit.corpus.sources import Source
 
 CELL_SCHEMA_VERSION = 1
 # Concurrent sessions a hardware encoder family takes before it starts refusing (consumer NVENC: 3-8).
@@ -58,7 +58,8 @@ class RunContext:
 
     @classmethod
     def detect(cls, ff: FFmpeg, *, model: str = DEFAULT_VMAF_MODEL, vmaf_cli: Path | None = None) -> RunContext:
-        from kit import environment, platform
+        from kit.env import fingerprint as environment
+        from kit.env import platform
 
         version = None
         if vmaf_cli is not None:
@@ -440,7 +441,7 @@ def _check_writable(run_dir: RunDir) -> None:
 
 def _quarantine(run_dir: RunDir, path: Path) -> None:
     """A corrupt cell file is moved aside (never trusted, never silently deleted) and redone."""
-    from kit.console import warn
+    from kit.core.console import warn
 
     dest = run_dir.corpus_dir / "corrupt" / f"{path.name}.{int(time.time())}"
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -506,7 +507,7 @@ def dedupe(df: pd.DataFrame) -> tuple[pd.DataFrame, int, pd.DataFrame]:
 
 def load_corpus_input(path: Path) -> pd.DataFrame:
     """A run dir (its corpus.parquet, or its finished grid cells when it is a shard), a .parquet or old-kit .jsonl."""
-    from kit import legacy
+    from kit.corpus import legacy
 
     path = Path(path)
     if path.is_dir():
@@ -518,7 +519,7 @@ def load_corpus_input(path: Path) -> pd.DataFrame:
             if not grid_file.is_file():
                 raise BadInput(f"{path} holds neither corpus.parquet nor corpus/grid.json",
                                hint="pass a run directory made by `ensemble-kit corpus`, or a corpus file")
-            from kit.fsio import read_json
+            from kit.core.fsio import read_json
 
             grid = read_json(grid_file, what="grid")
             cells = [rd.cell_path(c["cell_id"]) for c in grid["cells"]]
@@ -538,7 +539,7 @@ def load_corpus_input(path: Path) -> pd.DataFrame:
 
 def merge(inputs: Sequence[Path], out: Path) -> dict[str, Any]:
     """`ensemble-kit merge`: concatenate inputs in order, de-duplicate on ROW_KEY, write canonical order."""
-    from kit import legacy
+    from kit.corpus import legacy
 
     if not inputs:
         raise BadInput("merge needs at least one input", hint="pass run directories or corpus files")

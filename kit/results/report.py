@@ -21,8 +21,8 @@ import matplotlib.ticker as ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from kit.fsio import read_json, write_text, write_with  # noqa: E402
-from kit.rundir import RunDir  # noqa: E402
+from kit.core.fsio import read_json, write_text, write_with  # noqa: E402
+from kit.core.rundir import RunDir  # noqa: E402
 from kit.train.data import load_corpus  # noqa: E402
 from kit.train.loso import load_loso  # noqa: E402
 

@@ -22,9 +22,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kit.schema import DEFAULT_VMAF_MODEL, LIBVMAF_KEYS
-from kit.sources import Source
-from kit.tools import FFmpeg, _stderr_reason
+from kit.core.schema import DEFAULT_VMAF_MODEL, LIBVMAF_KEYS
+from kit.corpus.ffmpeg import FFmpeg, _stderr_reason
+from kit.corpus.sources import Source
 
 # libvmaf takes these planar layouts; anything else is converted (both sides the same way).
 VMAF_PIX_FMTS = frozenset({"yuv420p", "yuv422p", "yuv444p", "yuv420p10le", "yuv422p10le", "yuv444p10le",
@@ -239,8 +239,8 @@ def _score_vmaf_cli(vmaf: Path, ff: FFmpeg, ref: Source, dis_input_args: Sequenc
 def score_files(ff: FFmpeg, ref_path: Path, dis_path: Path, *, n_threads: int = 1, model: str = DEFAULT_VMAF_MODEL,
                 vmaf_cli: Path | None = None, **geometry: object) -> tuple[Source, Source, ScoreResult]:
     """`ensemble-kit score REF DIS`: both files probed like references (raw geometry from name/sidecar/flags)."""
-    from kit.errors import BadInput, WorkFailed
-    from kit.sources import open_source
+    from kit.core.errors import BadInput, WorkFailed
+    from kit.corpus.sources import open_source
 
     ref = open_source(Path(ref_path), ff=ff, **geometry)  # type: ignore[arg-type]
     dis = open_source(Path(dis_path), ff=ff, **geometry)  # type: ignore[arg-type]

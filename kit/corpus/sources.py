@@ -17,10 +17,10 @@ from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 
-from kit.console import warn
-from kit.errors import BadInput
-from kit.fsio import sha256_file, write_json
-from kit.tools import FFmpeg, _stderr_reason, cache_dir
+from kit.core.console import warn
+from kit.core.errors import BadInput
+from kit.core.fsio import sha256_file, write_json
+from kit.corpus.ffmpeg import FFmpeg, _stderr_reason, cache_dir
 
 RAW_EXTS = frozenset({".yuv"})
 Y4M_EXTS = frozenset({".y4m"})

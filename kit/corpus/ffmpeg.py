@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
 
-from kit.errors import PrereqError
+from kit.core.errors import PrereqError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 PROBE_TIMEOUT_S = 60
 PROBE_CACHE_VERSION = 1
 
@@ -145,7 +145,7 @@ def _load_probe(cache_file: Path, origin: str) -> FFmpeg | None:
 
 
 def _save_probe(cache_file: Path, ff: FFmpeg) -> None:
-    from kit.fsio import write_json
+    from kit.core.fsio import write_json
 
     d = {"path": str(ff.path), "version": ff.version, "configure": list(ff.configure),
          "encoders": sorted(ff.encoders), "filters": sorted(ff.filters), "libvmaf_version": ff.libvmaf_version}
@@ -154,7 +154,7 @@ def _save_probe(cache_file: Path, ff: FFmpeg) -> None:
 
 
 def _platform_bin(name: str) -> Path:
-    from kit import platform
+    from kit.env import platform
 
     return REPO_ROOT / "binaries" / platform.detect().tag / "bin" / name
 
@@ -246,7 +246,7 @@ def probe_encoder(ff: FFmpeg, encoder: str) -> EncoderProbe:
 
 
 def _probe_encoder_uncached(ff: FFmpeg, encoder: str) -> EncoderProbe:
-    from kit import encoders
+    from kit.corpus import encoders
 
     enc = encoders.ENCODERS.get(encoder)
     if enc is None:

@@ -18,10 +18,10 @@ from typing import Any
 
 import pandas as pd
 
-from kit.errors import BadInput
-from kit.fsio import atomic_open, write_json
-from kit.rundir import RunDir
-from kit.schema import CORPUS_COLUMNS, LEGACY_JSONL_COLUMNS
+from kit.core.errors import BadInput
+from kit.core.fsio import atomic_open, write_json
+from kit.core.rundir import RunDir
+from kit.core.schema import CORPUS_COLUMNS, LEGACY_JSONL_COLUMNS
 
 LEGACY_INT = ("cq", "enc_bytes", "frame_index")
 
@@ -75,7 +75,7 @@ def read_jsonl(paths: Sequence[Path]) -> pd.DataFrame:
 
 def import_jsonl(paths: Sequence[Path], run_dir: RunDir) -> dict[str, Any]:
     """`ensemble-kit corpus import`: old JSONL -> run_dir/corpus.parquet (de-duplicated like `merge`)."""
-    from kit.corpus import dedupe, write_corpus
+    from kit.corpus.engine import dedupe, write_corpus
 
     df = read_jsonl(paths)
     kept, dropped, conflicts = dedupe(df)
@@ -102,7 +102,7 @@ def export_jsonl(corpus_path: Path, out: Path) -> int:
 
 
 def write_jsonl(df: pd.DataFrame, out: Path) -> int:
-    from kit.corpus import canonical_order
+    from kit.corpus.engine import canonical_order
 
     df = canonical_order(df)
     cols = list(LEGACY_JSONL_COLUMNS)

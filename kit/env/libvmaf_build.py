@@ -2,7 +2,7 @@
 
 The built `vmaf` is only accepted after it really scores two frames; for the CUDA backend, after a run
 that needs the GPU succeeds and the same run with no CUDA device fails — proof that the build uses
-CUDA, which a help text that always mentions CUDA is not. `kit.tools.find_vmaf_cli()` then finds it.
+CUDA, which a help text that always mentions CUDA is not. `kit.corpus.ffmpeg.find_vmaf_cli()` then finds it.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kit.errors import BadInput, PrereqError, WorkFailed
-from kit.fsio import write_text
+from kit.core.errors import BadInput, PrereqError, WorkFailed
+from kit.core.fsio import write_text
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 BACKENDS: dict[str, list[str]] = {  # backend -> libvmaf meson options
     "cpu": [],
     "cuda": ["-Denable_cuda=true"],
@@ -96,7 +96,7 @@ def _run(argv: list[str], *, log: Path, env: dict[str, str] | None = None, cwd: 
 def build_libvmaf(source: Path, *, backend: str = "cpu", dest: Path | None = None,
                   meson_args: Sequence[str] = (), platform_tag: str | None = None) -> BuiltVmaf:
     """meson setup + compile + install into `dest` (binaries/<platform>/), then verify the vmaf it built."""
-    from kit import platform
+    from kit.env import platform
 
     if backend not in BACKENDS:
         raise BadInput(f"--backend: {backend!r} is not one of {', '.join(BACKENDS)}", hint="e.g. --backend cuda")

@@ -11,9 +11,9 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from kit.errors import PrereqError
-from kit.fsio import atomic_path
-from kit.tools import FFmpeg, _stderr_reason
+from kit.core.errors import PrereqError
+from kit.core.fsio import atomic_path
+from kit.corpus.ffmpeg import FFmpeg, _stderr_reason
 
 # name -> lavfi graph; {s} = WxH, {r} = frame rate. Every random generator has a fixed seed (`gradients`
 # is left out: it differs run to run even with a seed).

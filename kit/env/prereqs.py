@@ -18,12 +18,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from kit import encoders as encoder_table
-from kit import locks
-from kit import platform as host_platform
-from kit.environment import PACKAGES
-from kit.errors import BadInput, KitError, PrereqError
-from kit.schema import LIBVMAF_KEYS
+from kit.core.errors import BadInput, KitError, PrereqError
+from kit.core.schema import LIBVMAF_KEYS
+from kit.corpus import encoders as encoder_table
+from kit.env import locks
+from kit.env import platform as host_platform
+from kit.env.fingerprint import PACKAGES
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 NVENC_MIN_FREE_MIB = 512  # an NVENC session plus upload surfaces at 1080p needs a few hundred MiB
@@ -62,7 +62,7 @@ class PrereqReport:
 
 
 def check_ffmpeg(explicit: str | None) -> tuple[Check, Any | None]:
-    from kit import tools
+    from kit.corpus import ffmpeg as tools
 
     try:
         ff = tools.find_ffmpeg(explicit, require_libvmaf=False)
@@ -244,7 +244,7 @@ def run_prereqs(*, encoders: Sequence[str] | None = None, out_dir: Path = Path("
                 strict: bool = False, ffmpeg: str | None = None, host: host_platform.HostPlatform | None = None,
                 probe: Callable[[str], Any] | None = None, jobs: int | None = None) -> PrereqReport:
     """Every check, in the order a user fixes them. `probe`/`host` are injectable for tests."""
-    from kit import tools
+    from kit.corpus import ffmpeg as tools
 
     if ref_dir is not None and not ref_dir.is_dir():
         raise BadInput(f"--ref-dir: {ref_dir} is not a directory", hint="pass the folder with the reference clips")

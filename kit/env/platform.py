@@ -1,6 +1,6 @@
 """Host family, architecture, GPUs and the encoders this box can really run.
 
-The family says which hardware encoders to *try*; only a real test encode (`kit.tools.probe_encoder`)
+The family says which hardware encoders to *try*; only a real test encode (`kit.corpus.ffmpeg.probe_encoder`)
 decides which ones a run uses, because ffmpeg lists NVENC/QSV/VAAPI encoders on boxes that cannot run
 them. Everything that touches the machine goes through `Probes`, so tests can stand in any family.
 """
@@ -100,7 +100,7 @@ def _detect_default(forced: str) -> HostPlatform:
 
 
 def _detect(probes: Probes, forced: str) -> HostPlatform:
-    from kit.errors import BadInput
+    from kit.core.errors import BadInput
 
     arch = normalize_arch(probes.machine())
     if probes.system() == "darwin":
@@ -247,11 +247,11 @@ def default_encoders(host: HostPlatform | None = None, *, probe: Callable[[str],
                      ffmpeg: Any | None = None) -> EncoderChoice:
     """The family's encoders that pass a real test encode; libx264 (with a warning saying why) if none do.
 
-    `probe(encoder)` defaults to `kit.tools.probe_encoder(ffmpeg, encoder)` on the bundled ffmpeg.
+    `probe(encoder)` defaults to `kit.corpus.ffmpeg.probe_encoder(ffmpeg, encoder)` on the bundled ffmpeg.
     """
     host = host or detect()
     if probe is None:
-        from kit import tools
+        from kit.corpus import ffmpeg as tools
 
         ff = ffmpeg or tools.find_ffmpeg(require_libvmaf=False)
 

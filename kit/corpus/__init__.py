@@ -1,0 +1,1 @@
+"""Reference clips -> sources -> grid of cells -> corpus.parquet (ffmpeg + libvmaf; no torch)."""

@@ -1,0 +1,1 @@
+"""This box: host platform, environment fingerprint, locks, prerequisites, libvmaf build, distribution tarball."""
