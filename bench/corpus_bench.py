@@ -27,9 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kit.core.rundir import RunDir  # noqa: E402
-from kit.corpus import engine as corpus
-from kit.corpus import ffmpeg as tools  # noqa: E402
-from kit.corpus import scoring, sources
+from kit.corpus import engine, ffmpeg, grid, scoring, sources  # noqa: E402
+from kit.env.platform import cpu_count  # noqa: E402
 
 CLIPS = {
     "testsrc2": "testsrc2=s={s}:r=25",
@@ -48,7 +47,7 @@ def cpu_seconds() -> float:
     return total
 
 
-def make_refs(ff: tools.FFmpeg, d: Path, size: str, frames: int, n: int) -> list[sources.Source]:
+def make_refs(ff: ffmpeg.FFmpeg, d: Path, size: str, frames: int, n: int) -> list[sources.Source]:
     for name, graph in list(CLIPS.items())[:n]:
         subprocess.run([str(ff.path), "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", graph.format(s=size),
                         "-frames:v", str(frames), "-pix_fmt", "yuv420p", "-f", "yuv4mpegpipe", str(d / f"{name}.y4m")],
@@ -56,7 +55,7 @@ def make_refs(ff: tools.FFmpeg, d: Path, size: str, frames: int, n: int) -> list
     return sources.discover(d, ff=ff)
 
 
-def plain_cell(ff: tools.FFmpeg, cell: corpus.Cell, wd: Path) -> tuple[float, float, float]:
+def plain_cell(ff: ffmpeg.FFmpeg, cell: grid.Cell, wd: Path) -> tuple[float, float, float]:
     """The old kit's way; -> (wall s, encode CPU s, score CPU s)."""
     s = cell.source
     t0, c0 = time.perf_counter(), cpu_seconds()
@@ -78,7 +77,7 @@ def plain_cell(ff: tools.FFmpeg, cell: corpus.Cell, wd: Path) -> tuple[float, fl
     return time.perf_counter() - t0, c1 - c0, cpu_seconds() - c1
 
 
-def floor_cpu(ff: tools.FFmpeg, cells: list[corpus.Cell], wd: Path) -> float:
+def floor_cpu(ff: ffmpeg.FFmpeg, cells: list[grid.Cell], wd: Path) -> float:
     """CPU seconds of encode-only plus score-only (our scorer, one thread) runs of the same cells."""
     total = 0.0
     for cell in cells:
@@ -97,10 +96,10 @@ def one_cell_peak_rss(frames: int, size: str) -> dict[str, float]:
     """Run one full cell on a clip of `frames` frames in a fresh process; -> peak RSS (MiB) of it and its tools."""
     code = (
         "import json, resource, sys, tempfile; from pathlib import Path; sys.path.insert(0, sys.argv[3]);"
-        "import corpus_bench as b; from kit.corpus import engine as corpus; from kit.corpus import ffmpeg as tools; from kit.core.rundir import RunDir;"
-        "ff = tools.find_ffmpeg(); d = Path(tempfile.mkdtemp()); (d / 'refs').mkdir();"
+        "import corpus_bench as b; from kit.corpus import engine, ffmpeg; from kit.core.rundir import RunDir;"
+        "ff = ffmpeg.find_ffmpeg(); d = Path(tempfile.mkdtemp()); (d / 'refs').mkdir();"
         "refs = b.make_refs(ff, d / 'refs', sys.argv[2], int(sys.argv[1]), 1);"
-        "corpus.run_corpus(RunDir(d / 'run'), refs, ['libx264'], [30], ff=ff, jobs=1);"
+        "engine.run_corpus(RunDir(d / 'run'), refs, ['libx264'], [30], ff=ff, jobs=1);"
         "print(json.dumps({'python_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,"
         " 'tools_mib': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))"
     )
@@ -130,19 +129,19 @@ def main() -> None:
         return
     if args.quick:
         args.size, args.frames, args.clips, args.cqs = "160x90", 12, 2, "25,37"
-    ff = tools.find_ffmpeg()
-    cores = tools.cpu_count()
+    ff = ffmpeg.find_ffmpeg()
+    cores = cpu_count()
     encoders = args.encoders.split(",")
     cqs = [int(c) for c in args.cqs.split(",")]
     with tempfile.TemporaryDirectory(prefix="corpus-bench-") as tmp:
         tmp_path = Path(tmp)
         (tmp_path / "refs").mkdir()
         refs = make_refs(ff, tmp_path / "refs", args.size, args.frames, args.clips)
-        ctx = corpus.RunContext.detect(ff)
-        cells = corpus.plan_grid(refs, encoders, cqs, ctx)
+        ctx = grid.RunContext.detect(ff)
+        cells = grid.plan_grid(refs, encoders, cqs, ctx)
 
         t0, c0 = time.perf_counter(), cpu_seconds()
-        summary = corpus.run_corpus(RunDir(tmp_path / "ours"), refs, encoders, cqs, ff=ff, jobs=args.jobs, ctx=ctx)
+        summary = engine.run_corpus(RunDir(tmp_path / "ours"), refs, encoders, cqs, ff=ff, jobs=args.jobs, ctx=ctx)
         ours_wall, ours_cpu = time.perf_counter() - t0, cpu_seconds() - c0
         assert summary.ok, summary.failed
 

@@ -41,8 +41,9 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from kit.core.rundir import RunDir  # noqa: E402
 from kit.core.schema import MEASURED_COLUMNS  # noqa: E402
-from kit.pipeline import STEPS, marker_path  # noqa: E402
+from kit.pipeline import STEPS  # noqa: E402
 
 TINY = ["--demo-size", "96x64", "--demo-frames", "12", "--encoders", "libx264", "--cqs", "22,34", "--seeds", "0,1",
         "--epochs", "30", "--gate-mean-plcc", "0.5", "--gate-per-seed-min", "0.5", "--gate-plcc-spread-max", "1"]
@@ -77,7 +78,7 @@ def started_signal(out_dir: Path, phase: str) -> Path | None:
     if phase == "corpus":
         return out_dir / "run.json"
     previous = STEPS[STEPS.index(phase) - 1]
-    return marker_path(out_dir, previous)
+    return RunDir(out_dir).marker(previous)
 
 
 def landed(out_dir: Path) -> str:
@@ -85,7 +86,7 @@ def landed(out_dir: Path) -> str:
     if not (out_dir / "run.json").is_file():
         return "startup"
     for step in STEPS[1:]:
-        if not marker_path(out_dir, step).is_file():
+        if not RunDir(out_dir).marker(step).is_file():
             return step
     return "finished"
 

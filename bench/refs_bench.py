@@ -20,9 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from kit import refs
 from kit.corpus.demo import make_demo_sources
 from kit.corpus.ffmpeg import find_ffmpeg
+from kit.refs import frames, pack, unpack
 
 MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
 
@@ -37,15 +37,15 @@ def _timed(fn, repeat: int) -> float:
 
 
 def bench_set(label: str, ref_dir: Path, work: Path, *, codec: str, jobs: int, repeat: int, ff) -> dict:
-    def do_pack(j: int) -> refs.PackResult:
+    def do_pack(j: int) -> pack.PackResult:
         out = work / f"pack-j{j}"
         shutil.rmtree(out, ignore_errors=True)  # fresh each time: no resume shortcut
-        return refs.pack(ref_dir, out, codec=codec, jobs=j, ff=ff)
+        return pack.pack(ref_dir, out, codec=codec, jobs=j, ff=ff)
 
     def do_unpack(j: int) -> None:
         out = work / f"unpack-j{j}"
         shutil.rmtree(out, ignore_errors=True)
-        refs.unpack(work / f"pack-j{jobs}", out, jobs=j, ff=ff)
+        unpack.unpack(work / f"pack-j{jobs}", out, jobs=j, ff=ff)
 
     first = do_pack(jobs)  # warm caches (source probes), and the pack the unpack runs read
     raw_mb = first.raw_bytes / 1e6
@@ -67,8 +67,8 @@ def bench_set(label: str, ref_dir: Path, work: Path, *, codec: str, jobs: int, r
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--codec", default="ffv1", choices=sorted(refs.CODECS))
-    ap.add_argument("--jobs", type=int, default=refs.default_jobs(), help="parallel jobs (default: all cores)")
+    ap.add_argument("--codec", default="ffv1", choices=sorted(pack.CODECS))
+    ap.add_argument("--jobs", type=int, default=frames.default_jobs(), help="parallel jobs (default: all cores)")
     ap.add_argument("--frames", type=int, default=50, help="frames per demo clip")
     ap.add_argument("--size", default="640x360", help="demo clip size WxH")
     ap.add_argument("--repeat", type=int, default=3, help="timed runs per measurement (median)")

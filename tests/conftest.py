@@ -60,11 +60,13 @@ def _write_fake_run(root: Path, *, seeds=(0, 1), plcc=0.97, verdict="PROMOTE", n
     write_json(rd.run_json, {"started_at_utc": "2026-11-25T10:00:00Z", "platform": "linux-cpu-x86_64",
                              "box_id": "0123456789ab", "options": {"seeds": list(seeds)}, "fingerprint": fp})
     rd.loso_dir.mkdir(exist_ok=True)
+    rd.loso_folds.write_text("seed,fold_src,plcc\n" + "".join(f"{f['seed']},{f['fold_src']},{f['plcc']}\n" for f in folds))
     for s in seeds:
-        (rd.loso_dir / f"seed{s}_metrics.json").write_text(f'{{"seed": {s}}}\n')
+        rd.loso_predictions(s).parent.mkdir(parents=True, exist_ok=True)
+        rd.loso_predictions(s).write_bytes(f"PAR1 fake predictions of seed {s}".encode())
     rd.report_dir.mkdir(exist_ok=True)
-    (rd.report_dir / "plcc.png").write_bytes(b"\x89PNG fake")
-    (rd.report_dir / "index.html").write_text('<html><body><img src="plcc.png"><a href="https://x.org">x</a></body></html>')
+    rd.report_image("fold_plcc.png").write_bytes(b"\x89PNG fake")
+    rd.report_index.write_text('<html><body><img src="fold_plcc.png"><a href="https://x.org">x</a></body></html>')
     return root
 
 
@@ -79,9 +81,9 @@ def fake_run():
 @pytest.fixture(scope="session")
 def kit_ffmpeg():
     """The ffmpeg the kit would pick here (imageio-ffmpeg's static build, with libvmaf)."""
-    from kit.corpus import ffmpeg as tools
+    from kit.corpus import ffmpeg
 
-    return tools.find_ffmpeg()
+    return ffmpeg.find_ffmpeg()
 
 
 def lavfi_clip(ff, graph: str, out: Path, *, frames: int, pix_fmt: str = "yuv420p", extra: tuple[str, ...] = ()) -> Path:

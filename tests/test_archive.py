@@ -1,4 +1,4 @@
-"""kit.archive: hostile archives are refused before anything is written; the writer is byte-reproducible."""
+"""kit.core.archive: hostile archives are refused before anything is written; the writer is byte-reproducible."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from kit.cli import main
 from kit.core.archive import write_reproducible_tar
 from kit.core.errors import BadInput
 from kit.core.fsio import read_json, write_json
-from kit.results import bundle
+from kit.results import bundle, compare
 
 
 def _tar_names(path: Path) -> list[str]:
@@ -25,8 +25,10 @@ def _tar_names(path: Path) -> list[str]:
 def test_bundle_holds_only_this_runs_files(tmp_path, fake_run):
     run = fake_run(tmp_path / "run", seeds=(0, 1))
     # Leftovers from earlier runs in the same directory: must not ride along.
-    (run / "loso" / "seed7_metrics.json").write_text("{}")  # a seed this run did not train
-    (run / "report" / "old_plot.png").write_bytes(b"old")  # not linked from this report
+    (run / "loso" / "seed7").mkdir()
+    (run / "loso" / "seed7" / "predictions.parquet").write_bytes(b"old")  # a seed this run did not train
+    (run / "loso" / "notes.txt").write_text("scratch")  # not a file `train` writes
+    (run / "report" / "old_plot.png").write_bytes(b"old")  # not one of the report's pictures
     (run / "models").mkdir()
     write_json(run / "models" / "ensemble.json", {"corpus_sha256": "d" * 64, "members": []})  # another corpus
     (run / "PROMOTE.json").write_text("{}")  # the old kit's stray verdict files
@@ -38,8 +40,8 @@ def test_bundle_holds_only_this_runs_files(tmp_path, fake_run):
     stem = result.path.name.removesuffix(".tar.gz")
     names = [n.removeprefix(stem + "/") for n in _tar_names(result.path)]
     assert names == sorted([
-        "corpus.parquet", "loso/seed0_metrics.json", "loso/seed1_metrics.json", "manifest.json",
-        "report/index.html", "report/plcc.png", "run.json", "verdict.json",
+        "corpus.parquet", "loso/folds.csv", "loso/seed0/predictions.parquet", "loso/seed1/predictions.parquet",
+        "manifest.json", "report/fold_plcc.png", "report/index.html", "run.json", "verdict.json",
     ])
     manifest = result.manifest
     assert [f["path"] for f in manifest["files"]] == [n for n in names if n != "manifest.json"]
@@ -150,13 +152,13 @@ def test_compare_same_run_reproduced(tmp_path, fake_run):
     made = bundle.make_bundle(run)
     copy = tmp_path / "copy.tar.gz"
     shutil.copy(made.path, copy)
-    cmp = bundle.compare(made.path, copy)
+    cmp = compare.compare(made.path, copy)
     assert cmp.reproduced and cmp.reasons == []
     assert len(cmp.per_seed) == 2 and all(s["delta"] == 0 for s in cmp.per_seed)
     assert len(cmp.per_fold) == 6
     assert [s["lead_encoders"] for s in cmp.sources] == [["libx264"]] * 3
     # a bundle against the run directory it came from
-    assert bundle.compare(run, made.path).reproduced
+    assert compare.compare(run, made.path).reproduced
     r = CliRunner().invoke(main, ["compare", str(run), str(made.path)])
     assert r.exit_code == 0 and r.output.startswith("REPRODUCED"), r.output
 
@@ -165,7 +167,7 @@ def test_compare_diverged_reasons_first(tmp_path, fake_run):
     lead = fake_run(tmp_path / "lead", plcc=0.97)
     collab = fake_run(tmp_path / "collab", plcc=0.9702, verdict="HOLD", encoders=("libx264", "h264_nvenc"),
                       fingerprint={"platform": "linux-cuda-x86_64", "packages": {"torch": "2.13.0+cu"}})
-    cmp = bundle.compare(lead, collab)
+    cmp = compare.compare(lead, collab)
     assert not cmp.reproduced
     assert cmp.reasons[0] == "verdicts differ: lead PROMOTE, collaborator HOLD"
     assert any("seed 0 mean PLCC differs by 0.0002" in r for r in cmp.reasons)
@@ -181,14 +183,14 @@ def test_compare_diverged_reasons_first(tmp_path, fake_run):
 def test_compare_tolerance_is_explicit(tmp_path, fake_run):
     lead = fake_run(tmp_path / "lead", plcc=0.97)
     collab = fake_run(tmp_path / "collab", plcc=0.9702)
-    assert not bundle.compare(lead, collab).reproduced  # default: exact
-    loose = bundle.compare(lead, collab, plcc_tol=0.001)
+    assert not compare.compare(lead, collab).reproduced  # default: exact
+    loose = compare.compare(lead, collab, plcc_tol=0.001)
     assert loose.reproduced, loose.reasons
     r = CliRunner().invoke(main, ["compare", str(lead), str(collab), "--plcc-tol", "0.001", "--json"])
     assert r.exit_code == 0
     assert json.loads(r.output)["outcome"] == "REPRODUCED"
     with pytest.raises(BadInput, match="--plcc-tol"):
-        bundle.compare(lead, collab, plcc_tol=-1)
+        compare.compare(lead, collab, plcc_tol=-1)
 
 
 def test_corpus_from_accepts_file_run_dir_and_bundle(tmp_path, fake_run):

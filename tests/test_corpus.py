@@ -23,8 +23,7 @@ from kit.cli import main
 from kit.core.errors import BadInput, ExitCode
 from kit.core.rundir import RunDir
 from kit.core.schema import CORPUS_COLUMNS, FEATURES
-from kit.corpus import engine as corpus
-from kit.corpus import sources
+from kit.corpus import engine, grid, sources, table
 
 TIMING = ["enc_time_ms", "score_time_ms"]
 N_FRAMES = 8  # each tiny_refs clip
@@ -42,14 +41,14 @@ def refs(tiny_refs, kit_ffmpeg):
 
 @pytest.fixture(scope="module")
 def ctx(kit_ffmpeg):
-    return corpus.RunContext.detect(kit_ffmpeg)
+    return grid.RunContext.detect(kit_ffmpeg)
 
 
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory, refs, kit_ffmpeg, ctx):
     """An uninterrupted run: 2 sources x libx264 x 2 cqs."""
     rd = RunDir(tmp_path_factory.mktemp("baseline"))
-    summary = corpus.run_corpus(rd, refs, ["libx264"], [25, 37], ff=kit_ffmpeg, jobs=2, ctx=ctx)
+    summary = engine.run_corpus(rd, refs, ["libx264"], [25, 37], ff=kit_ffmpeg, jobs=2, ctx=ctx)
     return rd, summary
 
 
@@ -97,7 +96,7 @@ def test_grid_rows_columns_and_metadata(baseline, refs):
 def test_rerun_reuses_every_cell_and_gives_the_same_corpus(baseline, refs, kit_ffmpeg, ctx):
     rd, _ = baseline
     before = _without_timing(rd.corpus)
-    again = corpus.run_corpus(rd, refs, ["libx264"], [25, 37], ff=kit_ffmpeg, ctx=ctx)
+    again = engine.run_corpus(rd, refs, ["libx264"], [25, 37], ff=kit_ffmpeg, ctx=ctx)
     assert again.reused == 4 and again.done == 0
     pd.testing.assert_frame_equal(_without_timing(rd.corpus), before)
 
@@ -108,21 +107,21 @@ def test_cell_id_covers_what_decides_rows_and_nothing_else(refs, ctx):
     from kit.corpus import encoders
 
     s, x264 = refs[0], encoders.get("libx264")
-    base = corpus.cell_key(s, x264, 25, x264.argv(25), ctx)
-    ids = {corpus.make_cell_id(base)}
-    for variant in (corpus.cell_key(s, x264, 26, x264.argv(26), ctx),
-                    corpus.cell_key(s, x264, 25, [*x264.argv(25), "-tune", "film"], ctx),
-                    corpus.cell_key(replace(s, src_sha256="0" * 64), x264, 25, x264.argv(25), ctx),
-                    corpus.cell_key(replace(s, width=s.width * 2), x264, 25, x264.argv(25), ctx),
-                    corpus.cell_key(s, x264, 25, x264.argv(25), replace(ctx, ff=replace(ctx.ff, version="n0"))),
-                    corpus.cell_key(s, x264, 25, x264.argv(25), replace(ctx, ff=replace(ctx.ff, libvmaf_version="x"))),
-                    corpus.cell_key(s, x264, 25, x264.argv(25), replace(ctx, ff=replace(ctx.ff, configure=("--x",)))),
-                    corpus.cell_key(s, x264, 25, x264.argv(25), replace(ctx, model="vmaf_v0.6.1neg"))):
-        ids.add(corpus.make_cell_id(variant))
+    base = grid.cell_key(s, x264, 25, x264.argv(25), ctx)
+    ids = {grid.make_cell_id(base)}
+    for variant in (grid.cell_key(s, x264, 26, x264.argv(26), ctx),
+                    grid.cell_key(s, x264, 25, [*x264.argv(25), "-tune", "film"], ctx),
+                    grid.cell_key(replace(s, src_sha256="0" * 64), x264, 25, x264.argv(25), ctx),
+                    grid.cell_key(replace(s, width=s.width * 2), x264, 25, x264.argv(25), ctx),
+                    grid.cell_key(s, x264, 25, x264.argv(25), replace(ctx, ff=replace(ctx.ff, version="n0"))),
+                    grid.cell_key(s, x264, 25, x264.argv(25), replace(ctx, ff=replace(ctx.ff, libvmaf_version="x"))),
+                    grid.cell_key(s, x264, 25, x264.argv(25), replace(ctx, ff=replace(ctx.ff, configure=("--x",)))),
+                    grid.cell_key(s, x264, 25, x264.argv(25), replace(ctx, model="vmaf_v0.6.1neg"))):
+        ids.add(grid.make_cell_id(variant))
     assert len(ids) == 9
     # a different box / platform / fingerprint (timings never enter) keeps the id
     other_box = replace(ctx, box_id="elsewhere", platform="darwin-arm64", env_fingerprint="f" * 16)
-    assert corpus.make_cell_id(corpus.cell_key(s, x264, 25, x264.argv(25), other_box)) == corpus.make_cell_id(base)
+    assert grid.make_cell_id(grid.cell_key(s, x264, 25, x264.argv(25), other_box)) == grid.make_cell_id(base)
 
 
 def test_corrupt_cell_file_is_redone_not_trusted(tmp_path, baseline, refs, kit_ffmpeg, ctx, capsys):
@@ -135,7 +134,7 @@ def test_corrupt_cell_file_is_redone_not_trusted(tmp_path, baseline, refs, kit_f
     cells[0].write_bytes(cells[0].read_bytes()[:500])  # torn file
     df = pd.read_parquet(cells[1])
     df.iloc[:-1].to_parquet(cells[1], index=False)  # readable but a frame short
-    summary = corpus.run_corpus(rd, refs, ["libx264"], [25, 37], ff=kit_ffmpeg, ctx=ctx)
+    summary = engine.run_corpus(rd, refs, ["libx264"], [25, 37], ff=kit_ffmpeg, ctx=ctx)
     assert summary.redone_corrupt == 2 and summary.done == 2 and summary.reused == 2
     assert "corrupt" in capsys.readouterr().err
     assert len(list((rd.corpus_dir / "corrupt").iterdir())) == 2  # moved aside, not silently deleted
@@ -171,11 +170,11 @@ def test_failed_cells_are_logged_and_the_rest_go_on(tmp_path, tiny_refs, kit_ffm
 
 def test_hung_encoder_times_out(tmp_path, refs, kit_ffmpeg):
     fake = _fault_ffmpeg(tmp_path, kit_ffmpeg.path, "hang")
-    from kit.corpus import ffmpeg as tools
+    from kit.corpus import ffmpeg
 
-    ff = tools.probe_ffmpeg(fake)
+    ff = ffmpeg.probe_ffmpeg(fake)
     t0 = time.monotonic()
-    summary = corpus.run_corpus(RunDir(tmp_path / "run"), refs[:1], ["libx264"], [25, 37], ff=ff, timeout=3)
+    summary = engine.run_corpus(RunDir(tmp_path / "run"), refs[:1], ["libx264"], [25, 37], ff=ff, timeout=3)
     assert time.monotonic() - t0 < 60
     assert summary.done == 1 and len(summary.failed) == 1
     assert "timed out after 3s" in summary.failed[0]["reason"]
@@ -212,14 +211,14 @@ def test_bad_encoders_and_cqs_are_bad_input(tiny_refs, tmp_path):
 def test_shards_partition_the_grid_and_assemble_the_same_corpus(tmp_path, baseline, refs, kit_ffmpeg, ctx):
     full, _ = baseline
     rd = RunDir(tmp_path / "shared")
-    s0 = corpus.run_corpus(rd, refs, ["libx264"], [25, 37], ff=kit_ffmpeg, shard=(0, 2), ctx=ctx)
+    s0 = engine.run_corpus(rd, refs, ["libx264"], [25, 37], ff=kit_ffmpeg, shard=(0, 2), ctx=ctx)
     assert s0.planned == 2 and s0.corpus_path is None and s0.missing_cells == 2 and not rd.corpus.exists()
-    s1 = corpus.run_corpus(rd, refs, ["libx264"], [25, 37], ff=kit_ffmpeg, shard=(1, 2), ctx=ctx)
+    s1 = engine.run_corpus(rd, refs, ["libx264"], [25, 37], ff=kit_ffmpeg, shard=(1, 2), ctx=ctx)
     assert s1.planned == 2 and s1.done == 2 and s1.corpus_path  # the last shard assembles
     pd.testing.assert_frame_equal(_without_timing(rd.corpus), _without_timing(full.corpus))
-    grid = corpus.plan_grid(refs, ["libx264"], [25, 37], ctx)
-    parts = [corpus.shard_cells(grid, k, 3) for k in range(3)]
-    assert sorted(c.cell_id for p in parts for c in p) == sorted(c.cell_id for c in grid)
+    cells = grid.plan_grid(refs, ["libx264"], [25, 37], ctx)
+    parts = [grid.shard_cells(cells, k, 3) for k in range(3)]
+    assert sorted(c.cell_id for p in parts for c in p) == sorted(c.cell_id for c in cells)
 
 
 def test_corpus_holds_exactly_the_current_grid(tmp_path, baseline, refs, kit_ffmpeg, ctx):
@@ -227,7 +226,7 @@ def test_corpus_holds_exactly_the_current_grid(tmp_path, baseline, refs, kit_ffm
 
     rd = RunDir(tmp_path / "run")
     shutil.copytree(baseline[0].root, rd.root)
-    summary = corpus.run_corpus(rd, refs, ["libx264"], [37], ff=kit_ffmpeg, ctx=ctx)  # a smaller grid
+    summary = engine.run_corpus(rd, refs, ["libx264"], [37], ff=kit_ffmpeg, ctx=ctx)  # a smaller grid
     df = pd.read_parquet(rd.corpus)
     assert summary.reused == 2 and set(df["cq"]) == {37} and len(df) == 2 * N_FRAMES
     assert len(list(rd.cells_dir.glob("*.parquet"))) == 4  # other grids' cells kept on disk, not mixed in
@@ -254,7 +253,7 @@ def test_merge_dedupes_and_reports_conflicts(tmp_path, baseline):
     other = df.copy()
     other.loc[other["frame_index"] == 0, "vmaf"] += 1.0  # another box disagrees on frame 0 of each cell
     other.to_parquet(tmp_path / "other.parquet", index=False)
-    report = corpus.merge([rd.root, tmp_path / "other.parquet"], tmp_path / "merged.parquet")
+    report = table.merge([rd.root, tmp_path / "other.parquet"], tmp_path / "merged.parquet")
     assert report["rows"] == len(df) and report["duplicates_dropped"] == len(df) - 4 and report["conflicts"] == 4
     merged = pd.read_parquet(tmp_path / "merged.parquet")
     pd.testing.assert_frame_equal(merged, pd.read_parquet(rd.corpus))  # first input wins
@@ -269,7 +268,7 @@ def test_legacy_jsonl_round_trip_and_bad_lines(tmp_path, baseline):
 
     rd, _ = baseline
     out = tmp_path / "old.jsonl"
-    assert legacy.export_jsonl(rd.corpus, out) == 4 * N_FRAMES
+    assert table.export_jsonl(rd.corpus, out) == 4 * N_FRAMES
     lines = out.read_text().splitlines()
     assert list(json.loads(lines[0])) == list(LEGACY_JSONL_COLUMNS)
     dup = tmp_path / "dup.jsonl"
@@ -327,7 +326,7 @@ def test_help_has_examples():
 def test_disk_full_stops_the_run_with_bad_input_and_keeps_finished_cells(tmp_path, refs, kit_ffmpeg, ctx, monkeypatch):
     import errno
 
-    real_write_with = corpus.write_with
+    real_write_with = engine.write_with
     calls = {"n": 0}
 
     def fill_up_after_one(path, writer):
@@ -336,10 +335,10 @@ def test_disk_full_stops_the_run_with_bad_input_and_keeps_finished_cells(tmp_pat
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real_write_with(path, writer)
 
-    monkeypatch.setattr(corpus, "write_with", fill_up_after_one)  # fault injection: the disk fills up
+    monkeypatch.setattr(engine, "write_with", fill_up_after_one)  # fault injection: the disk fills up
     rd = RunDir(tmp_path / "run")
     with pytest.raises(BadInput, match="no space left"):
-        corpus.run_corpus(rd, refs, ["libx264"], [25, 37], ff=kit_ffmpeg, jobs=1, ctx=ctx)
+        engine.run_corpus(rd, refs, ["libx264"], [25, 37], ff=kit_ffmpeg, jobs=1, ctx=ctx)
     assert len(list(rd.cells_dir.glob("*.parquet"))) == 1  # the finished cell is kept
     assert not rd.failures.exists()  # not blamed on the cells
 
@@ -354,7 +353,7 @@ def test_ten_bit_raw_source_and_real_footage(tmp_path, kit_ffmpeg, ctx, shared_m
     (refs_dir / "joy.y4m").symlink_to(shared_media / "park_joy_420_720p50_frm0to9_480x270.y4m")
     (refs_dir / "seeking.mp4").symlink_to(shared_media / "Seeking_10_288_375.mp4")
     found = sources.discover(refs_dir, ff=kit_ffmpeg)
-    summary = corpus.run_corpus(RunDir(tmp_path / "run"), found, ["libx264", "libx265"], [30], ff=kit_ffmpeg, ctx=ctx)
+    summary = engine.run_corpus(RunDir(tmp_path / "run"), found, ["libx264", "libx265"], [30], ff=kit_ffmpeg, ctx=ctx)
     assert summary.ok, summary.failed
     df = pd.read_parquet(tmp_path / "run" / "corpus.parquet")
     per_src = df.groupby("src")["frame_index"].count().to_dict()

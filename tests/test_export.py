@@ -14,9 +14,9 @@ from click.testing import CliRunner
 from kit.cli import main
 from kit.core.errors import BadInput, WorkFailed
 from kit.core.fsio import sha256_file
-from kit.results import export
+from kit.results import export, predict
+from kit.train.codec import VOCAB
 from kit.train.config import TrainConfig
-from kit.train.data import VOCAB
 from kit.train.synthetic import synthetic_corpus
 
 CFG = TrainConfig(epochs=3, hidden=16)
@@ -67,7 +67,7 @@ def test_export_is_deterministic(corpus, exported, tmp_path):
 
 def test_predict_mean_std_interval(corpus, exported):
     models, _ = exported
-    pred = export.predict_ensemble(models, corpus)
+    pred = predict.predict_ensemble(models, corpus)
     members = pred[[f"pred_seed{s}" for s in (0, 1, 2)]].to_numpy()
     np.testing.assert_allclose(pred["pred_mean"], members.mean(axis=1), rtol=1e-12)
     np.testing.assert_allclose(pred["pred_std"], members.std(axis=1, ddof=1), rtol=1e-12)
@@ -83,7 +83,7 @@ def test_tampered_model_is_refused(exported, corpus, tmp_path):
         (copy / p.name).write_bytes(p.read_bytes())
     (copy / ensemble["members"][0]["onnx"]).write_bytes(b"garbage")
     with pytest.raises(BadInput, match="sha256"):
-        export.predict_ensemble(copy, corpus)
+        predict.predict_ensemble(copy, corpus)
 
 
 def test_hold_needs_force(corpus, tmp_path):
@@ -94,8 +94,8 @@ def test_hold_needs_force(corpus, tmp_path):
 
 
 def test_parity_failure_is_work_failed(corpus, tmp_path, monkeypatch):
-    real = export._ort_scores
-    monkeypatch.setattr(export, "_ort_scores", lambda *a: real(*a) + 1e-3)  # an onnxruntime that drifts
+    real = predict.ort_scores
+    monkeypatch.setattr(predict, "ort_scores", lambda *a: real(*a) + 1e-3)  # an onnxruntime that drifts
     with pytest.raises(WorkFailed, match="disagrees"):
         export.export_ensemble(corpus, CFG, (0,), {"verdict": "PROMOTE"}, tmp_path)
     assert not (tmp_path / "ensemble.json").exists()

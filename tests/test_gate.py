@@ -12,9 +12,10 @@ import pytest
 from click.testing import CliRunner
 
 from kit.cli import main
-from kit.results.gate import GATE_EPS, HOLD, PROMOTE, Thresholds, decide, write_verdict, write_verdict_file
+from kit.results.gate import decide, write_verdict, write_verdict_file
+from kit.results.thresholds import GATE_EPS, HOLD, PROMOTE, Thresholds
 from kit.train.config import TrainConfig
-from kit.train.loso import PREDICTION_COLUMNS, LosoResult, write_loso
+from kit.train.loso_files import PREDICTION_COLUMNS, LosoResult, write_loso
 
 
 def _loso(per_fold: dict[int, list[float]]) -> LosoResult:
@@ -99,7 +100,7 @@ def test_verdict_file_is_deterministic_apart_from_the_timestamp(tmp_path):
 
 def test_thresholds_are_flags_and_exit_codes(tmp_path):
     loso = _loso({0: [0.97, 0.96, 0.965], 1: [0.96, 0.95, 0.955]})
-    write_loso(loso, tmp_path / "loso")
+    write_loso(loso, tmp_path)
     runner = CliRunner()
     hold = runner.invoke(main, ["verdict", "--out-dir", str(tmp_path)])
     assert hold.exit_code == 1, hold.output
@@ -117,7 +118,7 @@ def test_thresholds_are_flags_and_exit_codes(tmp_path):
 
 
 def test_write_verdict_run_dir_api(tmp_path):
-    write_loso(_loso({0: [0.97, 0.96], 1: [0.97, 0.96]}), tmp_path / "loso")
+    write_loso(_loso({0: [0.97, 0.96], 1: [0.97, 0.96]}), tmp_path)
     doc = write_verdict(tmp_path, **{"mean_plcc": 0.99})
     assert doc["verdict"] == HOLD and doc["gate"]["mean_plcc_threshold"] == 0.99
     assert Thresholds().mean_plcc == 0.95

@@ -15,9 +15,9 @@ import pytest
 from click.testing import CliRunner
 
 from kit import pipeline
-from kit.cli import DEMO_TRAIN, PIPELINE_GATE_FLAGS, main
+from kit.cli import main
 from kit.core.fsio import read_json
-from kit.results import bundle
+from kit.results import bundle, compare
 
 # Tiny but real settings come from the `tiny_pipeline_args` fixture (tests/conftest.py), shared with test_dist.py.
 
@@ -52,7 +52,7 @@ def test_tiny_demo_pipeline_promotes_and_bundles(tiny_run):
             "models/ensemble.json", "report/index.html"} <= names
     assert {f"models/ensemble_seed{s}.onnx" for s in (0, 1)} <= names
     assert not any(n.startswith((".pipeline", "corpus/")) for n in names)  # bookkeeping and cells stay home
-    assert bundle.compare(tiny_run, tarball).reproduced
+    assert compare.compare(tiny_run, tarball).reproduced
 
 
 def test_rerun_resumes_without_redoing_anything(tiny_run, tiny_pipeline_args):
@@ -94,7 +94,7 @@ def test_fresh_moves_old_run_aside_and_hold_exits_1(tiny_run, tiny_pipeline_args
     (tarball,) = work.glob("ensemble-results-*.tar.gz")
     assert not any(f["path"].startswith("models/") for f in bundle.verify(tarball).manifest["files"])
     # the lead's PROMOTE against this HOLD: DIVERGED, verdicts first
-    cmp = bundle.compare(tiny_run, tarball)
+    cmp = compare.compare(tiny_run, tarball)
     assert not cmp.reproduced and cmp.reasons[0] == "verdicts differ: lead PROMOTE, collaborator HOLD"
 
 
@@ -111,11 +111,23 @@ def test_retraining_the_lead_bundle_gives_identical_plccs(tiny_run, tmp_path):
     assert (out / "loso" / "folds.csv").read_bytes() == (tiny_run / "loso" / "folds.csv").read_bytes()
 
 
-def test_cli_flags_stay_in_step_with_the_gate_and_demo():
-    from kit.results.gate import GATE_DEFAULTS
+def test_cli_flags_stay_in_step_with_the_gate_the_config_and_the_demo():
+    """The pipeline's --gate-* and training flags are generated from Thresholds and TrainConfig; --help
+    shows the defaults those dataclasses (and the demo's settings) really use."""
+    from dataclasses import fields
 
-    assert PIPELINE_GATE_FLAGS == GATE_DEFAULTS
-    assert DEMO_TRAIN == {"epochs": pipeline.DEMO_EPOCHS}
+    from kit.corpus import demo
+    from kit.results.thresholds import GATE_DEFAULTS
+    from kit.train.config import TrainConfig
+
+    cmd, verdict_cmd = main.commands["pipeline"], main.commands["verdict"]
+    flags = {opt for p in cmd.params for opt in p.opts}
+    assert {f"--gate-{name.replace('_', '-')}" for name in GATE_DEFAULTS} <= flags
+    assert {f"--{f.name.replace('_', '-')}" for f in fields(TrainConfig)} <= flags
+    assert {p.name: p.default for p in verdict_cmd.params if p.name in GATE_DEFAULTS} == GATE_DEFAULTS
+    help_text = " ".join(CliRunner().invoke(main, ["pipeline", "--help"]).output.split())  # unwrapped
+    assert f"[default: {TrainConfig().epochs}; demo {demo.DEMO_TRAIN['epochs']}]" in help_text
+    assert all(f"(default {v})" in help_text for v in GATE_DEFAULTS.values())
 
 
 def test_sigterm_exits_130_and_the_rerun_finishes(tmp_path, tiny_pipeline_args):

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from kit.core.errors import BadInput
+from kit.corpus import ffmpeg
+from kit.corpus.encoders import FAMILY_ENCODERS
 from kit.env import platform
 from kit.env.platform import GPU, HostPlatform, Probes
 
@@ -50,7 +52,8 @@ def test_every_family_with_its_real_arch(p, family, arch):
     host = platform.detect(p)
     assert (host.family, host.arch) == (family, arch)
     assert host.tag == f"{family}-{arch}"
-    assert host.encoders == platform.FAMILY_ENCODERS[family]
+    assert FAMILY_ENCODERS[host.family] and host.family in platform.PIXI_ENVS  # what it tries, which env
+    assert set(FAMILY_ENCODERS) == set(platform.FAMILIES) == set(platform.PIXI_ENVS)
 
 
 def test_forced_family_and_a_bad_one(monkeypatch):
@@ -100,14 +103,14 @@ def prober(working: set[str], reason: str = "Cannot load libnvidia-encode.so.1")
 
 def test_cuda_defaults_drop_av1_on_a_gpu_that_cannot():
     host = platform.detect(probes(nvidia=[T4]))
-    choice = platform.default_encoders(host, probe=prober({"h264_nvenc", "hevc_nvenc"}, "No capable devices found"))
+    choice = ffmpeg.default_encoders(host, probe=prober({"h264_nvenc", "hevc_nvenc"}, "No capable devices found"))
     assert choice.encoders == ("h264_nvenc", "hevc_nvenc")
     assert "av1_nvenc" in choice.rejected and "Ada Lovelace" in choice.rejected["av1_nvenc"]
 
 
 def test_h100_has_no_nvenc_says_so_and_falls_back_to_libx264():
     host = platform.detect(probes(nvidia=[H100]))
-    choice = platform.default_encoders(host, probe=prober({"libx264"}, "OpenEncodeSessionEx failed: unsupported device (2)"))
+    choice = ffmpeg.default_encoders(host, probe=prober({"libx264"}, "OpenEncodeSessionEx failed: unsupported device (2)"))
     assert choice.encoders == ("libx264",)
     assert all("has no NVENC encoder" in choice.rejected[e] and "H100" in choice.rejected[e]
                for e in ("h264_nvenc", "hevc_nvenc", "av1_nvenc"))
@@ -116,7 +119,7 @@ def test_h100_has_no_nvenc_says_so_and_falls_back_to_libx264():
 
 def test_sycl_without_working_render_node_falls_back():
     host = platform.detect(probes(intel=[ARC]))
-    choice = platform.default_encoders(host, probe=prober({"h264_vaapi", "libx264"}, "Failed to initialise VAAPI"))
+    choice = ffmpeg.default_encoders(host, probe=prober({"h264_vaapi", "libx264"}, "Failed to initialise VAAPI"))
     assert choice.encoders == ("h264_vaapi",)
     assert set(choice.rejected) == {"h264_qsv", "hevc_qsv", "av1_qsv", "hevc_vaapi"}
 
@@ -124,13 +127,13 @@ def test_sycl_without_working_render_node_falls_back():
 def test_darwin_videotoolbox_defaults():
     host = platform.detect(probes(system="darwin", machine="arm64"))
     probe = prober({"h264_videotoolbox", "hevc_videotoolbox"})
-    assert platform.default_encoders(host, probe=probe).encoders == ("h264_videotoolbox", "hevc_videotoolbox")
+    assert ffmpeg.default_encoders(host, probe=probe).encoders == ("h264_videotoolbox", "hevc_videotoolbox")
     assert probe.calls == ["h264_videotoolbox", "hevc_videotoolbox"]
 
 
 def test_nothing_works_gives_no_encoders_and_says_why():
     host = platform.detect(probes())
-    choice = platform.default_encoders(host, probe=prober(set(), "Unknown encoder"))
+    choice = ffmpeg.default_encoders(host, probe=prober(set(), "Unknown encoder"))
     assert choice.encoders == ()
     assert "libx264" in choice.rejected and "Unknown encoder" in choice.rejected["libx264"]
 
@@ -140,22 +143,20 @@ def test_this_box_is_linux_cpu_and_software_encoders_really_encode():
     host = platform.detect()
     if host.family != "linux-cpu":
         pytest.skip(f"this box is {host.family}, not a CPU-only box")
-    choice = platform.default_encoders(host)
+    choice = ffmpeg.default_encoders(host)
     assert "libx264" in choice.encoders
     assert set(choice.encoders) <= {"libx264", "libx265", "libsvtav1"}
 
 
 def test_nvenc_really_fails_here_and_the_kit_explains_it():
     """A real NVENC probe on this GPU-less box: listed by ffmpeg, fails the test encode, explained."""
-    from kit.corpus import ffmpeg as tools
-
     host = platform.detect()
     if any(g.vendor == "nvidia" for g in host.gpus):
         pytest.skip("this box has an NVIDIA GPU")
-    ff = tools.find_ffmpeg(require_libvmaf=False)
-    result = tools.probe_encoder(ff, "h264_nvenc")
+    ff = ffmpeg.find_ffmpeg(require_libvmaf=False)
+    result = ffmpeg.probe_encoder(ff, "h264_nvenc")
     assert not result.ok
-    assert "no NVIDIA GPU visible" in platform.explain_failure(host, "h264_nvenc", result.reason)
+    assert "no NVIDIA GPU visible" in ffmpeg.explain_failure(host, "h264_nvenc", result.reason)
 
 
 def test_host_platform_equality_ignores_gpu_details():

@@ -115,9 +115,9 @@ def test_out_dir_that_is_a_file_fails_write_check(tmp_path: Path):
 
 def _broken_ffmpeg(tmp_path: Path, *, list_libvmaf: bool) -> Path:
     """Fault injection: the real ffmpeg behind a wrapper whose libvmaf is missing (or listed but broken)."""
-    from kit.corpus import ffmpeg as tools
+    from kit.corpus import ffmpeg
 
-    real = tools.find_ffmpeg().path
+    real = ffmpeg.find_ffmpeg().path
     hide = "" if list_libvmaf else f'if [ "$2" = "-filters" ]; then "{real}" "$@" | grep -v libvmaf; exit 0; fi\n'
     wrapper = tmp_path / ("ffmpeg-broken-vmaf" if list_libvmaf else "ffmpeg-no-vmaf")
     wrapper.write_text("#!/bin/sh\n" + hide +

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -11,11 +12,15 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from kit import refs
 from kit.cli import main
 from kit.core.errors import BadInput, ExitCode
+from kit.core.fsio import sha256_file
 from kit.corpus.ffmpeg import find_ffmpeg
-from kit.corpus.sources import discover, open_source
+from kit.corpus.sources import discover, open_source, raw_rekeyer
+from kit.refs import manifest as refs_manifest
+from kit.refs import pack as refs_pack
+from kit.refs import unpack as refs_unpack
+from kit.refs import verify as refs_verify
 
 B10 = "b420p10_64x48_30fps_yuv420p10le"
 # source name (the file stem) -> (file name written into the reference dir, pix_fmt); 64x48, 5 frames each.
@@ -71,17 +76,17 @@ def _raw_frames(ff, path: Path, pix_fmt: str) -> bytes:
 @pytest.fixture(scope="module")
 def pack_dir(tmp_path_factory, ref_dir, ff) -> Path:
     out = tmp_path_factory.mktemp("pack") / "pack"
-    refs.pack(ref_dir, out, ff=ff, jobs=2)
+    refs_pack.pack(ref_dir, out, ff=ff, jobs=2)
     return out
 
 
 def test_pack_unpack_round_trips_every_layout_bit_exactly(pack_dir, ref_dir, ff, tmp_path):
-    manifest = refs.read_manifest(pack_dir)
+    manifest = refs_manifest.read_manifest(pack_dir)
     assert sorted(e.name for e in manifest.sources) == sorted(CLIPS)
-    assert sorted(p.name for p in pack_dir.iterdir() if p.name != refs.PACK_STATE) == sorted(
+    assert sorted(p.name for p in pack_dir.iterdir() if p.name != refs_pack.PACK_STATE) == sorted(
         ["refs.json", "README.txt", *(f"{n}.mkv" for n in CLIPS)])
     out = tmp_path / "unpacked"
-    result = refs.unpack(pack_dir, out, ff=ff, jobs=2)
+    result = refs_unpack.unpack(pack_dir, out, ff=ff, jobs=2)
     assert result.reused == 0
     for entry in manifest.sources:
         file, pix_fmt = CLIPS[entry.name]
@@ -89,7 +94,7 @@ def test_pack_unpack_round_trips_every_layout_bit_exactly(pack_dir, ref_dir, ff,
         original = _raw_frames(ff, ref_dir / file, pix_fmt)
         unpacked = (out / f"{entry.name}.yuv").read_bytes()
         assert unpacked == original, entry.name
-        assert refs.hashlib.sha256(unpacked).hexdigest() == entry.raw_sha256
+        assert hashlib.sha256(unpacked).hexdigest() == entry.raw_sha256
     # --ref-dir on the unpacked directory finds every source under its original name and geometry.
     found = {s.src: s for s in discover(out, ff=ff)}
     assert set(found) == set(CLIPS)
@@ -98,19 +103,19 @@ def test_pack_unpack_round_trips_every_layout_bit_exactly(pack_dir, ref_dir, ff,
         assert (s.kind, s.width, s.height, s.pix_fmt, s.n_frames) == ("yuv", 64, 48, entry.pix_fmt, 5)
         assert s.fps == pytest.approx(30)
     assert (out / "refs.json").read_bytes() == (pack_dir / "refs.json").read_bytes()
-    assert refs.verify(out, ff=ff).ok
+    assert refs_verify.verify(out, ff=ff).ok
 
 
 def test_tar_pack_is_reproducible_and_unpacks_to_y4m(ref_dir, ff, tmp_path):
     first, second = tmp_path / "a" / "refs.tar", tmp_path / "b" / "refs.tar"
-    refs.pack(ref_dir, first, ff=ff, jobs=2)
-    refs.pack(ref_dir, second, ff=ff, jobs=1)
+    refs_pack.pack(ref_dir, first, ff=ff, jobs=2)
+    refs_pack.pack(ref_dir, second, ff=ff, jobs=1)
     assert first.read_bytes() == second.read_bytes()  # same inputs, same bytes, whatever the parallelism
     assert not (tmp_path / "a" / ".refs.tar.partial").exists()
     with tarfile.open(first) as tf:
         assert sorted(tf.getnames()) == sorted(["README.txt", "refs.json", *(f"{n}.mkv" for n in CLIPS)])
     out = tmp_path / "y4m"
-    refs.unpack(first, out, ff=ff, y4m=True)
+    refs_unpack.unpack(first, out, ff=ff, y4m=True)
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(
         ["refs.json", *(f"{n}.y4m" for n in CLIPS)])  # extraction staging removed
     assert b"XCOLORRANGE=FULL" in (out / "gfull.y4m").read_bytes()[:100]
@@ -118,7 +123,7 @@ def test_tar_pack_is_reproducible_and_unpacks_to_y4m(ref_dir, ff, tmp_path):
         file, pix_fmt = CLIPS[s.src]
         assert s.kind == "y4m" and s.pix_fmt == pix_fmt and s.n_frames == 5
         assert _raw_frames(ff, s.path, pix_fmt) == _raw_frames(ff, ref_dir / file, pix_fmt)
-    assert refs.verify(out, ff=ff).ok
+    assert refs_verify.verify(out, ff=ff).ok
 
 
 @pytest.mark.parametrize("codec", ["x265-lossless", "av1-lossless"])
@@ -128,10 +133,10 @@ def test_other_lossless_codecs_round_trip_10bit_and_444(codec, ref_dir, ff, tmp_
     for name in (B10, "d444p10", "c444"):
         shutil.copy(ref_dir / CLIPS[name][0], src / CLIPS[name][0])
     shutil.copy(ref_dir / "d444p10.json", src / "d444p10.json")
-    pack = refs.pack(src, tmp_path / "pack", codec=codec, ff=ff)
+    pack = refs_pack.pack(src, tmp_path / "pack", codec=codec, ff=ff)
     assert {e.encoder for e in pack.manifest.sources} <= {"libx265", "libaom-av1", "libsvtav1"}
     out = tmp_path / "out"
-    refs.unpack(tmp_path / "pack", out, ff=ff)
+    refs_unpack.unpack(tmp_path / "pack", out, ff=ff)
     for e in pack.manifest.sources:
         assert (out / f"{e.name}.yuv").read_bytes() == _raw_frames(ff, src / CLIPS[e.name][0], e.pix_fmt)
 
@@ -155,10 +160,10 @@ def test_corrupted_pack_member_is_named_with_exit_code_2_and_leaves_no_output(pa
     doc = json.loads((bad_pack / "refs.json").read_text())
     for e in doc["sources"]:
         if e["packed_file"] == "c444.mkv":
-            e["packed_sha256"] = refs.sha256_file(member)
+            e["packed_sha256"] = sha256_file(member)
     (bad_pack / "refs.json").write_text(json.dumps(doc))
     with pytest.raises(BadInput, match=r"c444\.(yuv.*do not match refs\.json.*removed|mkv.*cannot be decoded)"):
-        refs.unpack(bad_pack, out, ff=ff)
+        refs_unpack.unpack(bad_pack, out, ff=ff)
     assert not (out / "c444.yuv").exists()
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
@@ -168,35 +173,35 @@ def test_pack_resumes_and_a_rerun_keeps_finished_members(ref_dir, ff, tmp_path):
     src.mkdir()
     for name in ("a420", "c444"):
         shutil.copy(ref_dir / CLIPS[name][0], src)
-    first = refs.pack(src, tmp_path / "pack", ff=ff)
+    first = refs_pack.pack(src, tmp_path / "pack", ff=ff)
     assert first.reused == 0
-    again = refs.pack(src, tmp_path / "pack", ff=ff)
+    again = refs_pack.pack(src, tmp_path / "pack", ff=ff)
     assert again.reused == 2 and again.manifest == first.manifest
     (src / "c444.y4m").touch()  # a changed source (mtime) is packed again
-    assert refs.pack(src, tmp_path / "pack", ff=ff).reused == 1
+    assert refs_pack.pack(src, tmp_path / "pack", ff=ff).reused == 1
 
 
 def test_unpack_resumes_without_decoding_verified_files_again(pack_dir, ff, tmp_path):
     out = tmp_path / "out"
-    refs.unpack(pack_dir, out, ff=ff)
-    again = refs.unpack(pack_dir, out, ff=ff)
+    refs_unpack.unpack(pack_dir, out, ff=ff)
+    again = refs_unpack.unpack(pack_dir, out, ff=ff)
     assert again.reused == len(CLIPS)
     damaged = out / "a420.yuv"
     damaged.write_bytes(damaged.read_bytes()[:-10])  # size/mtime change: not trusted any more
-    third = refs.unpack(pack_dir, out, ff=ff)
+    third = refs_unpack.unpack(pack_dir, out, ff=ff)
     assert third.reused == len(CLIPS) - 1
-    assert refs.verify(out, ff=ff).ok
+    assert refs_verify.verify(out, ff=ff).ok
 
 
 def test_verify_names_changed_and_missing_files(pack_dir, ff, tmp_path):
     out = tmp_path / "out"
-    refs.unpack(pack_dir, out, ff=ff)
+    refs_unpack.unpack(pack_dir, out, ff=ff)
     raw = out / f"{B10}.yuv"
     data = bytearray(raw.read_bytes())
     data[100] ^= 0x01
     raw.write_bytes(bytes(data))
     (out / "e422.yuv").unlink()
-    report = refs.verify(out, ff=ff)
+    report = refs_verify.verify(out, ff=ff)
     problems = {(r.name, r.status) for r in report.problems()}
     assert problems == {(B10, "mismatch"), ("e422", "missing")}
     result = CliRunner().invoke(main, ["refs", "verify", str(out)])
@@ -205,13 +210,13 @@ def test_verify_names_changed_and_missing_files(pack_dir, ff, tmp_path):
 
 
 def test_pack_directory_itself_verifies_and_indexes_by_raw_sha(pack_dir, ref_dir, ff):
-    assert refs.verify(pack_dir, ff=ff).ok  # the lossless .mkv files decode to the same frames
-    index = refs.raw_sha256_index(pack_dir)
-    manifest = refs.read_manifest(pack_dir)
+    assert refs_verify.verify(pack_dir, ff=ff).ok  # the lossless .mkv files decode to the same frames
+    index = refs_manifest.raw_sha256_index(pack_dir)
+    manifest = refs_manifest.read_manifest(pack_dir)
     for e in manifest.sources:
         for name in (f"{e.name}.yuv", f"{e.name}.y4m", e.packed_file, CLIPS[e.name][0]):
             assert index[name] == e.raw_sha256
-    assert refs.raw_sha256_index(ref_dir) == {}  # no refs.json there
+    assert refs_manifest.raw_sha256_index(ref_dir) == {}  # no refs.json there
 
 
 @pytest.mark.parametrize(("field", "value", "match"), [
@@ -226,7 +231,7 @@ def test_untrusted_refs_json_is_validated(pack_dir, tmp_path, field, value, matc
     doc["sources"][0][field] = value
     (tmp_path / "refs.json").write_text(json.dumps(doc))
     with pytest.raises(BadInput, match=match):
-        refs.read_manifest(tmp_path)
+        refs_manifest.read_manifest(tmp_path)
 
 
 def test_tar_pack_with_a_link_is_refused(pack_dir, ff, tmp_path):
@@ -237,7 +242,7 @@ def test_tar_pack_with_a_link_is_refused(pack_dir, ff, tmp_path):
         link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
         tf.addfile(link)
     with pytest.raises(BadInput, match=r"'a420.mkv'.*symbolic link"):
-        refs.unpack(evil, tmp_path / "out", ff=ff)
+        refs_unpack.unpack(evil, tmp_path / "out", ff=ff)
 
 
 def test_cli_pack_and_unpack(ref_dir, tmp_path):
@@ -272,7 +277,7 @@ def test_corpus_runs_on_the_unpacked_directory(pack_dir, tmp_path):
     for e in doc["sources"]:
         shutil.copy(pack_dir / e["packed_file"], sub)
     out = tmp_path / "refs"
-    refs.unpack(sub, out, ff=ff)
+    refs_unpack.unpack(sub, out, ff=ff)
     sources = discover(out, ff=ff)
     assert [s.src for s in sources] == sorted(["a420", B10])
     summary = run_corpus(RunDir(tmp_path / "run"), sources, ["libx264"], [30], ff=ff, jobs=2)
@@ -290,29 +295,29 @@ def test_codec_choice_falls_back_and_explains_what_is_missing(ff):
     from kit.core.errors import PrereqError
 
     svt_only = replace(ff, encoders=frozenset({"ffv1", "libsvtav1"}))
-    assert refs.choose_variant("av1-lossless", "yuv420p10le", svt_only, where="x").encoder == "libsvtav1"
+    assert refs_pack.choose_variant("av1-lossless", "yuv420p10le", svt_only, where="x").encoder == "libsvtav1"
     with pytest.raises(BadInput, match="cannot store yuv444p losslessly.*--codec ffv1"):
-        refs.choose_variant("av1-lossless", "yuv444p", svt_only, where="x")
+        refs_pack.choose_variant("av1-lossless", "yuv444p", svt_only, where="x")
     no_av1 = replace(ff, encoders=frozenset({"ffv1"}))
     with pytest.raises(PrereqError, match="libaom-av1 or libsvtav1"):
-        refs.choose_variant("av1-lossless", "yuv420p", no_av1, where="x")
-    assert refs.choose_variant("av1-lossless", "yuv444p", ff, where="x").encoder == "libaom-av1"
+        refs_pack.choose_variant("av1-lossless", "yuv420p", no_av1, where="x")
+    assert refs_pack.choose_variant("av1-lossless", "yuv444p", ff, where="x").encoder == "libaom-av1"
 
 
 def test_raw_rekeyer_makes_y4m_yuv_and_mkv_of_the_same_frames_one_source(pack_dir, ref_dir, ff, tmp_path):
-    manifest = refs.read_manifest(pack_dir).by_name()
+    manifest = refs_manifest.read_manifest(pack_dir).by_name()
     out = tmp_path / "y4m"
-    refs.unpack(pack_dir, out, ff=ff, y4m=True)
+    refs_unpack.unpack(pack_dir, out, ff=ff, y4m=True)
     for d in (pack_dir, out):
-        rekey = refs.raw_rekeyer(d)
+        rekey = raw_rekeyer(d)
         for path in sorted(d.glob("*.mkv")) + sorted(d.glob("*.y4m")):
             s = open_source(path, ff=ff)
             assert s.src_sha256 != manifest[s.src].raw_sha256  # a file hash: .mkv / .y4m bytes are not raw frames
             assert rekey(s).src_sha256 == manifest[s.src].raw_sha256
-        # ...and discover() applies it (kit.sources): the corpus keys these sources by their frames.
+        # ...and discover() applies it (kit.corpus.sources): the corpus keys these sources by their frames.
         assert {s.src: s.src_sha256 for s in discover(d, ff=ff)} == {n: e.raw_sha256 for n, e in manifest.items()}
     s = open_source(ref_dir / "a420.y4m", ff=ff)
-    assert refs.raw_rekeyer(ref_dir)(s) == s  # no refs.json: file hashes, as before
+    assert raw_rekeyer(ref_dir)(s) == s  # no refs.json: file hashes, as before
     # One directory holding the .y4m AND the lossless .mkv of the same frames: one source, not a name clash.
     shutil.copy(pack_dir / "a420.mkv", out / "a420.mkv")
     assert [s.src for s in discover(out, ff=ff)].count("a420") == 1
@@ -321,5 +326,5 @@ def test_raw_rekeyer_makes_y4m_yuv_and_mkv_of_the_same_frames_one_source(pack_di
     (out / "a420.y4m").unlink()
     _lavfi(ff, out / "a420.y4m", "yuv444p", "-strict", "-1")
     s = open_source(out / "a420.y4m", ff=ff)
-    assert refs.raw_rekeyer(out)(s) == s
+    assert raw_rekeyer(out)(s) == s
     assert next(d for d in discover(out, ff=ff) if d.src == "a420").src_sha256 == s.src_sha256

@@ -11,7 +11,7 @@ from kit.train.synthetic import synthetic_corpus
 
 def test_report_has_plots_and_verdict(tmp_path):
     corpus = synthetic_corpus(n_sources=3, frames=5, encoders=("libx264", "libsvtav1"), cqs=(20, 40))
-    run_loso(corpus, TrainConfig(epochs=2, hidden=8), (0, 1), tmp_path / "loso")
+    run_loso(corpus, TrainConfig(epochs=2, hidden=8), (0, 1), tmp_path)
     doc = write_verdict(tmp_path)
     index = build_report(tmp_path, corpus)
     html = index.read_text()

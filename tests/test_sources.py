@@ -1,4 +1,4 @@
-"""kit.sources: per-source geometry, exact frame counts, content hashes, clear errors for bad files."""
+"""kit.corpus.sources: per-source geometry, exact frame counts, content hashes, clear errors for bad files."""
 
 from __future__ import annotations
 

@@ -12,9 +12,11 @@ from scipy import stats
 
 from kit.core.errors import BadInput, WorkFailed
 from kit.corpus.encoders import ENCODERS
+from kit.corpus.table import corpus_sha256
 from kit.train.batched import Job, train_models
+from kit.train.codec import UNKNOWN, VOCAB, codec_block
 from kit.train.config import TrainConfig, parse_seeds
-from kit.train.data import UNKNOWN, VOCAB, check_trainable, codec_block, corpus_sha256, load_corpus
+from kit.train.data import check_trainable, load_corpus
 from kit.train.loso import run_loso
 from kit.train.metrics import agreement, fold_metrics, nan_safe_summary, per_encode
 from kit.train.plain import train_one
@@ -33,15 +35,19 @@ def _blocks(sizes=(70, 100, 45), n_in=22, seed=0):
 
 
 def _all(w):
-    return np.concatenate([getattr(w, k).reshape(-1) for k in ("W1", "b1", "W2", "b2", "W3", "b3")])
+    return w.flat()
 
 
-@pytest.mark.parametrize("fused", [True, False], ids=["fused-adam", "vectorised-adam"])
-def test_batched_equals_plain_per_model_loop(fused, monkeypatch):
-    """Different fold sizes (partial last batches, masked steps) still give each model its solo training."""
-    import kit.train.batched as batched
+@pytest.mark.parametrize(("fused", "private_gelu"), [(True, True), (False, True), (True, False), (False, False)],
+                         ids=["fused-adam+aten-gelu", "vectorised-adam+aten-gelu", "fused-adam+erf-gelu",
+                              "public-fallbacks-only"])
+def test_batched_equals_plain_per_model_loop(fused, private_gelu, monkeypatch):
+    """Different fold sizes (partial last batches, masked steps) still give each model its solo training,
+    with torch's private kernels and with their public fallbacks (kit.train.kernels)."""
+    from kit.train import kernels
 
-    monkeypatch.setattr(batched, "FUSED_ADAM", fused and batched.FUSED_ADAM)
+    monkeypatch.setattr(kernels, "FUSED_ADAM", fused and kernels.FUSED_ADAM)
+    monkeypatch.setattr(kernels, "PRIVATE_GELU_BACKWARD", private_gelu and kernels.PRIVATE_GELU_BACKWARD)
     blocks = _blocks()
     jobs = [Job(b, (s, b)) for s in (0, 1) for b in range(3)]
     net = train_models(blocks, jobs, TINY)
@@ -87,7 +93,7 @@ def test_loso_outputs_and_verdict_are_byte_identical(small_corpus, tmp_path):
     from kit.results.gate import decide, write_verdict_file
 
     for run in ("a", "b"):
-        result = run_loso(small_corpus, TINY, (0, 1), tmp_path / run / "loso")
+        result = run_loso(small_corpus, TINY, (0, 1), tmp_path / run)
         write_verdict_file(tmp_path / run / "verdict.json", decide(result), result, now=datetime(2026, 1, 1, tzinfo=UTC))
     files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
     files_b = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
@@ -205,7 +211,6 @@ def test_legacy_jsonl_loads(small_corpus, tmp_path: Path):
 def test_corpus_hash_ignores_timings_and_provenance_but_not_content():
     """Two boxes that computed the same rows must agree on the corpus hash; any value change must not."""
     from kit.core.schema import CORPUS_COLUMNS
-    from kit.train.data import corpus_sha256
 
     rows = {c: ([1, 2] if t == "int64" else [0.5, 0.25] if t == "float64" else ["a", "b"]) for c, t in CORPUS_COLUMNS.items()}
     df = pd.DataFrame(rows)

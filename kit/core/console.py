@@ -1,11 +1,18 @@
-"""One stderr console for progress and messages; stdout is kept for results (tables, --json)."""
+"""Where the kit talks: stderr for progress and messages, stdout for results (tables, --json).
+
+`Progress` is the one progress display of every long step (corpus cells, training epochs, export
+fits, reference bytes): a rich bar with ETA for a person at a terminal, plain lines otherwise.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
+from types import TracebackType
 
+from rich import progress as rp
 from rich.console import Console
+from rich.markup import escape
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -17,31 +24,38 @@ def progress_enabled(quiet: bool = False) -> bool:
 
 
 def warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/yellow] {message}")
+    err.print(f"[yellow]warning:[/yellow] {escape(message)}")
 
 
 def info(message: str) -> None:
-    err.print(message)
+    err.print(message, markup=False)
 
 
 class Progress:
-    """One progress display for every long step: a rich bar with ETA for a person at a terminal,
-    otherwise a line every 20% so CI logs show life without flooding. `quiet` silences both."""
+    """One progress display for every long step.
+
+    At a terminal: a rich bar with ETA (`unit="bytes"` shows sizes and a transfer rate). Elsewhere (CI
+    logs, pipes): `tick` prints a line every 20%, `advance` one line per finished item, so logs show
+    life without flooding. `quiet` silences both. `note` prints a line above the bar.
+    """
 
     def __init__(self, label: str, *, quiet: bool = False, unit: str = "", transient: bool = False) -> None:
-        self.label, self.quiet = label, quiet
+        self.label, self.quiet, self.unit = label, quiet, unit
         self.total = 0
+        self.done = 0
         self._last_pct = -1
-        self._task = None
-        self._bar = None
+        self._task: rp.TaskID | None = None
+        self._bar: rp.Progress | None = None
         if progress_enabled(quiet):
-            from rich import progress as rp
-
-            columns = [rp.TextColumn(label), rp.BarColumn(), rp.MofNCompleteColumn()]
-            if unit:
-                columns.append(rp.TextColumn(unit))
-            columns += [rp.TextColumn("{task.fields[last]}"), rp.TimeElapsedColumn(), rp.TextColumn("ETA"),
-                        rp.TimeRemainingColumn()]
+            columns: list[rp.ProgressColumn | str] = [rp.TextColumn("{task.description}"), rp.BarColumn()]
+            if unit == "bytes":
+                columns += [rp.DownloadColumn(), rp.TransferSpeedColumn()]
+            else:
+                columns.append(rp.MofNCompleteColumn())
+                if unit:
+                    columns.append(rp.TextColumn(unit))
+                columns += [rp.TextColumn("{task.fields[last]}"), rp.TimeElapsedColumn(), rp.TextColumn("ETA")]
+            columns.append(rp.TimeRemainingColumn())
             self._bar = rp.Progress(*columns, console=err, transient=transient)
 
     def plan(self, total: int) -> None:
@@ -51,10 +65,12 @@ class Progress:
             self._task = self._bar.add_task(self.label, total=max(total, 1), last="")
 
     def tick(self, done: int, total: int | None = None, last: str = "") -> None:
+        """`done` of `total` finished (absolute counts)."""
         total = total or self.total or 1
+        self.done = done
         if self._task is None and self._bar is not None:
             self.plan(total)
-        if self._bar is not None:
+        if self._bar is not None and self._task is not None:
             self._bar.update(self._task, completed=done, total=total, last=last)
         elif not self.quiet:
             pct = int(100 * done / total) // 20 * 20
@@ -62,6 +78,28 @@ class Progress:
                 self._last_pct = pct
                 err.print(f"      {self.label}: {done}/{total}", markup=False)
 
+    def advance(self, amount: int, item: str = "") -> None:
+        """`item` finished, worth `amount` (e.g. its bytes) of the planned total."""
+        self.done += amount
+        if self._task is None and self._bar is not None:
+            self.plan(self.total)
+        if self._bar is not None and self._task is not None:
+            self._bar.update(self._task, advance=amount, description=f"{self.label} {item}".rstrip())
+        elif not self.quiet and item:
+            err.print(f"  {self.label}: {item} done", markup=False)
+
+    def note(self, text: str) -> None:
+        """A line of its own above the bar (e.g. a failed cell), unless quiet."""
+        if not self.quiet:
+            err.print(text, markup=False)
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.stop()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

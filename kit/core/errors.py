@@ -1,11 +1,13 @@
 """The one exit-code table and the exceptions that carry a code to the CLI.
 
-Domain modules raise these with a message that names the file or flag and the fix; `cli.py` prints
-that one line and exits with the code. Nothing else decides exit codes.
+Domain modules raise these with a message that names the file or flag and the fix; the CLI
+(`kit.cli.KitGroup`) prints that one line and exits with the code. Expected OS failures (a full disk)
+are mapped here too (`from_os_error`), so nothing else decides exit codes.
 """
 
 from __future__ import annotations
 
+import errno
 from enum import IntEnum
 
 
@@ -26,6 +28,8 @@ EXIT_MEANINGS: dict[ExitCode, str] = {
     ExitCode.WORK_FAILED: "work failed (cells, training, export parity); partial results kept",
     ExitCode.INTERRUPTED: "interrupted; rerun the same command to resume",
 }
+
+INTERRUPTED_MESSAGE = "interrupted: finished work is kept; rerun the same command to resume"
 
 
 class KitError(Exception):
@@ -52,3 +56,30 @@ class PrereqError(KitError):
 
 class WorkFailed(KitError):
     exit_code = ExitCode.WORK_FAILED
+
+
+# ---- a full (or read-only) disk is bad input: free space and rerun, finished work is kept --------------
+
+# errno -> (what happened, what to do). Raised by Python itself (OSError) or printed by a tool.
+DISK_ERRNOS: dict[int, tuple[str, str]] = {
+    errno.ENOSPC: ("disk full", "free space and rerun (finished work is kept)"),
+    errno.EDQUOT: ("disk quota exceeded", "free space and rerun (finished work is kept)"),
+    errno.EROFS: ("read-only file system", "pick a writable --out-dir and rerun (finished work is kept)"),
+}
+DISK_ERROR_TEXTS: tuple[str, ...] = ("No space left on device", "Disk quota exceeded", "Read-only file system")
+
+
+def is_out_of_space(exc: BaseException) -> bool:
+    """Disk full / quota / read-only out-dir, whether Python raised it or a tool's stderr says it."""
+    if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
+        return True
+    text = f"{exc} {getattr(exc, 'stderr_tail', '')}"
+    return any(t in text for t in DISK_ERROR_TEXTS)
+
+
+def from_os_error(exc: OSError) -> KitError | None:
+    """The KitError an expected OSError stands for (a full disk: bad input), or None for a bug."""
+    if exc.errno not in DISK_ERRNOS:
+        return None
+    what, fix = DISK_ERRNOS[exc.errno]
+    return BadInput(f"{what} while writing {exc.filename or ''}: {fix}")

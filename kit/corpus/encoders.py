@@ -1,12 +1,19 @@
-"""The one encoder table: encoder -> ffmpeg argv for a quality value `cq`, and its quality mapping.
+"""The one encoder table: encoder -> ffmpeg argv for a quality value `cq`, and everything else about encoders.
 
 `cq` is always "lower = better", like x264's CRF; each family maps it onto its own knob and every
-corpus row records the exact argument given (`quality_arg`) and the preset. Files on disk are none of
-this module's business.
+corpus row records the exact argument given (`quality_arg`) and the preset. Here too: which encoders
+each host family tries (`FAMILY_ENCODERS`, also read by the distribution's `run` script), how many
+sessions a hardware family takes, and how costly each encoder is. Files and processes are none of
+this module's business (`kit.corpus.ffmpeg` probes which encoders really encode).
+
+Adding an encoder: one `Encoder(...)` row below (and its family, if new); list it in `FAMILY_ENCODERS`
+if a host family should try it by default. The model's codec vocabulary follows this table's order
+(`kit.train.codec.VOCAB`): bump its version when you add a row.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -57,6 +64,7 @@ class Encoder:
     preset: str  # the preset we always use ("" where the encoder has none)
     preset_norm: float  # 0 = fastest .. 1 = slowest preset of this encoder: a model input
     extra: tuple[str, ...] = field(default=())  # fixed extra arguments (logging, tuning)
+    cost: float = 1.0  # relative encode time: the longest cells start first, and hung-tool limits scale with it
 
     @property
     def quality_family(self) -> Family:
@@ -96,8 +104,8 @@ ENCODERS: dict[str, Encoder] = {
     e.name: e
     for e in (
         Encoder("libx264", "x26x", "medium", 5 / 9),
-        Encoder("libx265", "x26x", "medium", 5 / 9, ("-x265-params", "log-level=error")),
-        Encoder("libsvtav1", "svtav1", "8", 1 - 8 / 13, ("-svtav1-params", "lp=1")),
+        Encoder("libx265", "x26x", "medium", 5 / 9, ("-x265-params", "log-level=error"), cost=3.0),
+        Encoder("libsvtav1", "svtav1", "8", 1 - 8 / 13, ("-svtav1-params", "lp=1"), cost=2.0),
         Encoder("h264_nvenc", "nvenc", "p5", 4 / 6, ("-tune", "hq")),
         Encoder("hevc_nvenc", "nvenc", "p5", 4 / 6, ("-tune", "hq")),
         Encoder("av1_nvenc", "nvenc_av1", "p5", 4 / 6, ("-tune", "hq")),
@@ -113,6 +121,24 @@ ENCODERS: dict[str, Encoder] = {
 
 SOFTWARE_ENCODERS: tuple[str, ...] = tuple(n for n, e in ENCODERS.items() if e.hw is None)
 
+# Which encoders each host family (kit.env.platform.FAMILIES) tries, in preference order; only a real
+# test encode decides which ones a run uses. Software encoders are the fallback everywhere.
+FAMILY_ENCODERS: dict[str, tuple[str, ...]] = {
+    "linux-cuda": ("h264_nvenc", "hevc_nvenc", "av1_nvenc"),
+    "linux-sycl": ("h264_qsv", "hevc_qsv", "av1_qsv", "h264_vaapi", "hevc_vaapi"),
+    "linux-cpu": ("libx264", "libx265", "libsvtav1"),
+    "darwin": ("h264_videotoolbox", "hevc_videotoolbox"),
+}
+FALLBACK_ENCODER = "libx264"
+
+# Concurrent sessions a hardware encoder family takes before it starts refusing (consumer NVENC: 3-8).
+HW_SESSION_LIMITS: dict[str, int] = {"cuda": 3, "qsv": 4, "vaapi": 4, "videotoolbox": 2}
+
+# NVIDIA data-centre GPUs built without NVENC (compute only): the test encode fails there by design.
+NO_NVENC_GPUS = re.compile(r"\b(A100|A800|A30|H100|H800|H200|GH200)\b", re.I)
+# NVENC AV1 needs Ada Lovelace (RTX 40xx, L4, L40) or newer.
+NVENC_AV1_HINT = "NVENC AV1 needs an Ada Lovelace or newer GPU (RTX 40xx, L4, L40)"
+
 
 def get(name: str) -> Encoder:
     try:
@@ -121,6 +147,14 @@ def get(name: str) -> Encoder:
         raise BadInput(
             f"--encoders: unknown encoder {name!r}", hint=f"choose from {', '.join(ENCODERS)}"
         ) from None
+
+
+def parse_encoders(text: str) -> tuple[str, ...]:
+    """'libx264,libx265' -> ('libx264', 'libx265'); an unknown name is bad input naming --encoders."""
+    names = tuple(e.strip() for e in text.split(",") if e.strip())
+    for name in names:
+        get(name)
+    return names
 
 
 def parse_cqs(text: str) -> tuple[int, ...]:
@@ -132,14 +166,6 @@ def parse_cqs(text: str) -> tuple[int, ...]:
     if not values:
         raise BadInput("--cqs is empty", hint="e.g. --cqs 19,25,31,37")
     return tuple(sorted(set(values)))
-
-
-def codec_inputs(encoder: str, cq: int, preset: str | None = None) -> tuple[float, float]:
-    """(preset_norm, cq_norm) for the model's codec block; unknown encoders get neutral values."""
-    enc = ENCODERS.get(encoder)
-    if enc is None:
-        return 0.5, max(0.0, min(1.0, cq / 51))
-    return enc.preset_norm, max(0.0, min(1.0, enc.cq_norm(cq)))
 
 
 # Bitstream each encoder produces, and the raw elementary-stream muxer/demuxer we write it with: raw streams

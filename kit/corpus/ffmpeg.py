@@ -1,26 +1,33 @@
-"""Finding ffmpeg / vmaf binaries and probing what they can really do.
+"""Finding ffmpeg / vmaf binaries and probing what they can really do, including which encoders work here.
 
 ffmpeg lists nvenc/qsv/vaapi encoders on boxes with no GPU, so an encoder counts as available only
-after a real 3-frame test encode succeeds. Probes are cached (ffmpeg's on disk, keyed by the binary's
-path+size+mtime; encoder probes per process) because a static ffmpeg takes ~0.1 s to start.
+after a real 3-frame test encode succeeds (`probe_encoder`), and a box's default encoders are those of
+its family that pass one (`default_encoders`). Probes are cached (ffmpeg's on disk, keyed by the
+binary's path+size+mtime; encoder probes per process) because a static ffmpeg takes ~0.1 s to start.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from functools import cache
 from pathlib import Path
+from typing import Protocol
 
+import imageio_ffmpeg
+
+from kit.core import proc
 from kit.core.errors import PrereqError
+from kit.core.fsio import write_json
+from kit.core.ids import KEY_LEN, sha256_hex, short_id
+from kit.corpus import encoders as enc_table
+from kit.env import platform
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROBE_TIMEOUT_S = 60
@@ -51,7 +58,7 @@ class FFmpeg:
 
     @property
     def configure_sha256(self) -> str:
-        return hashlib.sha256("\n".join(self.configure).encode()).hexdigest()
+        return sha256_hex("\n".join(self.configure))
 
     def identity(self) -> dict[str, str | None]:
         """What determines this binary's output: goes into every cell_id."""
@@ -59,42 +66,42 @@ class FFmpeg:
                 "libvmaf_version": self.libvmaf_version}
 
 
-def _run(argv: list[str], timeout: float = PROBE_TIMEOUT_S, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=timeout,
-                          stdin=subprocess.DEVNULL, cwd=cwd)
+def _run(argv: list[str], stage: str, cwd: Path | None = None) -> proc.Completed:
+    return proc.run(argv, stage=stage, timeout=PROBE_TIMEOUT_S, cwd=cwd, check=False)
 
 
 def _listing(path: Path, what: str) -> frozenset[str]:
     """Names from `ffmpeg -encoders` / `-filters` (lines after the legend)."""
-    proc = _run([str(path), "-hide_banner", f"-{what}"])
+    done = _run([str(path), "-hide_banner", f"-{what}"], f"ffmpeg -{what}")
     # " V....D libx264   libx264 H.264 ..." / " .. libvmaf   VV->V   Calculate ..."
     line_re = r"^ [VAS.][A-Z.]{5} (\S+)" if what == "encoders" else r"^ [A-Z.]{2,3} (\S+)\s+\S*->"
-    return frozenset(re.findall(line_re, proc.stdout, re.M))
+    return frozenset(re.findall(line_re, done.stdout, re.M))
 
 
 def _libvmaf_version(path: Path) -> str:
     """libvmaf writes its version into the JSON log: score one tiny frame and read it."""
     with tempfile.TemporaryDirectory(prefix="ekit-vmafprobe-") as tmp:
-        proc = _run([str(path), "-nostdin", "-hide_banner", "-v", "error",
+        done = _run([str(path), "-nostdin", "-hide_banner", "-v", "error",
                      "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=1:duration=1",
                      "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=1:duration=1",
-                     "-lavfi", "[0:v][1:v]libvmaf=log_fmt=json:log_path=probe.json", "-f", "null", "-"], cwd=Path(tmp))
+                     "-lavfi", "[0:v][1:v]libvmaf=log_fmt=json:log_path=probe.json", "-f", "null", "-"],
+                    "libvmaf probe", cwd=Path(tmp))
         try:
             return str(json.loads((Path(tmp) / "probe.json").read_text())["version"])
         except (OSError, ValueError, KeyError):
-            return "unknown" if proc.returncode == 0 else f"broken ({_stderr_reason(proc.stderr)})"
+            return "unknown" if done.ok else f"broken ({proc.stderr_reason(done.stderr)})"
 
 
 def _probe_uncached(path: Path, origin: str) -> FFmpeg:
     try:
-        proc = _run([str(path), "-hide_banner", "-version"])
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise PrereqError(f"ffmpeg at {path} does not run: {exc}", hint="pass a working binary with --ffmpeg") from None
-    m = re.search(r"ffmpeg version (\S+)", proc.stdout)
-    if proc.returncode != 0 or not m:
-        raise PrereqError(f"{path} is not a working ffmpeg (`-version` said: {_stderr_reason(proc.stderr or proc.stdout)})",
+        done = _run([str(path), "-hide_banner", "-version"], "ffmpeg -version")
+    except proc.ToolFailed as exc:
+        raise PrereqError(f"ffmpeg at {path} does not run: {exc.reason}", hint="pass a working binary with --ffmpeg") from None
+    m = re.search(r"ffmpeg version (\S+)", done.stdout)
+    if not done.ok or not m:
+        raise PrereqError(f"{path} is not a working ffmpeg (`-version` said: {proc.stderr_reason(done.stderr or done.stdout)})",
                           hint="pass a working binary with --ffmpeg")
-    cm = re.search(r"^configuration: (.*)$", proc.stdout, re.M)
+    cm = re.search(r"^configuration: (.*)$", done.stdout, re.M)
     configure = tuple(cm.group(1).split()) if cm else ()
     filters = _listing(path, "filters")
     return FFmpeg(path=path, version=m.group(1), configure=configure, encoders=_listing(path, "encoders"),
@@ -117,8 +124,7 @@ def probe_ffmpeg(path: Path, *, origin: str = "flag") -> FFmpeg:
     with _probe_lock:
         if key in _probe_memo:
             return _probe_memo[key] if _probe_memo[key].origin == origin else _replace_origin(_probe_memo[key], origin)
-    digest = hashlib.sha256(repr((PROBE_CACHE_VERSION, *key)).encode()).hexdigest()[:24]
-    cache_file = cache_dir() / "ffmpeg-probes" / f"{digest}.json"
+    cache_file = cache_dir() / "ffmpeg-probes" / f"{short_id(repr((PROBE_CACHE_VERSION, *key)), KEY_LEN)}.json"
     ff = _load_probe(cache_file, origin)
     if ff is None:
         ff = _probe_uncached(path, origin)
@@ -145,8 +151,6 @@ def _load_probe(cache_file: Path, origin: str) -> FFmpeg | None:
 
 
 def _save_probe(cache_file: Path, ff: FFmpeg) -> None:
-    from kit.core.fsio import write_json
-
     d = {"path": str(ff.path), "version": ff.version, "configure": list(ff.configure),
          "encoders": sorted(ff.encoders), "filters": sorted(ff.filters), "libvmaf_version": ff.libvmaf_version}
     with contextlib.suppress(OSError):  # a read-only home only costs a re-probe next time
@@ -154,17 +158,13 @@ def _save_probe(cache_file: Path, ff: FFmpeg) -> None:
 
 
 def _platform_bin(name: str) -> Path:
-    from kit.env import platform
-
     return REPO_ROOT / "binaries" / platform.detect().tag / "bin" / name
 
 
 def _imageio_ffmpeg() -> Path | None:
     try:
-        import imageio_ffmpeg
-
         return Path(imageio_ffmpeg.get_ffmpeg_exe())
-    except Exception:  # noqa: BLE001 - missing package or binary: just not a candidate
+    except Exception:  # noqa: BLE001 - a missing binary: just not a candidate
         return None
 
 
@@ -206,10 +206,30 @@ def find_vmaf_cli() -> Path | None:
     return None
 
 
+def require_vmaf_cli() -> Path:
+    """`--scorer vmaf`: the staged vmaf CLI, or a prerequisite error saying how to get one."""
+    vmaf_cli = find_vmaf_cli()
+    if vmaf_cli is None:
+        raise PrereqError("--scorer vmaf: no vmaf CLI in binaries/<platform>/bin/ or $ENSEMBLE_KIT_VMAF",
+                          hint="build it (`ensemble-kit build-libvmaf`) or use --scorer ffmpeg")
+    return vmaf_cli
+
+
+def vmaf_cli_version(vmaf_cli: Path) -> str | None:
+    """`vmaf --version` (part of the scorer's identity in every cell id); None when it does not run."""
+    try:
+        return proc.run([str(vmaf_cli), "--version"], stage="vmaf --version", timeout=30, check=False).stdout.strip() \
+            or "unknown"
+    except proc.ToolFailed:
+        return None
+
+
 def render_nodes() -> list[Path]:
     """DRM render nodes in order; QSV/VAAPI try each and keep the first whose driver works."""
     return sorted(Path("/dev/dri").glob("renderD*")) if Path("/dev/dri").is_dir() else []
 
+
+# ---- which encoders really encode here -----------------------------------------------------------
 
 @dataclass(frozen=True)
 class EncoderProbe:
@@ -217,17 +237,6 @@ class EncoderProbe:
     ok: bool
     reason: str  # "ok", or why not, in the tool's own words
     device: str | None  # render node (qsv/vaapi) that worked
-
-
-_NOISE = re.compile(r"Task finished|Terminating thread|Nothing was written|Error sending frames|Conversion failed|"
-                    r"Could not open encoder before EOF|Error while filtering|^\s*$")
-
-
-def _stderr_reason(stderr: str) -> str:
-    """The most telling stderr line: the first that is not ffmpeg's generic follow-up noise."""
-    lines = [re.sub(r"^(\[[^\]]*\]\s*)+", "", ln).strip() for ln in stderr.splitlines()]
-    useful = [ln for ln in lines if ln and not _NOISE.search(ln)]
-    return (useful or [ln for ln in lines if ln] or ["no error message"])[0][:300]
 
 
 _encoder_memo: dict[tuple[str, str], EncoderProbe] = {}
@@ -246,9 +255,7 @@ def probe_encoder(ff: FFmpeg, encoder: str) -> EncoderProbe:
 
 
 def _probe_encoder_uncached(ff: FFmpeg, encoder: str) -> EncoderProbe:
-    from kit.corpus import encoders
-
-    enc = encoders.ENCODERS.get(encoder)
+    enc = enc_table.ENCODERS.get(encoder)
     if enc is None:
         return EncoderProbe(encoder, False, "not in ensemble-kit's encoder table", None)
     if encoder not in ff.encoders:
@@ -261,26 +268,88 @@ def _probe_encoder_uncached(ff: FFmpeg, encoder: str) -> EncoderProbe:
     lo, hi = enc.cq_range
     reasons = []
     for device in devices:
-        pre, vf = encoders.hw_setup(enc, device, ten_bit=False)
+        pre, vf = enc_table.hw_setup(enc, device, ten_bit=False)
         argv = [str(ff.path), "-nostdin", "-hide_banner", "-v", "error", *pre,
                 "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25", "-frames:v", "3",
                 *(["-vf", vf] if vf else []), *enc.argv((lo + hi) // 2), "-f", "null", "-"]
         try:
-            proc = _run(argv, timeout=PROBE_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            reasons.append(f"{device or encoder}: test encode hung for {PROBE_TIMEOUT_S}s")
+            done = _run(argv, f"test encode {encoder}")
+        except proc.ToolFailed as exc:
+            reasons.append(f"{device or encoder}: test encode hung for {PROBE_TIMEOUT_S}s" if exc.kind == "timeout"
+                           else f"{device or encoder}: {exc.reason}")
             continue
-        if proc.returncode == 0:
+        if done.ok:
             return EncoderProbe(encoder, True, "ok", device)
-        reason = _stderr_reason(proc.stderr)
+        reason = proc.stderr_reason(done.stderr)
         reasons.append(f"{device}: {reason}" if device else reason)
     return EncoderProbe(encoder, False, "; ".join(reasons), None)
 
 
-@cache
-def cpu_count() -> int:
-    """Cores this process may use (respects affinity / cgroup-pinned CPU sets)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
+class ProbeResult(Protocol):
+    encoder: str
+    ok: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class EncoderChoice:
+    encoders: tuple[str, ...]  # what a run uses by default
+    rejected: dict[str, str]  # encoder -> why it was not usable on this box
+    warnings: tuple[str, ...]  # one line each, for the user
+
+
+def explain_failure(host: platform.HostPlatform, encoder: str, reason: str) -> str:
+    """One line: why `encoder` failed here, in words a video engineer can act on."""
+    line = f"{encoder}: test encode failed ({reason})"
+    if "nvenc" in encoder:
+        names = [g.name for g in host.gpus if g.vendor == "nvidia"]
+        no_nvenc = [n for n in names if enc_table.NO_NVENC_GPUS.search(n)]
+        if no_nvenc:
+            return (f"{encoder}: test encode failed: this GPU ({no_nvenc[0]}) has no NVENC encoder "
+                    "(data-centre GPUs like A100/H100/H200 have none)")
+        if not names:
+            return f"{encoder}: test encode failed: no NVIDIA GPU visible to the driver (nvidia-smi lists none)"
+        if encoder == "av1_nvenc":
+            return f"{line}; {enc_table.NVENC_AV1_HINT}"
+    if ("qsv" in encoder or "vaapi" in encoder) and not any(g.vendor == "intel" for g in host.gpus):
+        return f"{encoder}: test encode failed: no Intel GPU render node ({reason})"
+    if "videotoolbox" in encoder and host.family != "darwin":
+        return f"{encoder}: only available on macOS"
+    return line
+
+
+def default_encoders(host: platform.HostPlatform | None = None, *, probe: Callable[[str], ProbeResult] | None = None,
+                     ffmpeg: FFmpeg | None = None) -> EncoderChoice:
+    """The family's encoders that pass a real test encode; libx264 (with a warning saying why) if none do.
+
+    `probe(encoder)` defaults to `probe_encoder(ffmpeg, encoder)` on the bundled ffmpeg.
+    """
+    host = host or platform.detect()
+    if probe is None:
+        ff = ffmpeg or find_ffmpeg(require_libvmaf=False)
+
+        def probe(name: str) -> ProbeResult:
+            return probe_encoder(ff, name)
+
+    family = enc_table.FAMILY_ENCODERS[host.family]
+    fallback_name = enc_table.FALLBACK_ENCODER
+    ok: list[str] = []
+    rejected: dict[str, str] = {}
+    warnings: list[str] = []
+    for name in family:
+        result = probe(name)
+        if result.ok:
+            ok.append(name)
+        else:
+            rejected[name] = explain_failure(host, name, result.reason)
+            warnings.append(rejected[name])
+    if ok:
+        return EncoderChoice(tuple(ok), rejected, tuple(warnings))
+    fallback = probe(fallback_name) if fallback_name not in rejected else None
+    if fallback is not None and fallback.ok:
+        warnings.append(f"none of {', '.join(family)} works on this {host.family} box; falling back to {fallback_name}")
+        return EncoderChoice((fallback_name,), rejected, tuple(warnings))
+    if fallback is not None:
+        rejected[fallback_name] = explain_failure(host, fallback_name, fallback.reason)
+        warnings.append(rejected[fallback_name])
+    return EncoderChoice((), rejected, tuple(warnings))

@@ -1,4 +1,6 @@
-"""The old bash kit's per-frame JSONL: import it into our corpus layout, export ours back to it.
+"""The old bash kit's per-frame JSONL format: read it into our corpus layout, write ours back to it.
+
+(`kit.corpus.table` uses this for `corpus import`, `corpus export` and `merge`.)
 
 Old rows carry only `src, encoder, cq, enc_bytes, enc_time_ms, frame_index, vmaf, adm2, vif_scale0..3,
 motion2`. What they lack is filled so nobody mistakes it for a measurement: `src_sha256` becomes
@@ -9,7 +11,6 @@ platform "legacy". The old kit appended duplicate rows on re-runs, so exact dupl
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -19,8 +20,8 @@ from typing import Any
 import pandas as pd
 
 from kit.core.errors import BadInput
-from kit.core.fsio import atomic_open, write_json
-from kit.core.rundir import RunDir
+from kit.core.fsio import atomic_open
+from kit.core.ids import KEY_LEN, short_id
 from kit.core.schema import CORPUS_COLUMNS, LEGACY_JSONL_COLUMNS
 
 LEGACY_INT = ("cq", "enc_bytes", "frame_index")
@@ -51,15 +52,14 @@ def read_jsonl(paths: Sequence[Path]) -> pd.DataFrame:
             lines = Path(path).read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as exc:
             raise BadInput(f"cannot read {path}: {exc}", hint="check the path") from None
-        if True:
-            for n, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except ValueError:
-                    raise BadInput(f"{path}:{n}: not valid JSON", hint="the file is truncated or not JSONL") from None
-                rows.append(_legacy_row(obj, f"{path}:{n}"))
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                raise BadInput(f"{path}:{n}: not valid JSON", hint="the file is truncated or not JSONL") from None
+            rows.append(_legacy_row(obj, f"{path}:{n}"))
     if not rows:
         raise BadInput(f"no rows in {', '.join(map(str, paths))}", hint="pass the old kit's per-frame .jsonl")
     df = pd.DataFrame(rows)
@@ -68,43 +68,13 @@ def read_jsonl(paths: Sequence[Path]) -> pd.DataFrame:
                       "bitrate_kbps": math.nan, "score_time_ms": math.nan, "platform": "legacy", "box_id": "",
                       "ffmpeg_version": "", "libvmaf_version": "", "vmaf_model": "", "env_fingerprint": ""}.items():
         df[col] = fill
-    df["cell_id"] = [hashlib.sha256(f"legacy|{s}|{e}|{q}".encode()).hexdigest()[:24]
+    df["cell_id"] = [short_id(f"legacy|{s}|{e}|{q}", KEY_LEN)
                      for s, e, q in zip(df["src"], df["encoder"], df["cq"], strict=True)]
     return df[list(CORPUS_COLUMNS)].astype(CORPUS_COLUMNS)
 
 
-def import_jsonl(paths: Sequence[Path], run_dir: RunDir) -> dict[str, Any]:
-    """`ensemble-kit corpus import`: old JSONL -> run_dir/corpus.parquet (de-duplicated like `merge`)."""
-    from kit.corpus.engine import dedupe, write_corpus
-
-    df = read_jsonl(paths)
-    kept, dropped, conflicts = dedupe(df)
-    run_dir.root.mkdir(parents=True, exist_ok=True)
-    write_corpus(kept, run_dir.corpus)
-    report = {"inputs": [str(p) for p in paths], "rows": len(kept), "sources": int(kept["src"].nunique()),
-              "duplicates_dropped": dropped, "conflicts": int(len(conflicts)), "corpus": str(run_dir.corpus)}
-    if len(conflicts):
-        path = run_dir.corpus_dir / "import-conflicts.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        conflicts.to_parquet(path, index=False)
-        report["conflicts_file"] = str(path)
-    write_json(run_dir.corpus_dir / "import.json", report)
-    return report
-
-
-def export_jsonl(corpus_path: Path, out: Path) -> int:
-    """corpus.parquet -> JSONL with exactly the old kit's columns, canonical row order; -> rows."""
-    try:
-        df = pd.read_parquet(corpus_path)
-    except (OSError, ValueError) as exc:
-        raise BadInput(f"cannot read corpus {corpus_path}: {exc}", hint="run `ensemble-kit corpus` first") from None
-    return write_jsonl(df, out)
-
-
 def write_jsonl(df: pd.DataFrame, out: Path) -> int:
-    from kit.corpus.engine import canonical_order
-
-    df = canonical_order(df)
+    """Rows (in the order given) -> JSONL with exactly the old kit's columns, atomically; -> rows."""
     cols = list(LEGACY_JSONL_COLUMNS)
     with atomic_open(out, "w") as fh:
         for rec in df[cols].to_dict("records"):

@@ -13,92 +13,19 @@ import contextlib
 import json
 import math
 import os
-import signal
-import subprocess
 import tempfile
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kit.core import proc
+from kit.core.errors import BadInput, WorkFailed
+from kit.core.proc import STDERR_TAIL, ToolFailed
 from kit.core.schema import DEFAULT_VMAF_MODEL, LIBVMAF_KEYS
-from kit.corpus.ffmpeg import FFmpeg, _stderr_reason
-from kit.corpus.sources import Source
-
-# libvmaf takes these planar layouts; anything else is converted (both sides the same way).
-VMAF_PIX_FMTS = frozenset({"yuv420p", "yuv422p", "yuv444p", "yuv420p10le", "yuv422p10le", "yuv444p10le",
-                           "yuv420p12le", "yuv422p12le", "yuv444p12le", "yuv420p16le", "yuv422p16le", "yuv444p16le"})
-STDERR_TAIL = 4000
-
-
-def vmaf_pix_fmt(pix_fmt: str) -> str:
-    """The libvmaf layout a source is scored in: its own when libvmaf takes it, else 4:2:0 of its depth."""
-    if pix_fmt in VMAF_PIX_FMTS:
-        return pix_fmt
-    if pix_fmt.startswith("yuvj4"):
-        return pix_fmt.replace("yuvj", "yuv")
-    return "yuv420p10le" if any(t in pix_fmt for t in ("10", "p010", "12", "16")) else "yuv420p"
-
-
-class ToolFailed(Exception):
-    """An ffmpeg/vmaf run failed: which stage, why (one line) and the tool's stderr tail."""
-
-    def __init__(self, stage: str, reason: str, stderr_tail: str = "", returncode: int | None = None) -> None:
-        super().__init__(f"{stage}: {reason}")
-        self.stage, self.reason, self.stderr_tail, self.returncode = stage, reason, stderr_tail, returncode
-
-
-# ---- subprocesses that can be killed as a group (a hung encoder, Ctrl-C) ----------------------------
-
-_live: set[subprocess.Popen[bytes]] = set()
-_live_lock = threading.Lock()
-
-
-def kill_all() -> None:
-    """Kill every tool process group still running (Ctrl-C / shutdown): nothing keeps burning CPU."""
-    with _live_lock:
-        procs = list(_live)
-    for p in procs:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(p.pid, signal.SIGKILL)
-
-
-def run_tool(stage: str, argv: Sequence[str], *, timeout: float | None, cwd: Path | None = None,
-             stdout: bool = False) -> tuple[float, str, str]:
-    """Run one tool in its own process group; -> (wall ms, stderr, stdout if asked). Timeout or non-zero exit -> ToolFailed."""
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE if stdout else subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, cwd=cwd, start_new_session=True)
-    except OSError as exc:
-        raise ToolFailed(stage, f"cannot start {argv[0]}: {exc.strerror}") from None
-    with _live_lock:
-        _live.add(proc)
-    try:
-        try:
-            out_bytes, err_bytes = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            _, err_bytes = proc.communicate()
-            stderr = err_bytes.decode("utf-8", "replace")
-            raise ToolFailed(stage, f"timed out after {timeout:.0f}s (hung?); killed", stderr[-STDERR_TAIL:], None) from None
-        except BaseException:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            raise
-    finally:
-        with _live_lock:
-            _live.discard(proc)
-    stderr = err_bytes.decode("utf-8", "replace")
-    if proc.returncode != 0:
-        code = proc.returncode
-        how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-        raise ToolFailed(stage, f"{Path(argv[0]).name} failed ({how}): {_stderr_reason(stderr)}", stderr[-STDERR_TAIL:], code)
-    return (time.perf_counter() - t0) * 1000.0, stderr, (out_bytes or b"").decode("utf-8", "replace")
-
+from kit.corpus.ffmpeg import FFmpeg
+from kit.corpus.geometry import vmaf_pix_fmt
+from kit.corpus.sources import Source, open_source
 
 # ---- parsing -------------------------------------------------------------------------------------------
 
@@ -179,7 +106,8 @@ def score(ff: FFmpeg, ref: Source, dis_input_args: Sequence[str], *, n_threads: 
             argv = [str(ff.path), "-nostdin", "-hide_banner", "-v", "error", *dis_input_args, *ref.input_args(),
                     "-lavfi", _libvmaf_filter(vmaf_pix_fmt(ref.pix_fmt), model=model, n_threads=n_threads),
                     "-f", "null", "-"]
-            ms, stderr, _ = run_tool("score", argv, timeout=timeout, cwd=wd)
+            done = proc.run(argv, stage="score", timeout=timeout, cwd=wd, stdout=False)
+            ms, stderr = done.ms, done.stderr
             backend = "ffmpeg-libvmaf"
         try:
             text = log.read_text(encoding="utf-8")
@@ -210,8 +138,8 @@ def _score_vmaf_cli(vmaf: Path, ff: FFmpeg, ref: Source, dis_input_args: Sequenc
 
     def feed(name: str) -> None:
         try:
-            run_tool(f"decode {name}", [*decode[name], "-fps_mode", "passthrough", "-pix_fmt", pix_fmt, "-strict", "-1",
-                                         "-f", "yuv4mpegpipe", "-y", str(fifos[name])], timeout=timeout)
+            proc.run([*decode[name], "-fps_mode", "passthrough", "-pix_fmt", pix_fmt, "-strict", "-1",
+                      "-f", "yuv4mpegpipe", "-y", str(fifos[name])], stage=f"decode {name}", timeout=timeout, stdout=False)
         except BaseException as exc:  # noqa: BLE001 - reported after vmaf returns
             errors[name] = exc
 
@@ -219,9 +147,9 @@ def _score_vmaf_cli(vmaf: Path, ff: FFmpeg, ref: Source, dis_input_args: Sequenc
     for t in feeders:
         t.start()
     try:
-        ms, stderr, _ = run_tool("score", [str(vmaf), "--reference", fifos["ref"].name, "--distorted", fifos["dis"].name,
-                                    "--model", f"version={model}", "--threads", str(n_threads), "--json",
-                                    "--output", "vmaf.json", "--quiet"], timeout=timeout, cwd=wd)
+        done = proc.run([str(vmaf), "--reference", fifos["ref"].name, "--distorted", fifos["dis"].name,
+                         "--model", f"version={model}", "--threads", str(n_threads), "--json",
+                         "--output", "vmaf.json", "--quiet"], stage="score", timeout=timeout, cwd=wd, stdout=False)
     finally:
         for f in fifos.values():  # unblock a feeder whose reader died
             with contextlib.suppress(OSError):
@@ -232,16 +160,12 @@ def _score_vmaf_cli(vmaf: Path, ff: FFmpeg, ref: Source, dis_input_args: Sequenc
     if errors:
         exc = next(iter(errors.values()))
         raise exc if isinstance(exc, ToolFailed) else ToolFailed("score", str(exc))
-    return ms, stderr
-
+    return done.ms, done.stderr
 
 
 def score_files(ff: FFmpeg, ref_path: Path, dis_path: Path, *, n_threads: int = 1, model: str = DEFAULT_VMAF_MODEL,
                 vmaf_cli: Path | None = None, **geometry: object) -> tuple[Source, Source, ScoreResult]:
     """`ensemble-kit score REF DIS`: both files probed like references (raw geometry from name/sidecar/flags)."""
-    from kit.core.errors import BadInput, WorkFailed
-    from kit.corpus.sources import open_source
-
     ref = open_source(Path(ref_path), ff=ff, **geometry)  # type: ignore[arg-type]
     dis = open_source(Path(dis_path), ff=ff, **geometry)  # type: ignore[arg-type]
     if (dis.width, dis.height) != (ref.width, ref.height):

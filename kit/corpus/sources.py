@@ -8,19 +8,22 @@ are cached keyed by path+size+mtime, so re-runs do not re-hash 100 GiB of raw vi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
-import subprocess
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 
+from kit.core import proc
 from kit.core.console import warn
 from kit.core.errors import BadInput
 from kit.core.fsio import sha256_file, write_json
-from kit.corpus.ffmpeg import FFmpeg, _stderr_reason, cache_dir
+from kit.core.ids import KEY_LEN, short_id
+from kit.corpus.ffmpeg import FFmpeg, cache_dir
+from kit.corpus.geometry import Y4M_COLORSPACES, bit_depth, fps_arg, frame_bytes, geometry_from_name
+from kit.refs import manifest as refs_manifest
 
 RAW_EXTS = frozenset({".yuv"})
 Y4M_EXTS = frozenset({".y4m"})
@@ -28,43 +31,6 @@ CONTAINER_EXTS = frozenset({".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".t
                             ".flv", ".mpg", ".mpeg", ".nut", ".264", ".h264", ".265", ".hevc", ".ivf", ".obu"})
 SOURCE_CACHE_VERSION = 1
 DEFAULT_RAW_FPS = 25.0
-
-# Raw layouts we can size: pix_fmt -> (chroma subsampling (x, y) shifts or None for no chroma, bytes/sample).
-RAW_PIX_FMTS: dict[str, tuple[tuple[int, int] | None, int]] = {
-    "yuv420p": ((1, 1), 1), "yuv422p": ((1, 0), 1), "yuv444p": ((0, 0), 1), "gray": (None, 1),
-    "yuv420p10le": ((1, 1), 2), "yuv422p10le": ((1, 0), 2), "yuv444p10le": ((0, 0), 2), "gray10le": (None, 2),
-    "yuv420p12le": ((1, 1), 2), "yuv422p12le": ((1, 0), 2), "yuv444p12le": ((0, 0), 2),
-    "yuv420p16le": ((1, 1), 2), "yuv444p16le": ((0, 0), 2),
-}
-
-# Y4M colourspace tag -> pix_fmt.
-Y4M_COLORSPACES: dict[str, str] = {
-    "420jpeg": "yuv420p", "420paldv": "yuv420p", "420mpeg2": "yuv420p", "420": "yuv420p",
-    "422": "yuv422p", "444": "yuv444p", "mono": "gray",
-    "420p10": "yuv420p10le", "422p10": "yuv422p10le", "444p10": "yuv444p10le", "mono10": "gray10le",
-    "420p12": "yuv420p12le", "422p12": "yuv422p12le", "444p12": "yuv444p12le", "420p16": "yuv420p16le",
-    "444p16": "yuv444p16le",
-}
-
-
-def frame_bytes(width: int, height: int, pix_fmt: str) -> int:
-    """Bytes of one raw planar frame."""
-    try:
-        sub, bps = RAW_PIX_FMTS[pix_fmt]
-    except KeyError:
-        raise BadInput(f"pix_fmt {pix_fmt!r} is not a raw layout ensemble-kit can size",
-                       hint=f"use one of {', '.join(RAW_PIX_FMTS)}") from None
-    luma = width * height
-    if sub is None:
-        return luma * bps
-    cw, ch = -(-width // (1 << sub[0])), -(-height // (1 << sub[1]))
-    return (luma + 2 * cw * ch) * bps
-
-
-def fps_arg(fps: float) -> str:
-    """25.0 -> '25', 29.97002997 -> '30000/1001': exact rationals for ffmpeg."""
-    fr = Fraction(fps).limit_denominator(1001)
-    return str(fr.numerator) if fr.denominator == 1 else f"{fr.numerator}/{fr.denominator}"
 
 
 @dataclass(frozen=True)
@@ -91,8 +57,7 @@ class Source:
 
     @property
     def bit_depth(self) -> int:
-        m = re.search(r"p(\d+)(?:le|be)$", self.pix_fmt)
-        return int(m.group(1)) if m else 8
+        return bit_depth(self.pix_fmt)
 
     @property
     def geometry(self) -> dict[str, object]:
@@ -101,26 +66,7 @@ class Source:
                 "fps": fps_arg(self.fps), "n_frames": self.n_frames}
 
 
-# ---- geometry from names and sidecars --------------------------------------------------------------
-
-_SIZE_RE = re.compile(r"(?<![0-9])(\d{2,5})x(\d{2,5})(?![0-9])")
-_FPS_RE = re.compile(r"(?<![0-9.])(\d{1,3}(?:\.\d+)?)\s*fps", re.I)
-_PIXFMT_RE = re.compile("|".join(sorted(RAW_PIX_FMTS, key=len, reverse=True)))
-
-
-def geometry_from_name(name: str) -> dict[str, object]:
-    """'foo_1920x1080_50fps_10bit.yuv' -> {width, height, fps, pix_fmt}; only what the name says."""
-    out: dict[str, object] = {}
-    if m := _SIZE_RE.search(name):
-        out["width"], out["height"] = int(m.group(1)), int(m.group(2))
-    if m := _FPS_RE.search(name):
-        out["fps"] = float(m.group(1))
-    if m := _PIXFMT_RE.search(name.lower()):
-        out["pix_fmt"] = m.group(0)
-    elif re.search(r"(?<![0-9])10b(it)?(?![a-z])", name, re.I):
-        out["pix_fmt"] = "yuv420p10le"
-    return out
-
+# ---- geometry from sidecars ----------------------------------------------------------------------
 
 def _sidecar(path: Path) -> dict[str, object]:
     for cand in (path.with_suffix(".json"), path.with_name(path.name + ".json")):
@@ -219,13 +165,13 @@ def _container_source(path: Path, ff: FFmpeg) -> dict[str, object]:
     argv = [str(ff.path), "-nostdin", "-hide_banner", "-noautorotate", "-i", str(path), "-map", "0:v:0",
             "-fps_mode", "passthrough", "-progress", "pipe:1", "-nostats", "-f", "null", "-"]
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, errors="replace", stdin=subprocess.DEVNULL)
-    except OSError as exc:
-        raise BadInput(f"{path}: cannot run ffmpeg on it: {exc}", hint="check the file and --ffmpeg") from None
-    stream = re.search(r"Stream #0:\d+[^:]*: Video: (.*)", proc.stderr)
-    frames = re.findall(r"^frame=(\d+)", proc.stdout, re.M)
-    if proc.returncode != 0 or not stream or not frames or int(frames[-1]) == 0:
-        raise BadInput(f"{path}: ffmpeg cannot decode a video stream from it ({_stderr_reason(proc.stderr)})",
+        done = proc.run(argv, stage="probe", check=False)
+    except proc.ToolFailed as exc:
+        raise BadInput(f"{path}: cannot run ffmpeg on it: {exc.reason}", hint="check the file and --ffmpeg") from None
+    stream = re.search(r"Stream #0:\d+[^:]*: Video: (.*)", done.stderr)
+    frames = re.findall(r"^frame=(\d+)", done.stdout, re.M)
+    if not done.ok or not stream or not frames or int(frames[-1]) == 0:
+        raise BadInput(f"{path}: ffmpeg cannot decode a video stream from it ({proc.stderr_reason(done.stderr)})",
                        hint="the file is unreadable, truncated or has no video; re-copy or re-export it")
     parts = _split_top(stream.group(1))
     pix_fmt = re.sub(r"\(.*", "", parts[1]).strip() if len(parts) > 1 else "yuv420p"
@@ -255,7 +201,7 @@ def open_source(path: Path, *, ff: FFmpeg, width: int | None = None, height: int
     sidecar_stat = [(c.stat().st_mtime_ns, c.stat().st_size) for c in (path.with_suffix(".json"),) if c.is_file()]
     key = repr((SOURCE_CACHE_VERSION, str(path), st.st_size, st.st_mtime_ns, sorted(fallback.items()), sidecar_stat,
                 ff.version if ext not in RAW_EXTS | Y4M_EXTS else ""))
-    cache_file = cache_dir() / "sources" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+    cache_file = cache_dir() / "sources" / f"{short_id(key, KEY_LEN)}.json"
     try:
         d = json.loads(cache_file.read_text())
         return Source(path=path, **{k: v for k, v in d.items() if k != "path"})
@@ -291,8 +237,6 @@ def discover(ref_dir: Path, *, ff: FFmpeg, width: int | None = None, height: int
     if not files:
         raise BadInput(f"--ref-dir {ref_dir} holds no reference clips",
                        hint="add .yuv (with geometry in the name or a sidecar), .y4m or video files such as .mp4")
-    from kit.refs import raw_rekeyer  # late: kit.refs imports this module
-
     # With a refs.json (a reference pack), src_sha256 is the raw-frame sha256: .y4m/.yuv/.mkv of one clip are one source.
     rekey = raw_rekeyer(ref_dir)
     sources: list[Source] = []
@@ -309,6 +253,33 @@ def discover(ref_dir: Path, *, ff: FFmpeg, width: int | None = None, height: int
         by_sha[s.src_sha256] = by_src[s.src] = s
         sources.append(s)
     return sources
+
+
+def raw_rekeyer(ref_dir: Path) -> Callable[[Source], Source]:
+    """For `discover`: a function giving each Source its raw-frame sha256 (from refs.json) as `src_sha256`.
+
+    WHY: with a refs.json present (a reference pack, docs/refs.md), a `.y4m`, a `.yuv` and a lossless
+    `.mkv` of the same frames must be ONE source, so corpus rows from two boxes that used the same pack
+    merge. Identity when there is no refs.json. Cheap (no decoding): a file is re-keyed only if its
+    geometry matches its refs.json entry, and a `.yuv` (whose file hash IS its raw-frame hash) only if
+    the hashes agree; otherwise it keeps its file hash, with a warning to run `refs verify`.
+    """
+    entries = refs_manifest.entries_by_file(ref_dir)
+    if not entries:
+        return lambda source: source
+
+    def rekey(source: Source) -> Source:
+        e = entries.get(source.path.name)
+        if e is None:
+            return source
+        if (source.width, source.height, source.pix_fmt, source.n_frames) != (e.width, e.height, e.pix_fmt, e.n_frames) \
+                or (source.kind == "yuv" and source.src_sha256 != e.raw_sha256):
+            warn(f"{source.path.name} does not match its entry in {Path(ref_dir) / refs_manifest.REFS_JSON}: keyed by "
+                 f"its file hash (run `ensemble-kit refs verify {Path(ref_dir)}`)")
+            return source
+        return replace(source, src_sha256=e.raw_sha256)
+
+    return rekey
 
 
 def duration_s(source: Source) -> float:

@@ -3,12 +3,11 @@
 The old kit's tarball left out files its scripts needed. This one is built from an explicit list
 (the package, its build files, the locks, the docs) plus a generated `run` bootstrap, and `tests/
 test_dist.py` proves it is self-contained: unpack into an empty folder, install, run the demo.
-The bytes are reproducible (kit.archive), so the same checkout gives the same tarball.
+The bytes are reproducible (kit.core.archive), so the same checkout gives the same tarball.
 """
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -16,8 +15,11 @@ from importlib import metadata
 from pathlib import Path
 
 from kit import __version__
+from kit.core import proc
+from kit.core.archive import write_reproducible_tar
 from kit.core.errors import BadInput, PrereqError, WorkFailed
 from kit.core.fsio import canonical_json, sha256_file, write_text
+from kit.env.platform import INTEL_PCI_VENDOR, PIXI_ENVS
 
 # Top-level files and folders of a checkout that go in (when present); everything else stays out.
 TOP_FILES = ("pyproject.toml", "pixi.toml", "pixi.lock", "README.md", "LICENSE", "LICENSE.txt", "CHANGELOG.md")
@@ -29,7 +31,7 @@ SKIP_PARTS = {"__pycache__", ".pytest_cache", ".ruff_cache", ".ipynb_checkpoints
 SKIP_SUFFIXES = (".pyc", ".pyo", ".tmp")
 SIZE_LIMIT = 50 << 20  # the issue's promise for a tarball without wheels
 
-# Platforms a wheels tarball can target (kit.locks' pip platform keys) -> pip platform tags (newest first).
+# Platforms a wheels tarball can target (kit.env.locks' pip platform keys) -> pip platform tags (newest first).
 # Each needs its hash-pinned lock in environments/ (see WHEEL_LOCKS).
 PIP_PLATFORMS: dict[str, tuple[str, ...]] = {
     "linux-x86_64": ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "linux_x86_64"),
@@ -67,13 +69,13 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 [ "$#" -eq 0 ] && set -- pipeline
 
-guess_pixi_env() {
-  if [ "$(uname -s)" = Darwin ]; then echo osx; return; fi
-  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then echo cuda; return; fi
+guess_pixi_env() {  # kit.env.platform's family detection, in bash (its PIXI_ENVS table)
+  if [ "$(uname -s)" = Darwin ]; then echo __ENV_DARWIN__; return; fi
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then echo __ENV_CUDA__; return; fi
   for vendor in /sys/class/drm/renderD*/device/vendor; do
-    if [ -r "$vendor" ] && [ "$(cat "$vendor")" = 0x8086 ]; then echo sycl; return; fi
+    if [ -r "$vendor" ] && [ "$(cat "$vendor")" = __INTEL_VENDOR__ ]; then echo __ENV_SYCL__; return; fi
   done
-  echo default
+  echo __ENV_CPU__
 }
 
 if [ "${EKIT_NO_PIXI:-0}" != 1 ] && command -v pixi >/dev/null 2>&1; then
@@ -182,10 +184,13 @@ def download_wheels(root: Path, platform: str, dest: Path) -> None:
 
 
 def _run(cmd: list[str], what: str) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
-        raise PrereqError(f"{what} failed: {tail[0]}", hint="check the network/PyPI access, or build without --with-wheels")
+    try:
+        done = proc.run(cmd, stage=what, check=False)
+        failed = None if done.ok else proc.last_line(done.stderr or done.stdout, "(no output)")
+    except proc.ToolFailed as exc:
+        failed = exc.reason
+    if failed is not None:
+        raise PrereqError(f"{what} failed: {failed}", hint="check the network/PyPI access, or build without --with-wheels")
 
 
 @dataclass(frozen=True)
@@ -197,8 +202,14 @@ class DistResult:
 
 
 def render_run_script() -> str:
-    return (RUN_TEMPLATE.replace("__TORCH__", torch_pin()).replace("__WHEELS__", WHEELS_DIR)
-            .replace("__TORCH_INDEX__", TORCH_CPU_INDEX))
+    values = {"__TORCH_INDEX__": TORCH_CPU_INDEX, "__TORCH__": torch_pin(), "__WHEELS__": WHEELS_DIR,
+              "__INTEL_VENDOR__": INTEL_PCI_VENDOR, "__ENV_DARWIN__": PIXI_ENVS["darwin"],
+              "__ENV_CUDA__": PIXI_ENVS["linux-cuda"], "__ENV_SYCL__": PIXI_ENVS["linux-sycl"],
+              "__ENV_CPU__": PIXI_ENVS["linux-cpu"]}
+    text = RUN_TEMPLATE
+    for key, value in values.items():  # __TORCH_INDEX__ before its prefix __TORCH__
+        text = text.replace(key, value)
+    return text
 
 
 def dist_name(with_wheels: str | None) -> str:
@@ -208,8 +219,6 @@ def dist_name(with_wheels: str | None) -> str:
 
 def make_dist(out: Path | None = None, *, with_wheels: str | None = None, root: Path | None = None) -> DistResult:
     """Write the distribution tarball (default `dist/ensemble-kit-<version>.tar.gz` in the checkout)."""
-    from kit.core.archive import write_reproducible_tar
-
     root = Path(root) if root is not None else source_root()
     name = dist_name(with_wheels)
     target = Path(out) if out is not None else root / "dist" / name

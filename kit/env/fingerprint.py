@@ -8,7 +8,6 @@ verdict and bundle carries.
 
 from __future__ import annotations
 
-import hashlib
 import platform as _stdlib_platform
 import sys
 from collections.abc import Callable
@@ -17,8 +16,12 @@ from importlib import metadata
 from typing import Any
 
 from kit import __version__
+from kit.core.errors import KitError
 from kit.core.fsio import canonical_json
+from kit.core.ids import FINGERPRINT_ID_LEN, object_id, shorten
 from kit.core.schema import DEFAULT_VMAF_MODEL
+from kit.corpus import ffmpeg as ffmpeg_tools
+from kit.env import locks, platform
 
 PACKAGES = ("torch", "numpy", "pandas", "pyarrow", "onnx", "onnxruntime", "click")
 FINGERPRINT_VERSION = 1
@@ -51,11 +54,8 @@ def _ffmpeg_block(ffmpeg: Any | None) -> dict[str, Any] | None:
 
 
 def _default_ffmpeg() -> Any | None:
-    from kit.core.errors import KitError
-    from kit.corpus import ffmpeg as tools
-
     try:
-        return tools.find_ffmpeg(require_libvmaf=False)
+        return ffmpeg_tools.find_ffmpeg(require_libvmaf=False)
     except KitError:
         return None
 
@@ -68,8 +68,6 @@ def fingerprint(ffmpeg: Any | None = None, *, vmaf_model: str = DEFAULT_VMAF_MOD
     `ffmpeg` is a `kit.corpus.ffmpeg.FFmpeg` (found with `find_ffmpeg()` when None); `host` a
     `platform.HostPlatform`; `lock` the `locks.current_lock()` record. All injectable for tests.
     """
-    from kit.env import locks, platform
-
     host = host or platform.detect()
     ff = ffmpeg if ffmpeg is not None else find_ffmpeg()
     lock = lock if lock is not None else locks.current_lock().identity()
@@ -92,7 +90,35 @@ def fingerprint(ffmpeg: Any | None = None, *, vmaf_model: str = DEFAULT_VMAF_MOD
 
 def fingerprint_id(fp: dict[str, Any]) -> str:
     """Short sha256 of the canonical JSON: what rows and verdicts carry."""
-    return hashlib.sha256(canonical_json(fp, indent=None).encode()).hexdigest()[:16]
+    return object_id(fp, FINGERPRINT_ID_LEN)
+
+
+def current(ffmpeg: Any | None = None) -> tuple[dict[str, Any], str]:
+    """(fingerprint, its id) of this environment, for the LOSO results, sidecars and run.json.
+
+    The trainer (kit.train) takes this from its caller instead of computing it, so training never
+    imports the ffmpeg tooling the fingerprint describes.
+    """
+    fp = fingerprint(ffmpeg)
+    return fp, fingerprint_id(fp)
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> {"a.b.c": value}; lists as canonical JSON. For naming fingerprint differences."""
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    if isinstance(d, list):
+        return {prefix: canonical_json(d, indent=None).strip()}
+    return {prefix: d}
+
+
+def differences(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(dotted key, a's value, b's value) for every leaf where two fingerprints differ, sorted by key."""
+    fa, fb = flatten(a), flatten(b)
+    return [(k, fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
 
 
 def describe(fp: dict[str, Any]) -> list[tuple[str, str]]:
@@ -102,7 +128,7 @@ def describe(fp: dict[str, Any]) -> list[tuple[str, str]]:
     gpus = "; ".join(f"{g['name']} (driver {g['driver'] or '?'})" for g in fp.get("gpus", [])) or "none"
     pkgs = ", ".join(f"{k} {v or 'MISSING'}" for k, v in fp.get("packages", {}).items())
     lock_text = "none (not installed from a lock)" if lock.get("kind") == "none" else \
-        f"{lock.get('kind')} {lock.get('name')} sha256 {str(lock.get('sha256'))[:12]}"
+        f"{lock.get('kind')} {lock.get('name')} sha256 {shorten(str(lock.get('sha256')))}"
     return [
         ("fingerprint", fingerprint_id(fp)),
         ("platform", fp["platform"]),
@@ -111,7 +137,7 @@ def describe(fp: dict[str, Any]) -> list[tuple[str, str]]:
         ("gpus", gpus),
         ("python", fp["python"]),
         ("packages", pkgs),
-        ("ffmpeg", f"{ff.get('version')}, configure sha256 {str(ff.get('configure_sha256'))[:12]}"
+        ("ffmpeg", f"{ff.get('version')}, configure sha256 {shorten(str(ff.get('configure_sha256')))}"
          if ff else "not found"),
         ("libvmaf", f"{fp.get('libvmaf_version') or 'none'} · model {fp['vmaf_model']}"),
         ("kit", fp["kit_version"]),

@@ -11,15 +11,16 @@ import json
 import os
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from kit.core import proc
 from kit.core.errors import BadInput, PrereqError, WorkFailed
 from kit.core.fsio import write_text
+from kit.env import platform
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BACKENDS: dict[str, list[str]] = {  # backend -> libvmaf meson options
@@ -59,7 +60,7 @@ def meson_command() -> list[str]:
     if exe:
         return [exe]
     try:
-        import mesonbuild  # noqa: F401
+        import mesonbuild  # noqa: F401 - optional (pip install meson): only probed when meson is not on PATH
     except ImportError:
         raise PrereqError("meson is not installed", hint="pip install meson ninja (or pixi run -e test ...)") from None
     return [sys.executable, "-m", "mesonbuild.mesonmain"]
@@ -71,7 +72,7 @@ def ninja_env() -> dict[str, str]:
     if shutil.which("ninja") or shutil.which("samu"):
         return env
     try:
-        import ninja
+        import ninja  # optional (pip install ninja): only when ninja is not on PATH
 
         env["NINJA"] = str(Path(ninja.BIN_DIR) / "ninja")
         return env
@@ -82,22 +83,21 @@ def ninja_env() -> dict[str, str]:
 def _run(argv: list[str], *, log: Path, env: dict[str, str] | None = None, cwd: Path | None = None,
          what: str) -> None:
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, errors="replace", env=env, cwd=cwd,
-                              timeout=BUILD_TIMEOUT_S, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise WorkFailed(f"{what} took longer than {BUILD_TIMEOUT_S}s", hint=f"see {log}") from None
+        done = proc.run(argv, stage=what, env=env, cwd=cwd, timeout=BUILD_TIMEOUT_S, check=False)
+    except proc.ToolFailed as exc:
+        if exc.kind == "timeout":
+            raise WorkFailed(f"{what} took longer than {BUILD_TIMEOUT_S}s", hint=f"see {log}") from None
+        raise WorkFailed(f"{what} failed: {exc.reason[:300]}", hint=f"full log: {log}") from None
     with open(log, "a", encoding="utf-8") as fh:
-        fh.write(f"$ {' '.join(argv)}\n{proc.stdout}{proc.stderr}\n")
-    if proc.returncode != 0:
-        tail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or ["no output"]
-        raise WorkFailed(f"{what} failed: {tail[0][:300]}", hint=f"full log: {log}")
+        fh.write(f"$ {' '.join(argv)}\n{done.stdout}{done.stderr}\n")
+    if not done.ok:
+        raise WorkFailed(f"{what} failed: {proc.last_line(done.stderr.strip() or done.stdout)[:300]}",
+                         hint=f"full log: {log}")
 
 
 def build_libvmaf(source: Path, *, backend: str = "cpu", dest: Path | None = None,
                   meson_args: Sequence[str] = (), platform_tag: str | None = None) -> BuiltVmaf:
     """meson setup + compile + install into `dest` (binaries/<platform>/), then verify the vmaf it built."""
-    from kit.env import platform
-
     if backend not in BACKENDS:
         raise BadInput(f"--backend: {backend!r} is not one of {', '.join(BACKENDS)}", hint="e.g. --backend cuda")
     project = find_meson_project(source)
@@ -131,7 +131,7 @@ def _write_probe_clips(tmp: Path) -> tuple[Path, Path]:
     return tmp / "ref.yuv", tmp / "dis.yuv"
 
 
-def _score(vmaf: Path, tmp: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def _score(vmaf: Path, tmp: Path, env: dict[str, str] | None = None) -> proc.Completed:
     """Score tmp/ref.yuv against tmp/dis.yuv into tmp/score.json."""
     ref, dis = tmp / "ref.yuv", tmp / "dis.yuv"
     out = tmp / "score.json"
@@ -139,8 +139,7 @@ def _score(vmaf: Path, tmp: Path, env: dict[str, str] | None = None) -> subproce
     argv = [str(vmaf), "--reference", str(ref), "--distorted", str(dis), "--width", str(PROBE_W),
             "--height", str(PROBE_H), "--pixel_format", "420", "--bitdepth", "8",
             "--model", "version=vmaf_v0.6.1", "--json", "--output", str(out)]
-    return subprocess.run(argv, capture_output=True, text=True, errors="replace", env=env, timeout=RUN_TIMEOUT_S,
-                          stdin=subprocess.DEVNULL)
+    return proc.run(argv, stage="vmaf check", env=env, timeout=RUN_TIMEOUT_S, check=False)
 
 
 def _frames(tmp: Path) -> list[dict]:
@@ -153,17 +152,18 @@ def _frames(tmp: Path) -> list[dict]:
 def verify_vmaf(vmaf: Path, backend: str = "cpu") -> BuiltVmaf:
     """Accept a vmaf binary only if it scores 2 real frames (and, for cuda, only with a CUDA device)."""
     try:
-        version = subprocess.run([str(vmaf), "--version"], capture_output=True, text=True, timeout=60,
-                                 stdin=subprocess.DEVNULL).stdout.strip() or "unknown"
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise WorkFailed(f"the built {vmaf} does not run: {exc}", hint="see the build log in binaries/<platform>/.build/") from None
+        version = proc.run([str(vmaf), "--version"], stage="vmaf --version", timeout=60, check=False).stdout.strip() \
+            or "unknown"
+    except proc.ToolFailed as exc:
+        raise WorkFailed(f"the built {vmaf} does not run: {exc.reason}",
+                         hint="see the build log in binaries/<platform>/.build/") from None
     with tempfile.TemporaryDirectory(prefix="ekit-vmafcheck-") as tmp_name:
         tmp = Path(tmp_name)
         _write_probe_clips(tmp)
-        proc = _score(vmaf, tmp)
+        scored = _score(vmaf, tmp)
         frames = _frames(tmp)
-        if proc.returncode != 0 or len(frames) != PROBE_FRAMES or any("vmaf" not in f["metrics"] for f in frames):
-            reason = (proc.stderr.strip().splitlines() or ["no per-frame vmaf scores written"])[-1]
+        if not scored.ok or len(frames) != PROBE_FRAMES or any("vmaf" not in f["metrics"] for f in frames):
+            reason = proc.last_line(scored.stderr, "no per-frame vmaf scores written")
             hint = "is an NVIDIA driver installed and a GPU visible (nvidia-smi)?" if backend == "cuda" else \
                 "see the build log in binaries/<platform>/.build/"
             raise WorkFailed(f"the built vmaf ({backend}) failed a 2-frame score: {reason[:300]}", hint=hint)
@@ -171,7 +171,7 @@ def verify_vmaf(vmaf: Path, backend: str = "cpu") -> BuiltVmaf:
         evidence = f"scored {PROBE_FRAMES} frames ({scores})"
         if backend == "cuda":
             no_gpu = _score(vmaf, tmp, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
-            if no_gpu.returncode == 0 and len(_frames(tmp)) == PROBE_FRAMES:
+            if no_gpu.ok and len(_frames(tmp)) == PROBE_FRAMES:
                 raise WorkFailed("the vmaf built with -Denable_cuda=true scored just as well with no CUDA device "
                                  "visible: it does not use CUDA",
                                  hint="check that meson found the CUDA toolkit (nvcc) in the build log")

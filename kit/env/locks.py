@@ -24,8 +24,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.version import InvalidVersion, Version
+
 from kit.core.errors import BadInput, PrereqError
 from kit.core.fsio import sha256_file, write_with
+from kit.env.platform import normalize_arch
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ENVIRONMENTS_DIR = REPO_ROOT / "environments"
@@ -98,8 +102,6 @@ class DriftReport:
 
 def parse_requirements_lock(path: Path) -> dict[str, str]:
     """name -> pinned version from a pip-compile lock (`name==ver \\ --hash=...`), markers evaluated."""
-    from packaging.requirements import InvalidRequirement, Requirement
-
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -151,8 +153,6 @@ def compare_pins(locked: dict[str, str], installed: dict[str, str]) -> tuple[lis
 
 
 def _same_version(a: str, b: str) -> bool:
-    from packaging.version import InvalidVersion, Version
-
     try:
         return Version(a) == Version(b)
     except InvalidVersion:
@@ -161,8 +161,6 @@ def _same_version(a: str, b: str) -> bool:
 
 def pip_platform_key() -> str:
     system = "darwin" if sys.platform == "darwin" else sys.platform
-    from kit.env.platform import normalize_arch
-
     return f"{system}-{normalize_arch(_stdlib_platform.machine())}"
 
 
@@ -193,8 +191,6 @@ def pip_drift(lock_dir: Path = ENVIRONMENTS_DIR, *, names: Sequence[str] | None 
 
 def conda_subdir(system: str | None = None, machine: str | None = None) -> str:
     """conda's platform name for this box: linux-64, linux-aarch64, osx-arm64, osx-64."""
-    from kit.env.platform import normalize_arch
-
     system = system or sys.platform
     arch = normalize_arch(machine or _stdlib_platform.machine())
     if system == "darwin":
@@ -233,7 +229,7 @@ def read_conda_meta(prefix: Path) -> dict[str, CondaPackage]:
 
 def _rattler() -> Any:
     try:
-        import rattler
+        import rattler  # optional extra [locks]: imported only when a pixi.lock is read
     except ImportError:
         raise PrereqError("reading pixi.lock needs py-rattler, which is not installed", hint=LOCKS_HINT) from None
     return rattler
@@ -352,7 +348,7 @@ def lock_environments(lock_path: Path) -> list[str]:
 def _convert_sorted(converter: Any, lock_path: Path, env: str, out: Path) -> None:
     """pixi-to-conda-lock's conversion, with platforms and packages sorted: the same pixi.lock always
     gives the same bytes (py-rattler hands platforms over in no fixed order)."""
-    import yaml
+    import yaml  # optional extra [locks]: imported only for an export
 
     converter.convert(lock_path, env, out)
     data = yaml.safe_load(out.read_text(encoding="utf-8"))
@@ -370,7 +366,7 @@ def export_conda_locks(lock_path: Path, out_dir: Path, environments: Iterable[st
     """
     _rattler()
     try:
-        import pixi_to_conda_lock
+        import pixi_to_conda_lock  # optional extra [locks]: imported only for an export
     except ImportError:
         raise PrereqError("conda-lock export needs pixi-to-conda-lock, which is not installed", hint=LOCKS_HINT) from None
     if not lock_path.is_file():

@@ -1,41 +1,34 @@
-"""Host family, architecture, GPUs and the encoders this box can really run.
+"""This box: host family, architecture, GPUs, CPU, cores and an anonymous box id.
 
-The family says which hardware encoders to *try*; only a real test encode (`kit.corpus.ffmpeg.probe_encoder`)
-decides which ones a run uses, because ffmpeg lists NVENC/QSV/VAAPI encoders on boxes that cannot run
-them. Everything that touches the machine goes through `Probes`, so tests can stand in any family.
+The family says which hardware encoders to *try* (`kit.corpus.encoders.FAMILY_ENCODERS`); only a real
+test encode (`kit.corpus.ffmpeg.default_encoders`) decides which ones a run uses, because ffmpeg lists
+NVENC/QSV/VAAPI encoders on boxes that cannot run them. Everything that touches the machine goes
+through `Probes`, so tests can stand in any family.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform as _stdlib_platform
-import re
 import shutil
-import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
+
+from kit.core import proc
+from kit.core.errors import BadInput
+from kit.core.ids import short_id
 
 FAMILIES: tuple[str, ...] = ("linux-cuda", "linux-sycl", "linux-cpu", "darwin")
-
-# Which encoders each family tries, in preference order. Software encoders are the fallback everywhere.
-FAMILY_ENCODERS: dict[str, tuple[str, ...]] = {
-    "linux-cuda": ("h264_nvenc", "hevc_nvenc", "av1_nvenc"),
-    "linux-sycl": ("h264_qsv", "hevc_qsv", "av1_qsv", "h264_vaapi", "hevc_vaapi"),
-    "linux-cpu": ("libx264", "libx265", "libsvtav1"),
-    "darwin": ("h264_videotoolbox", "hevc_videotoolbox"),
-}
-FALLBACK_ENCODER = "libx264"
+# The pixi environment (pixi.toml) made for each family; the distribution's `run` script picks by it.
+PIXI_ENVS: dict[str, str] = {"linux-cuda": "cuda", "linux-sycl": "sycl", "linux-cpu": "default", "darwin": "osx"}
+# pixi environments built for a GPU vendor: running one without that GPU is a prerequisite failure.
+PIXI_ENV_GPU: dict[str, str] = {"cuda": "nvidia", "sycl": "intel"}
 
 INTEL_PCI_VENDOR = "0x8086"
-# NVIDIA data-centre GPUs built without NVENC (compute only): the probe fails there by design.
-NO_NVENC_GPUS = re.compile(r"\b(A100|A800|A30|H100|H800|H200|GH200)\b", re.I)
-# NVENC AV1 needs Ada Lovelace (RTX 40xx, L4, L40) or newer.
-NVENC_AV1_HINT = "NVENC AV1 needs an Ada Lovelace or newer GPU (RTX 40xx, L4, L40)"
 
 
 @dataclass(frozen=True)
@@ -62,11 +55,6 @@ class HostPlatform:
     @property
     def tag(self) -> str:
         return f"{self.family}-{self.arch}"
-
-    @property
-    def encoders(self) -> tuple[str, ...]:
-        """The encoders this family tries (not yet probed)."""
-        return FAMILY_ENCODERS[self.family]
 
 
 @dataclass(frozen=True)
@@ -100,8 +88,6 @@ def _detect_default(forced: str) -> HostPlatform:
 
 
 def _detect(probes: Probes, forced: str) -> HostPlatform:
-    from kit.core.errors import BadInput
-
     arch = normalize_arch(probes.machine())
     if probes.system() == "darwin":
         # Apple silicon reports arm64; Intel Macs x86_64. No discrete-GPU probing: VideoToolbox decides.
@@ -129,7 +115,7 @@ def box_id() -> str:
             break
     else:
         seed = _stdlib_platform.node()
-    return hashlib.sha256(f"ensemble-kit:{seed}".encode()).hexdigest()[:12]
+    return short_id(f"ensemble-kit:{seed}")
 
 
 # ---- machine probes ------------------------------------------------------------------------
@@ -160,11 +146,11 @@ def _nvidia_smi_gpus() -> list[GPU]:
     if exe is None:
         return []
     try:
-        proc = subprocess.run([exe, f"--query-gpu={NVIDIA_SMI_QUERY}", "--format=csv,noheader,nounits"],
-                              capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired):
+        done = proc.run([exe, f"--query-gpu={NVIDIA_SMI_QUERY}", "--format=csv,noheader,nounits"], stage="nvidia-smi",
+                        timeout=20, check=False)
+    except proc.ToolFailed:
         return []
-    return parse_nvidia_smi(proc.stdout) if proc.returncode == 0 else []
+    return parse_nvidia_smi(done.stdout) if done.ok else []
 
 
 def _intel_render_gpus(drm: Path = Path("/sys/class/drm")) -> list[GPU]:
@@ -192,11 +178,11 @@ def cpu_model() -> str:
     """CPU model name (stable per box; part of the fingerprint)."""
     if sys.platform == "darwin":
         try:
-            out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
-                                 timeout=10, stdin=subprocess.DEVNULL).stdout.strip()
+            out = proc.run(["sysctl", "-n", "machdep.cpu.brand_string"], stage="sysctl", timeout=10,
+                           check=False).stdout.strip()
             if out:
                 return out
-        except (OSError, subprocess.TimeoutExpired):
+        except proc.ToolFailed:
             pass
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -207,75 +193,10 @@ def cpu_model() -> str:
     return _stdlib_platform.processor() or "unknown"
 
 
-# ---- default encoders from real probes -------------------------------------------------------
-
-
-class ProbeResult(Protocol):
-    encoder: str
-    ok: bool
-    reason: str
-
-
-@dataclass(frozen=True)
-class EncoderChoice:
-    encoders: tuple[str, ...]  # what a run uses by default
-    rejected: dict[str, str]  # encoder -> why it was not usable on this box
-    warnings: tuple[str, ...]  # one line each, for the user
-
-
-def explain_failure(host: HostPlatform, encoder: str, reason: str) -> str:
-    """One line: why `encoder` failed here, in words a video engineer can act on."""
-    line = f"{encoder}: test encode failed ({reason})"
-    if "nvenc" in encoder:
-        names = [g.name for g in host.gpus if g.vendor == "nvidia"]
-        no_nvenc = [n for n in names if NO_NVENC_GPUS.search(n)]
-        if no_nvenc:
-            return (f"{encoder}: test encode failed: this GPU ({no_nvenc[0]}) has no NVENC encoder "
-                    "(data-centre GPUs like A100/H100/H200 have none)")
-        if not names:
-            return f"{encoder}: test encode failed: no NVIDIA GPU visible to the driver (nvidia-smi lists none)"
-        if encoder == "av1_nvenc":
-            return f"{line}; {NVENC_AV1_HINT}"
-    if ("qsv" in encoder or "vaapi" in encoder) and not any(g.vendor == "intel" for g in host.gpus):
-        return f"{encoder}: test encode failed: no Intel GPU render node ({reason})"
-    if "videotoolbox" in encoder and host.family != "darwin":
-        return f"{encoder}: only available on macOS"
-    return line
-
-
-def default_encoders(host: HostPlatform | None = None, *, probe: Callable[[str], ProbeResult] | None = None,
-                     ffmpeg: Any | None = None) -> EncoderChoice:
-    """The family's encoders that pass a real test encode; libx264 (with a warning saying why) if none do.
-
-    `probe(encoder)` defaults to `kit.corpus.ffmpeg.probe_encoder(ffmpeg, encoder)` on the bundled ffmpeg.
-    """
-    host = host or detect()
-    if probe is None:
-        from kit.corpus import ffmpeg as tools
-
-        ff = ffmpeg or tools.find_ffmpeg(require_libvmaf=False)
-
-        def probe(name: str) -> ProbeResult:
-            return tools.probe_encoder(ff, name)
-
-    ok: list[str] = []
-    rejected: dict[str, str] = {}
-    warnings: list[str] = []
-    for name in host.encoders:
-        result = probe(name)
-        if result.ok:
-            ok.append(name)
-        else:
-            rejected[name] = explain_failure(host, name, result.reason)
-            warnings.append(rejected[name])
-    if ok:
-        return EncoderChoice(tuple(ok), rejected, tuple(warnings))
-    fallback = probe(FALLBACK_ENCODER) if FALLBACK_ENCODER not in rejected else None
-    if fallback is not None and fallback.ok:
-        warnings.append(f"none of {', '.join(host.encoders)} works on this {host.family} box; "
-                        f"falling back to {FALLBACK_ENCODER}")
-        return EncoderChoice((FALLBACK_ENCODER,), rejected, tuple(warnings))
-    if fallback is not None:
-        rejected[FALLBACK_ENCODER] = explain_failure(host, FALLBACK_ENCODER, fallback.reason)
-        warnings.append(rejected[FALLBACK_ENCODER])
-    return EncoderChoice((), rejected, tuple(warnings))
+@cache
+def cpu_count() -> int:
+    """Cores this process may use (respects affinity / cgroup-pinned CPU sets)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)

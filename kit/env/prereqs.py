@@ -11,16 +11,18 @@ import importlib
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from kit.core import proc
 from kit.core.errors import BadInput, KitError, PrereqError
 from kit.core.schema import LIBVMAF_KEYS
 from kit.corpus import encoders as encoder_table
+from kit.corpus import ffmpeg as tools
 from kit.env import locks
 from kit.env import platform as host_platform
 from kit.env.fingerprint import PACKAGES
@@ -29,8 +31,6 @@ PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 NVENC_MIN_FREE_MIB = 512  # an NVENC session plus upload surfaces at 1080p needs a few hundred MiB
 DISK_HEADROOM = 256 << 20  # run.json, cells, corpus, models, report
 DEMO_REFERENCE_BYTES = 64 << 20
-# pixi environments built for a family: the GPU that environment is for.
-PIXI_ENV_GPU = {"cuda": "nvidia", "sycl": "intel"}
 FIX_LOCK = {"pixi": "pixi install --locked (or `pixi run -e <env> ...`, which installs from the lock)",
             "pip": "pip install --require-hashes --no-deps -r environments/<lock>.txt (see environments/README.md)"}
 
@@ -62,8 +62,6 @@ class PrereqReport:
 
 
 def check_ffmpeg(explicit: str | None) -> tuple[Check, Any | None]:
-    from kit.corpus import ffmpeg as tools
-
     try:
         ff = tools.find_ffmpeg(explicit, require_libvmaf=False)
     except KitError as exc:
@@ -84,13 +82,13 @@ def check_libvmaf(ff: Any | None) -> Check:
                 "-f", "lavfi", "-i", src, "-lavfi", "[0:v]gblur=sigma=1.5[d];[d][1:v]libvmaf=log_fmt=json:log_path=s.json",
                 "-f", "null", "-"]
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=tmp, stdin=subprocess.DEVNULL)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return Check("libvmaf", FAIL, f"a 2-frame score did not run: {exc}", "pass another --ffmpeg")
+            done = proc.run(argv, stage="libvmaf check", timeout=60, cwd=Path(tmp), check=False, stdout=False)
+        except proc.ToolFailed as exc:
+            return Check("libvmaf", FAIL, f"a 2-frame score did not run: {exc.reason}", "pass another --ffmpeg")
         try:
             frames = json.loads((Path(tmp) / "s.json").read_text())["frames"]
         except (OSError, ValueError, KeyError):
-            reason = (proc.stderr.strip().splitlines() or ["no score written"])[-1]
+            reason = proc.last_line(done.stderr, "no score written")
             return Check("libvmaf", FAIL, f"a 2-frame score failed: {reason}",
                          "reinstall imageio-ffmpeg or pass another --ffmpeg")
     missing = sorted({key for f in frames for key in LIBVMAF_KEYS.values() if key not in f["metrics"]}
@@ -113,11 +111,11 @@ def check_encoders(host: host_platform.HostPlatform, requested: Sequence[str] | 
             if result.ok:
                 rows.append(Check(f"encoder {name}", PASS, "test encode ok"))
             else:
-                rows.append(Check(f"encoder {name}", FAIL, host_platform.explain_failure(host, name, result.reason),
+                rows.append(Check(f"encoder {name}", FAIL, tools.explain_failure(host, name, result.reason),
                                   "drop it from --encoders, or run `ensemble-kit prereqs` without --encoders "
                                   "to see what this box can run"))
         return rows, tuple(n for n, r in zip(requested, rows, strict=True) if r.status == PASS)
-    choice = host_platform.default_encoders(host, probe=probe)
+    choice = tools.default_encoders(host, probe=probe)
     for name in choice.encoders:
         rows.append(Check(f"encoder {name}", PASS, f"test encode ok (default for {host.family})"))
     for name, why in choice.rejected.items():
@@ -125,8 +123,8 @@ def check_encoders(host: host_platform.HostPlatform, requested: Sequence[str] | 
         rows.append(Check(f"encoder {name}", status, why,
                           f"runs use {', '.join(choice.encoders)} instead" if choice.encoders
                           else "no encoder works: check the ffmpeg row"))
-    if choice.encoders and choice.encoders[0] == host_platform.FALLBACK_ENCODER and \
-            host_platform.FALLBACK_ENCODER not in host.encoders:
+    if choice.encoders and choice.encoders[0] == encoder_table.FALLBACK_ENCODER and \
+            encoder_table.FALLBACK_ENCODER not in encoder_table.FAMILY_ENCODERS[host.family]:
         rows.append(Check("encoders", WARN, f"none of the {host.family} encoders works; falling back to libx264",
                           "the rows above say why; results will not cover this box's hardware encoders"))
     return rows, choice.encoders
@@ -134,8 +132,6 @@ def check_encoders(host: host_platform.HostPlatform, requested: Sequence[str] | 
 
 def check_packages(drift: locks.DriftReport | None) -> Check:
     """The fingerprinted packages import, at the versions the lock pins."""
-    from importlib import metadata
-
     broken, versions = [], []
     for dist in PACKAGES:
         try:
@@ -171,7 +167,7 @@ def check_gpu(host: host_platform.HostPlatform, encoders_in_use: Sequence[str],
     """A GPU is checked only where something runs on it: the hardware encoders a run will use."""
     hw = {encoder_table.ENCODERS[e].hw for e in encoders_in_use if e in encoder_table.ENCODERS} - {None}
     needs = set(hw) & {"cuda", "qsv", "vaapi"}
-    env_vendor = PIXI_ENV_GPU.get(pixi_env or "")
+    env_vendor = host_platform.PIXI_ENV_GPU.get(pixi_env or "")
     nvidia = [g for g in host.gpus if g.vendor == "nvidia"]
     intel = [g for g in host.gpus if g.vendor == "intel"]
     if env_vendor == "nvidia" and not nvidia:
@@ -244,8 +240,6 @@ def run_prereqs(*, encoders: Sequence[str] | None = None, out_dir: Path = Path("
                 strict: bool = False, ffmpeg: str | None = None, host: host_platform.HostPlatform | None = None,
                 probe: Callable[[str], Any] | None = None, jobs: int | None = None) -> PrereqReport:
     """Every check, in the order a user fixes them. `probe`/`host` are injectable for tests."""
-    from kit.corpus import ffmpeg as tools
-
     if ref_dir is not None and not ref_dir.is_dir():
         raise BadInput(f"--ref-dir: {ref_dir} is not a directory", hint="pass the folder with the reference clips")
     host = host or host_platform.detect()
@@ -264,7 +258,7 @@ def run_prereqs(*, encoders: Sequence[str] | None = None, out_dir: Path = Path("
     drift_row, drift = check_drift()
     rows += [check_packages(drift), drift_row]
     rows.append(check_gpu(host, in_use, os.environ.get("PIXI_ENVIRONMENT_NAME")))
-    rows.append(check_disk(out_dir, ref_dir, jobs or tools.cpu_count()))
+    rows.append(check_disk(out_dir, ref_dir, jobs or host_platform.cpu_count()))
     rows.append(check_writable(out_dir))
     if strict:
         rows = [Check(r.name, FAIL, r.detail, r.hint) if r.status == WARN else r for r in rows]

@@ -1,4 +1,4 @@
-"""Full-corpus fit per seed, self-contained ONNX export verified against PyTorch, and ensemble predict.
+"""Full-corpus fit per seed, self-contained ONNX export, verified against PyTorch with onnxruntime.
 
 Each member is one ONNX file (opset 17, weights inside the file: no `.onnx.data`), inputs
 `features` [N, 6] (raw libvmaf values, in kit.core.schema.FEATURES order; the scaler is in the graph) and
@@ -18,28 +18,33 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pandas as pd
 import torch
-from scipy import stats
 
 from kit.core.errors import BadInput, WorkFailed
-from kit.core.fsio import read_json, sha256_bytes, sha256_file, write_bytes, write_json, write_with
+from kit.core.fsio import json_safe, read_json, sha256_bytes, sha256_file, write_bytes, write_json
+from kit.core.ids import shorten
+from kit.core.rundir import RunDir
 from kit.core.schema import FEATURES
+from kit.corpus.table import corpus_sha256, corpus_summary
+from kit.env import fingerprint as env_fingerprint
+from kit.results import predict
+from kit.results.thresholds import PROMOTE
 from kit.train.batched import Job, deterministic_torch, train_models
+from kit.train.codec import codec_block, codec_layout
 from kit.train.config import TrainConfig
 from kit.train.data import (
-    VOCAB,
+    Scaler,
     canonical_order,
     check_trainable,
-    codec_block,
-    codec_layout,
-    corpus_summary,
     features,
+    load_corpus,
+    model_inputs,
     normalise,
     target,
 )
-from kit.train.loso import FULL_TAG, Scaler, _json_safe, model_inputs
+from kit.train.loso import FULL_TAG
+from kit.train.loso_files import load_loso
 from kit.train.model import ScoringModel
 
 OPSET = 17
@@ -66,14 +71,6 @@ def _to_onnx(model: ScoringModel, n_codec: int) -> bytes:
     return proto.SerializeToString()
 
 
-def _ort_scores(onnx_bytes: bytes, feats: np.ndarray, codec: np.ndarray) -> np.ndarray:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    session = ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
-    return session.run(["score"], {"features": feats.astype(np.float32), "codec_onehot": codec.astype(np.float32)})[0]
-
-
 def export_ensemble(
     corpus_df: pd.DataFrame,
     config: TrainConfig,
@@ -84,14 +81,16 @@ def export_ensemble(
     *,
     name: str = DEFAULT_NAME,
     progress: Callable[[int, int], None] | None = None,
+    environment: tuple[dict[str, Any], str] | None = None,
 ) -> dict[str, Any]:
     """Fit one model per seed on the whole corpus, export and verify each, write ensemble.json.
 
     Refuses (bad input) unless the gate snapshot says PROMOTE or `force`. ONNX/PyTorch disagreement
-    beyond 1e-4 on any corpus row is a work failure (exit 4).
+    beyond 1e-4 on any corpus row is a work failure (exit 4). `environment` is the (fingerprint, id)
+    the sidecars record (default: this environment's, `kit.env.fingerprint.current()`).
     """
     verdict = (gate_snapshot or {}).get("verdict")
-    if verdict != "PROMOTE" and not force:
+    if verdict != PROMOTE and not force:
         raise BadInput(
             f"the verdict is {verdict or 'missing'}: models are exported only on PROMOTE",
             hint="pass --force to export anyway (the sidecars record the verdict)",
@@ -106,9 +105,7 @@ def export_ensemble(
     net = train_models([(x, y)], jobs, config, names=[f"seed {s} (full corpus)" for s in seeds], progress=progress)
     raw_feats = features(df).astype(np.float32)
     codec = codec_block(df)
-    from kit.env.fingerprint import fingerprint, fingerprint_id
-
-    fp = fingerprint()
+    fp, fp_id = environment if environment is not None else env_fingerprint.current()
     models_dir = Path(models_dir)
     members = []
     for m, seed in enumerate(seeds):
@@ -117,7 +114,7 @@ def export_ensemble(
             with torch.no_grad():
                 torch_scores = module(torch.from_numpy(raw_feats), torch.from_numpy(codec)).numpy()
             onnx_bytes = _to_onnx(module, codec.shape[1])
-        ort_scores = _ort_scores(onnx_bytes, raw_feats, codec)
+        ort_scores = predict.ort_scores(onnx_bytes, raw_feats, codec)
         worst = float(np.max(np.abs(ort_scores - torch_scores))) if len(df) else 0.0
         if not math.isfinite(worst) or worst > PARITY_TOL:
             raise WorkFailed(
@@ -143,15 +140,15 @@ def export_ensemble(
             "parity": {"max_abs_diff": worst, "tolerance": PARITY_TOL, "rows": int(len(df))},
             "config": config.to_dict(),
             "gate": gate_snapshot or {},
-            "forced": bool(force and verdict != "PROMOTE"),
+            "forced": bool(force and verdict != PROMOTE),
             "corpus_sha256": corpus["sha256"],
             "fingerprint": fp,
-            "fingerprint_id": fingerprint_id(fp),
+            "fingerprint_id": fp_id,
         }
-        write_json(models_dir / sidecar_name, _json_safe(sidecar))
+        write_json(models_dir / sidecar_name, json_safe(sidecar))
         members.append({"seed": seed, "onnx": onnx_name, "sidecar": sidecar_name, "sha256": digest,
                         "sidecar_sha256": sha256_file(models_dir / sidecar_name)})
-    ensemble = _json_safe({
+    ensemble = json_safe({
         "schema_version": SCHEMA_VERSION,
         "name": name,
         "members": members,
@@ -161,92 +158,35 @@ def export_ensemble(
         "feature_order": list(FEATURES),
         "config": config.to_dict(),
         "gate": gate_snapshot or {},
-        "forced": bool(force and verdict != "PROMOTE"),
+        "forced": bool(force and verdict != PROMOTE),
         "fingerprint": fp,
-        "fingerprint_id": fingerprint_id(fp),
+        "fingerprint_id": fp_id,
     })
     write_json(models_dir / "ensemble.json", ensemble)
     return ensemble
 
 
-def load_ensemble(models_dir: str | Path) -> tuple[dict[str, Any], list[tuple[dict[str, Any], bytes]]]:
-    """ensemble.json and each member's (sidecar, onnx bytes), every sha256 verified."""
-    models_dir = Path(models_dir)
-    ensemble = read_json(models_dir / "ensemble.json", what="models/ensemble.json")
-    members = []
-    for member in ensemble.get("members", []):
-        path = models_dir / member["onnx"]
-        if not path.is_file():
-            raise BadInput(f"{path}: listed in ensemble.json but missing", hint="rerun `ensemble-kit export`")
-        data = path.read_bytes()
-        if sha256_bytes(data) != member["sha256"]:
-            raise BadInput(f"{path}: sha256 differs from ensemble.json (file changed)", hint="rerun `ensemble-kit export`")
-        sidecar = read_json(models_dir / member["sidecar"], what=f"sidecar {member['sidecar']}")
-        members.append((sidecar, data))
-    if not members:
-        raise BadInput(f"{models_dir / 'ensemble.json'} lists no members", hint="rerun `ensemble-kit export`")
-    return ensemble, members
-
-
-def predict_ensemble(models_dir: str | Path, corpus_df: pd.DataFrame) -> pd.DataFrame:
-    """Every member's score per row, their mean, std (ddof=1) and a 95% interval of the mean.
-
-    Interval: mean +- t(0.975, n-1) * std / sqrt(n) over the n members (NaN with one member).
-    """
-    _, members = load_ensemble(models_dir)
-    df = canonical_order(normalise(corpus_df))
-    feats = features(df).astype(np.float32)
-    out = pd.DataFrame({c: df[c] for c in ("src", "src_sha256", "encoder", "cq", "frame_index") if c in df.columns})
-    if "vmaf" in df.columns:
-        out["vmaf"] = df["vmaf"].to_numpy()
-    scores = []
-    for sidecar, data in members:
-        vocab = tuple(sidecar.get("codec", {}).get("vocab", VOCAB))
-        s = _ort_scores(data, feats, codec_block(df, vocab)).astype(np.float64)
-        out[f"pred_seed{sidecar['seed']}"] = s
-        scores.append(s)
-    stack = np.vstack(scores)
-    n = stack.shape[0]
-    mean = stack.mean(axis=0)
-    std = stack.std(axis=0, ddof=1) if n > 1 else np.full(stack.shape[1], np.nan)
-    half = stats.t.ppf(0.975, n - 1) * std / math.sqrt(n) if n > 1 else np.full(stack.shape[1], np.nan)
-    out["pred_mean"], out["pred_std"] = mean, std
-    out["pred_ci95_low"], out["pred_ci95_high"] = mean - half, mean + half
-    return out
-
-
-def write_predictions(df: pd.DataFrame, path: str | Path) -> None:
-    """Atomically write predictions as .csv or .parquet (by suffix)."""
-    p = Path(path)
-    if p.suffix.lower() == ".csv":
-        write_with(p, lambda tmp: df.to_csv(tmp, index=False, lineterminator="\n", float_format="%.9g"))
-    else:
-        write_with(p, lambda tmp: df.to_parquet(tmp, index=False))
-
-
 def export_run(run_dir: str | Path, *, force: bool = False, corpus: str | Path | None = None,
-               name: str = DEFAULT_NAME, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+               name: str = DEFAULT_NAME, progress: Callable[[int, int], None] | None = None,
+               environment: tuple[dict[str, Any], str] | None = None) -> dict[str, Any]:
     """`ensemble-kit export`: the run's corpus, seeds and config -> run_dir/models/ (PROMOTE or force).
 
     The corpus must be the one the verdict was computed on (same content sha256), so models never
     ride on a verdict about other data.
     """
-    from kit.core.rundir import RunDir
-    from kit.train.data import corpus_sha256, load_corpus
-    from kit.train.loso import load_loso
-
     rd = RunDir(Path(run_dir))
     verdict = read_json(rd.verdict, what="verdict.json (run `ensemble-kit verdict` first)")
-    loso = load_loso(rd.loso_dir)
+    loso = load_loso(rd)
     df = load_corpus(corpus or rd.corpus)
     want = (verdict.get("corpus") or {}).get("sha256")
     have = corpus_sha256(df)
     if want and have != want:
         raise BadInput(
             f"the corpus ({corpus or rd.corpus}) is not the one the verdict was computed on "
-            f"(sha256 {have[:12]} vs {want[:12]})",
+            f"(sha256 {shorten(have)} vs {shorten(want)})",
             hint="rerun `ensemble-kit train` and `verdict` on this corpus, or pass the original --corpus",
         )
     snapshot = {"verdict": verdict.get("verdict"), "gate": verdict.get("gate"),
                 "generated_at_utc": verdict.get("generated_at_utc"), "recommendation": verdict.get("recommendation")}
-    return export_ensemble(df, loso.config, loso.seeds, snapshot, rd.models_dir, force, name=name, progress=progress)
+    return export_ensemble(df, loso.config, loso.seeds, snapshot, rd.models_dir, force, name=name, progress=progress,
+                           environment=environment)

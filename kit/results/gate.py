@@ -1,4 +1,4 @@
-"""The PROMOTE/HOLD rule and the one verdict file.
+"""Where the verdict is decided: the PROMOTE/HOLD rule (`decide`) and the one verdict file.
 
 PROMOTE iff, over the per-seed LOSO mean PLCCs (each seed's mean over its folds):
   * their mean  >= mean_plcc_threshold   (default 0.95)
@@ -17,25 +17,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kit.core.fsio import write_json
+from kit.core.fsio import json_safe, write_json
 from kit.core.rundir import RunDir
-from kit.train.loso import LosoResult, _json_safe, load_loso
+from kit.results.thresholds import GATE_EPS, HOLD, PROMOTE, Thresholds
+from kit.train.loso_files import LosoResult, load_loso
 
 SCHEMA_VERSION = 1
-GATE_EPS = 1e-12
-PROMOTE, HOLD = "PROMOTE", "HOLD"
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    mean_plcc: float = 0.95
-    plcc_spread_max: float = 0.005
-    per_seed_min: float = 0.95
+DEFAULT_THRESHOLDS = Thresholds()
 
 
 @dataclass
@@ -63,7 +56,7 @@ def _fmt(v: float) -> str:
     return "NaN" if not math.isfinite(v) else f"{v:.4f}"
 
 
-def decide(loso: LosoResult | Mapping[int, float], thresholds: Thresholds = Thresholds()) -> Verdict:
+def decide(loso: LosoResult | Mapping[int, float], thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Verdict:
     """Apply the gate to a LOSO result (or a {seed: mean PLCC} mapping)."""
     nan_folds: list[dict[str, Any]] = []
     if isinstance(loso, LosoResult):
@@ -124,7 +117,7 @@ def verdict_document(verdict: Verdict, loso: LosoResult, *, now: datetime | None
     """The verdict.json content: everything a reviewer needs to trust or re-derive the verdict."""
     stamp = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
     folds = loso.folds.sort_values(["seed", "fold_src_sha256"], kind="mergesort")
-    return _json_safe({
+    return json_safe({
         "schema_version": SCHEMA_VERSION,
         "verdict": verdict.verdict,
         "generated_at_utc": stamp,
@@ -158,11 +151,6 @@ def write_verdict(
 ) -> dict[str, Any]:
     """`ensemble-kit verdict`: read run_dir/loso/, apply the gate, write run_dir/verdict.json."""
     rd = RunDir(Path(run_dir))
-    loso = load_loso(rd.loso_dir)
+    loso = load_loso(rd)
     verdict = decide(loso, Thresholds(mean_plcc, plcc_spread_max, per_seed_min))
     return write_verdict_file(rd.verdict, verdict, loso, now=now)
-
-
-GATE_DEFAULTS: dict[str, float] = asdict(Thresholds())
-
-

@@ -22,9 +22,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from kit.core.fsio import read_json, write_text, write_with  # noqa: E402
-from kit.core.rundir import RunDir  # noqa: E402
+from kit.core.rundir import REPORT_IMAGES, RunDir  # noqa: E402
+from kit.results.thresholds import HOLD, PROMOTE, Thresholds  # noqa: E402
 from kit.train.data import load_corpus  # noqa: E402
-from kit.train.loso import load_loso  # noqa: E402
+from kit.train.loso_files import load_loso  # noqa: E402
 
 PNG_META = {"Software": None}  # no matplotlib version stamp: same data -> same image bytes
 
@@ -116,29 +117,36 @@ def _table(df: pd.DataFrame) -> str:
 
 
 def build_report(run_dir: str | Path, corpus_df: pd.DataFrame | None = None) -> Path:
-    """Write run_dir/report/index.html and its PNGs from loso/, verdict.json and the corpus."""
+    """Write run_dir/report/index.html and its PNGs from loso/, verdict.json and the corpus.
+
+    A picture this report does not draw (no predictions, no corpus) is removed if an earlier report
+    left one, so report/ holds exactly this report (`RunDir.report_files`).
+    """
     rd = RunDir(Path(run_dir))
-    loso = load_loso(rd.loso_dir, with_predictions=True)
+    loso = load_loso(rd, with_predictions=True)
     verdict: dict[str, Any] = read_json(rd.verdict, what="verdict.json") if rd.verdict.is_file() else {}
     if corpus_df is None and rd.corpus.is_file():
         corpus_df = load_corpus(rd.corpus)
     out = rd.report_dir
     out.mkdir(parents=True, exist_ok=True)
-    threshold = float(verdict.get("gate", {}).get("per_seed_min", 0.95))
+    threshold = float(verdict.get("gate", {}).get("per_seed_min", Thresholds().per_seed_min))
     images = [("fold_plcc.png", "Per-fold PLCC per seed")]
-    plot_fold_plcc(loso.folds, threshold, out / "fold_plcc.png")
+    plot_fold_plcc(loso.folds, threshold, rd.report_image("fold_plcc.png"))
     if len(loso.predictions):
-        plot_pred_vs_actual(loso.predictions, out / "pred_vs_actual.png")
+        plot_pred_vs_actual(loso.predictions, rd.report_image("pred_vs_actual.png"))
         images.append(("pred_vs_actual.png", "Predicted vs measured VMAF per held-out source"))
     notes = []
     if corpus_df is not None and len(corpus_df):
-        plot_rate_quality(corpus_df, out / "rate_quality.png")
+        plot_rate_quality(corpus_df, rd.report_image("rate_quality.png"))
         images.append(("rate_quality.png", "Rate-quality curves per encoder per source"))
     else:
         notes.append(f"No corpus at {rd.corpus}: rate-quality plot left out (pass --corpus PATH).")
+    drawn = {name for name, _ in images}
+    for stale in (rd.report_image(n) for n in REPORT_IMAGES if n not in drawn):
+        stale.unlink(missing_ok=True)
     gate = verdict.get("gate", {})
     name = verdict.get("verdict", "no verdict yet")
-    colour = {"PROMOTE": "#1a7f37", "HOLD": "#b35900"}.get(name, "#555")
+    colour = {PROMOTE: "#1a7f37", HOLD: "#b35900"}.get(name, "#555")
     gate_rows = pd.DataFrame(
         [(k, gate[k]) for k in ("mean_plcc", "mean_plcc_threshold", "plcc_spread", "plcc_spread_max", "per_seed_min",
                                 "failing_seeds") if k in gate], columns=["gate", "value"])
@@ -164,8 +172,5 @@ environment <code>{html.escape(loso.fingerprint_id)}</code>.</p>
 {_table(pd.DataFrame(sorted(loso.config.to_dict().items()), columns=["field", "value"]))}
 </body></html>
 """
-    write_text(out / "index.html", body)
-    return out / "index.html"
-
-
-write_report = build_report  # the pipeline's name for it
+    write_text(rd.report_index, body)
+    return rd.report_index

@@ -1,12 +1,13 @@
 """Every training hyperparameter in one dataclass: the defaults ARE the model the consumers expect.
 
-Each field is overridable from the CLI (`--epochs`, `--lr`, ...) and the whole config is recorded in
-the LOSO summary, the verdict and every model sidecar, so a result always says how it was trained.
+Each field is a CLI flag (`--epochs`, `--lr`, ...: `kit.cli.options.train_config_options` makes one
+per field, with the field's `help`), and the whole config is recorded in the LOSO summary, the verdict
+and every model sidecar, so a result always says how it was trained. Adding a field adds its flag.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from kit.core.errors import BadInput
@@ -14,20 +15,24 @@ from kit.core.errors import BadInput
 
 @dataclass(frozen=True)
 class TrainConfig:
-    hidden: int = 64  # width of both hidden layers (MLP: in -> hidden -> hidden -> 1)
-    dropout: float = 0.1  # after each GELU (exact, erf) activation
-    lr: float = 5e-4  # Adam
-    weight_decay: float = 1e-5  # Adam's L2 term (added to the gradient, as torch.optim.Adam does)
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    batch_size: int = 32
-    epochs: int = 200
-    workers: int = 0  # model groups trained side by side, one Python thread each; 0 = one per core.
-    # Results do not depend on it (each model's arithmetic is independent of its group).
-    threads: int = 1  # torch intra-op threads; FIXED (not "all cores") so results are byte-identical.
-    # 1 is also the fastest here: the batched step is many small ops, and a second OpenMP thread on a
-    # busy box makes every op wait for it (measured 3 ms vs 20-50 ms per step on a shared 2-core box).
+    hidden: int = field(default=64, metadata={"help": "Width of both hidden layers (MLP: in -> hidden -> hidden -> 1)."})
+    dropout: float = field(default=0.1, metadata={"help": "Dropout after each GELU (exact, erf) activation."})
+    lr: float = field(default=5e-4, metadata={"help": "Adam learning rate."})
+    weight_decay: float = field(default=1e-5, metadata={
+        "help": "Adam L2 weight decay (added to the gradient, as torch.optim.Adam does)."})
+    beta1: float = field(default=0.9, metadata={"help": "Adam beta1."})
+    beta2: float = field(default=0.999, metadata={"help": "Adam beta2."})
+    eps: float = field(default=1e-8, metadata={"help": "Adam epsilon."})
+    batch_size: int = field(default=32, metadata={"help": "Rows per step (the last batch of an epoch is partial)."})
+    epochs: int = field(default=200, metadata={"help": "Training epochs per model."})
+    # Model groups trained side by side, one Python thread each; 0 = one per core. Results do not
+    # depend on it (each model's arithmetic is independent of its group).
+    workers: int = field(default=0, metadata={
+        "help": "Model groups trained side by side, 0 = one per core; results do not depend on it."})
+    # torch intra-op threads; FIXED (not "all cores") so results are byte-identical. 1 is also the
+    # fastest here: the batched step is many small ops, and a second OpenMP thread on a busy box makes
+    # every op wait for it (measured 3 ms vs 20-50 ms per step on a shared 2-core box).
+    threads: int = field(default=1, metadata={"help": "Torch threads, fixed for reproducibility."})
 
     def __post_init__(self) -> None:
         checks = {

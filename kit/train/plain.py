@@ -1,8 +1,9 @@
 """The readable reference: one model, a plain PyTorch loop (autograd + torch.optim.Adam).
 
-It draws from the model's generator exactly as the batched trainer does (init, per-epoch shuffle,
-per-step dropout masks), so for the same key it trains the same model up to float rounding. Tests
-use it to prove the batched trainer right; the benchmark uses it as the "best plain loop".
+It trains `kit.train.model.Regressor` and draws from the model's generator exactly as the batched
+trainer does (init, per-epoch shuffle, per-step dropout masks), so for the same key it trains the
+same model up to float rounding. Tests use it to prove the batched trainer right; the benchmark uses
+it as the "best plain loop".
 """
 
 from __future__ import annotations
@@ -11,36 +12,29 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kit.train.batched import init_weights, model_rng
+from kit.train.batched import model_rng
 from kit.train.config import TrainConfig
-from kit.train.model import Regressor, Weights
+from kit.train.model import HIDDEN_LAYERS, Weights, init_params
 
 
-def dropout_masks(rng: np.random.Generator, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """One step's keep-masks (scaled) for both hidden layers, drawn like batched.Trainer draws them."""
+def dropout_masks(rng: np.random.Generator, config: TrainConfig) -> list[torch.Tensor]:
+    """One step's keep-masks (scaled), one per hidden layer, drawn like batched.Trainer draws them."""
     B, H = config.batch_size, config.hidden
+    width = HIDDEN_LAYERS * H
     if config.dropout == 0:
-        ones = torch.ones(B, H)
-        return ones, ones
+        return [torch.ones(B, H) for _ in range(HIDDEN_LAYERS)]
     threshold = round(config.dropout * 65536)
     scale = np.float32(1.0 / (1.0 - threshold / 65536))
-    u64 = -(-(B * 2 * H * 2) // 8)
-    u16 = rng.bit_generator.random_raw(u64).view(np.uint16)[: B * 2 * H].reshape(B, 2 * H)
+    u64 = -(-(B * width * 2) // 8)
+    u16 = rng.bit_generator.random_raw(u64).view(np.uint16)[: B * width].reshape(B, width)
     mask = torch.from_numpy(((u16 >= threshold) * scale).astype(np.float32))
-    return mask[:, :H], mask[:, H:]
-
-
-def forward_masked(model: Regressor, x: torch.Tensor, m1: torch.Tensor, m2: torch.Tensor) -> torch.Tensor:
-    lin1, lin2, lin3 = model.net[0], model.net[3], model.net[6]
-    h1 = F.gelu(lin1(x)) * m1[: len(x)]
-    h2 = F.gelu(lin2(h1)) * m2[: len(x)]
-    return lin3(h2).squeeze(-1)
+    return [mask[:, k * H : (k + 1) * H] for k in range(HIDDEN_LAYERS)]
 
 
 def train_one(x: np.ndarray, y: np.ndarray, config: TrainConfig, key: tuple[int, ...]) -> Weights:
     """Train one regressor on standardised inputs x [n, n_in] and target y [n]."""
     rng = model_rng(key)
-    model = Weights(**init_weights(rng, x.shape[1], config.hidden)).to_module(config).train()
+    model = Weights(init_params(rng, x.shape[1], config.hidden)).to_module(config).train()
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2),
                            eps=config.eps, weight_decay=config.weight_decay)
     X, Y = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.float32))
@@ -49,8 +43,7 @@ def train_one(x: np.ndarray, y: np.ndarray, config: TrainConfig, key: tuple[int,
         perm = torch.from_numpy(rng.permutation(len(X)))
         for start in range(0, len(X), B):
             idx = perm[start : start + B]
-            m1, m2 = dropout_masks(rng, config)
-            loss = F.mse_loss(forward_masked(model, X[idx], m1, m2), Y[idx])
+            loss = F.mse_loss(model.forward_masked(X[idx], dropout_masks(rng, config)), Y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

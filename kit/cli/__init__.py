@@ -1,0 +1,77 @@
+"""The click door (`ensemble-kit`): one group, the one error -> exit-code mapping, the command families.
+
+Each family module (corpus, train, results, env, refs, pipeline) declares its commands with the shared
+option decorators (`kit.cli.options`), calls one domain function per command and prints with
+`kit.cli.output.emit`. Nothing here computes anything. Heavy libraries (torch, pandas) are imported
+inside the commands that need them, so `ensemble-kit --help` stays fast.
+
+Adding a command: write it in its family module (or a new one) and list it in that module's COMMANDS.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import click
+
+from kit import __version__
+from kit.cli import corpus, env, pipeline, refs, results, train
+from kit.cli.options import CONTEXT, EPILOG_EXIT_CODES
+from kit.core.console import err
+from kit.core.errors import INTERRUPTED_MESSAGE, ExitCode, KitError, from_os_error
+
+
+class KitGroup(click.Group):
+    """Turns every expected failure into one line and its documented exit code (never a traceback)."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except KitError as exc:
+            _fail(exc)
+        except KeyboardInterrupt:
+            err.print(INTERRUPTED_MESSAGE, markup=False)
+            sys.exit(int(ExitCode.INTERRUPTED))
+        except (click.exceptions.Exit, click.ClickException):
+            raise
+        except OSError as exc:
+            expected = from_os_error(exc)  # a full disk: bad input (kit.core.errors.DISK_ERRNOS)
+            if expected is None:
+                raise _internal(exc) from None
+            _fail(expected)
+        except Exception as exc:  # a bug: say so in one line, keep the traceback for the report
+            raise _internal(exc) from None
+
+
+def _fail(exc: KitError) -> None:
+    err.print("[red]error:[/red] ", end="")
+    err.print(str(exc), markup=False)
+    sys.exit(int(exc.exit_code))
+
+
+def _internal(exc: BaseException) -> SystemExit:
+    if os.environ.get("ENSEMBLE_KIT_DEBUG"):
+        traceback.print_exception(exc)
+    else:
+        err.print("[red]internal error:[/red] ", end="")
+        err.print(f"{type(exc).__name__}: {exc} (a bug in ensemble-kit; rerun with ENSEMBLE_KIT_DEBUG=1 for the "
+                  "traceback and report it)", markup=False)
+    return SystemExit(int(ExitCode.WORK_FAILED))
+
+
+@click.group(cls=KitGroup, context_settings=CONTEXT, epilog=EPILOG_EXIT_CODES)
+@click.version_option(__version__, prog_name="ensemble-kit")
+def main() -> None:
+    """Regenerate a VMAF corpus with this box's encoders, retrain a LOSO ensemble, return a verdict.
+
+    \b
+    Example (everything on built-in demo clips):
+      ensemble-kit pipeline --demo --out-dir runs/demo
+    """
+
+
+for _family in (corpus, train, results, env, refs, pipeline):
+    for _command in _family.COMMANDS:
+        main.add_command(_command)

@@ -1,0 +1,166 @@
+"""`verdict`, `export`, `predict`, `report`, `bundle`, `verify`, `compare`: from LOSO results to the mailed tarball."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from kit.cli.options import EPILOG_EXIT_CODES, gate_options, json_option, out_dir_option, quiet_option
+from kit.cli.output import emit, note
+from kit.core.console import Progress
+from kit.core.errors import ExitCode
+from kit.core.rundir import RunDir
+from kit.results import bundle
+from kit.results.thresholds import PROMOTE
+
+
+@click.command("verdict", epilog=EPILOG_EXIT_CODES)
+@out_dir_option()
+@gate_options(with_short_flags=True)
+@json_option("Print verdict.json on stdout.")
+def verdict_cmd(out_dir: Path, mean_plcc: float, plcc_spread_max: float, per_seed_min: float, as_json: bool) -> None:
+    """Apply the PROMOTE/HOLD gate to OUT_DIR/loso/ and write OUT_DIR/verdict.json (the one verdict file).
+
+    Exit 0 on PROMOTE, 1 on HOLD (not an error), 2 when there are no LOSO results.
+
+    \b
+    Example:
+      ensemble-kit verdict --out-dir runs/demo --spread-max 0.01
+    """
+    from kit.results import gate  # heavy (pandas): imported when the command runs
+
+    doc = gate.write_verdict(out_dir, mean_plcc=mean_plcc, plcc_spread_max=plcc_spread_max, per_seed_min=per_seed_min)
+    emit(doc, as_json, text=doc["recommendation"])
+    sys.exit(int(ExitCode.OK if doc["verdict"] == PROMOTE else ExitCode.HOLD))
+
+
+@click.command("export", epilog=EPILOG_EXIT_CODES)
+@out_dir_option()
+@click.option("--force", is_flag=True, help="Export even when the verdict is HOLD (recorded in the sidecars).")
+@click.option("--corpus", "corpus_path", type=click.Path(path_type=Path),
+              help="The corpus the verdict was computed on [default: OUT_DIR/corpus.parquet].")
+@click.option("--name", default="ensemble", show_default=True, help="File stem: NAME_seed<N>.onnx.")
+@quiet_option()
+def export_cmd(out_dir: Path, force: bool, corpus_path: Path | None, name: str, quiet: bool) -> None:
+    """Fit each seed on the whole corpus and write verified ONNX models to OUT_DIR/models/.
+
+    Only on PROMOTE (or --force). Each model is checked with onnx.checker and against PyTorch with
+    onnxruntime on every corpus row (within 1e-4, else exit 4).
+
+    \b
+    Example:
+      ensemble-kit export --out-dir runs/demo
+    """
+    from kit.results import export  # heavy (torch, onnx): imported when the command runs
+
+    with Progress("export", quiet=quiet, unit="epochs") as bar:
+        ensemble = export.export_run(out_dir, force=force, corpus=corpus_path, name=name, progress=bar.tick)
+    emit(ensemble, text=[f"{RunDir(out_dir).models_dir / m['onnx']}  sha256 {m['sha256']}" for m in ensemble["members"]])
+
+
+@click.command("predict", epilog=EPILOG_EXIT_CODES)
+@click.option("--models", "models_dir", type=click.Path(path_type=Path), required=True,
+              help="Folder with ensemble.json (e.g. runs/demo/models).")
+@click.argument("corpus_path", metavar="CORPUS", type=click.Path(path_type=Path))
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("predictions.parquet"), show_default=True,
+              help="Where to write per-row predictions (.parquet or .csv).")
+def predict_cmd(models_dir: Path, corpus_path: Path, output: Path) -> None:
+    """Score every row of CORPUS with the ensemble (onnxruntime): mean, std (ddof=1), 95% interval.
+
+    \b
+    Example:
+      ensemble-kit predict --models runs/demo/models runs/other/corpus.parquet -o other.csv
+    """
+    # heavy (onnxruntime, pandas): imported when the command runs
+    from kit.results import predict
+    from kit.train.data import load_corpus
+
+    df = predict.predict_ensemble(models_dir, load_corpus(corpus_path))
+    predict.write_predictions(df, output)
+    note(f"{len(df)} rows -> {output}")
+
+
+@click.command("report", epilog=EPILOG_EXIT_CODES)
+@out_dir_option()
+@click.option("--corpus", "corpus_path", type=click.Path(path_type=Path),
+              help="Corpus for the rate-quality plot [default: OUT_DIR/corpus.parquet].")
+def report_cmd(out_dir: Path, corpus_path: Path | None) -> None:
+    """Write OUT_DIR/report/index.html with per-fold PLCC, predicted-vs-actual and rate-quality plots.
+
+    \b
+    Example:
+      ensemble-kit report --out-dir runs/demo
+    """
+    # heavy (matplotlib, pandas): imported when the command runs
+    from kit.results import report
+    from kit.train.data import load_corpus
+
+    path = report.build_report(out_dir, load_corpus(corpus_path) if corpus_path else None)
+    note(f"report: {path}")
+
+
+@click.command("bundle", epilog=EPILOG_EXIT_CODES)
+@click.argument("run_dir", type=click.Path(path_type=Path), default=Path("runs/demo"))
+@click.option("--out", "out", type=click.Path(path_type=Path), default=None,
+              help="Where to write the tarball (a file or a folder); default: inside RUN_DIR.")
+def bundle_cmd(run_dir: Path, out: Path | None) -> None:
+    """Pack this run's results into ensemble-results-<platform>-<box>-<utc>.tar.gz.
+
+    Only files this run wrote go in, hashed in manifest.json; the same run always gives the same bytes.
+
+    \b
+    Example:
+      ensemble-kit bundle runs/demo
+    """
+    result = bundle.make_bundle(run_dir, out)
+    note(f"bundle: {len(result.manifest['files'])} files, verdict {result.manifest['verdict']['verdict']}")
+    note(f"sha256: {result.sha256}")
+    emit(str(result.path), text=str(result.path))
+
+
+@click.command("verify", epilog=EPILOG_EXIT_CODES)
+@click.argument("bundle_path", metavar="BUNDLE", type=click.Path(path_type=Path))
+@click.option("--max-bytes", type=click.IntRange(min=1), default=None,
+              help="Refuse bundles whose content exceeds this many bytes (default 8 GiB).")
+def verify_cmd(bundle_path: Path, max_bytes: int | None) -> None:
+    """Check a returned bundle: safe extraction, every file's sha256, the manifest, the schema version.
+
+    \b
+    Example:
+      ensemble-kit verify ensemble-results-linux-cuda-x86_64-3f9c0a1b2c4d-20261125T101500Z.tar.gz
+    """
+    result = bundle.verify(bundle_path, max_total_bytes=max_bytes or bundle.DEFAULT_MAX_BUNDLE_BYTES)
+    m = result.manifest
+    emit(m, text=[f"OK {bundle_path}: {result.n_files} files, {result.total_bytes} bytes, verdict "
+                  f"{m['verdict']['verdict']}, platform {m.get('platform')}, box {m.get('box_id')}, kit {m.get('kit_version')}",
+                  f"sha256 {result.sha256}"])
+
+
+@click.command("compare", epilog=EPILOG_EXIT_CODES)
+@click.argument("lead", type=click.Path(path_type=Path))
+@click.argument("collab", type=click.Path(path_type=Path))
+@click.option("--plcc-tol", type=float, default=0.0, show_default=True,
+              help="Largest |PLCC difference| per seed and per fold still counted as reproduced (0 = exact).")
+@json_option("Print the comparison as JSON on stdout.")
+@click.option("-v", "--verbose", is_flag=True, help="List every fold's PLCC.")
+def compare_cmd(lead: Path, collab: Path, plcc_tol: float, as_json: bool, verbose: bool) -> None:
+    """Does COLLAB reproduce LEAD? Bundles or run directories; exit 0 REPRODUCED, 1 DIVERGED.
+
+    Compares verdicts, per-seed and per-fold PLCCs, shared sources and environments.
+
+    \b
+    Examples:
+      ensemble-kit compare runs/lead ensemble-results-linux-cpu-x86_64-ab12cd34ef56-20261125T101500Z.tar.gz
+      ensemble-kit compare lead.tar.gz collab.tar.gz --plcc-tol 0.005   # different hardware
+    """
+    from kit.results import compare  # heavy (pandas): imported when the command runs
+
+    cmp = compare.compare(lead, collab, plcc_tol=plcc_tol)
+    emit(cmp.to_dict(), as_json, text=compare.comparison_lines(cmp, verbose=verbose))
+    if not cmp.reproduced:
+        sys.exit(int(ExitCode.HOLD))
+
+
+COMMANDS = (verdict_cmd, export_cmd, predict_cmd, report_cmd, bundle_cmd, verify_cmd, compare_cmd)

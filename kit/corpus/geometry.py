@@ -1,0 +1,121 @@
+"""Frame geometry, defined once: raw pixel layouts, frame sizes, exact frame rates, sizes from names.
+
+Used by sources (probing references), scoring (the layout libvmaf sees), reference packs (raw frames
+and Y4M headers) and the demo (`--demo-size`). Pure functions: no files, no processes.
+"""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+
+from kit.core.errors import BadInput
+
+# Raw layouts we can size: pix_fmt -> (chroma subsampling (x, y) shifts or None for no chroma, bytes/sample).
+RAW_PIX_FMTS: dict[str, tuple[tuple[int, int] | None, int]] = {
+    "yuv420p": ((1, 1), 1), "yuv422p": ((1, 0), 1), "yuv444p": ((0, 0), 1), "gray": (None, 1),
+    "yuv420p10le": ((1, 1), 2), "yuv422p10le": ((1, 0), 2), "yuv444p10le": ((0, 0), 2), "gray10le": (None, 2),
+    "yuv420p12le": ((1, 1), 2), "yuv422p12le": ((1, 0), 2), "yuv444p12le": ((0, 0), 2),
+    "yuv420p16le": ((1, 1), 2), "yuv444p16le": ((0, 0), 2),
+}
+
+# Y4M colourspace tag -> pix_fmt.
+Y4M_COLORSPACES: dict[str, str] = {
+    "420jpeg": "yuv420p", "420paldv": "yuv420p", "420mpeg2": "yuv420p", "420": "yuv420p",
+    "422": "yuv422p", "444": "yuv444p", "mono": "gray",
+    "420p10": "yuv420p10le", "422p10": "yuv422p10le", "444p10": "yuv444p10le", "mono10": "gray10le",
+    "420p12": "yuv420p12le", "422p12": "yuv422p12le", "444p12": "yuv444p12le", "420p16": "yuv420p16le",
+    "444p16": "yuv444p16le",
+}
+# pix_fmt -> the Y4M tag we write: the first tag per format (C420jpeg for yuv420p, as ffmpeg writes).
+Y4M_TAG: dict[str, str] = {}
+for _tag, _fmt in Y4M_COLORSPACES.items():
+    Y4M_TAG.setdefault(_fmt, _tag)
+
+# Y4M's colour-range extension tag <-> ffmpeg's color_range ("pc" full, "tv" limited).
+Y4M_COLOR_RANGE: dict[str, str] = {"XCOLORRANGE=FULL": "pc", "XCOLORRANGE=LIMITED": "tv"}
+
+# libvmaf takes these planar layouts; anything else is converted (both sides the same way).
+VMAF_PIX_FMTS = frozenset({"yuv420p", "yuv422p", "yuv444p", "yuv420p10le", "yuv422p10le", "yuv444p10le",
+                           "yuv420p12le", "yuv422p12le", "yuv444p12le", "yuv420p16le", "yuv422p16le", "yuv444p16le"})
+
+
+def frame_bytes(width: int, height: int, pix_fmt: str) -> int:
+    """Bytes of one raw planar frame."""
+    try:
+        sub, bps = RAW_PIX_FMTS[pix_fmt]
+    except KeyError:
+        raise BadInput(f"pix_fmt {pix_fmt!r} is not a raw layout ensemble-kit can size",
+                       hint=f"use one of {', '.join(RAW_PIX_FMTS)}") from None
+    luma = width * height
+    if sub is None:
+        return luma * bps
+    cw, ch = -(-width // (1 << sub[0])), -(-height // (1 << sub[1]))
+    return (luma + 2 * cw * ch) * bps
+
+
+def fps_arg(fps: float) -> str:
+    """25.0 -> '25', 29.97002997 -> '30000/1001': exact rationals for ffmpeg."""
+    fr = Fraction(fps).limit_denominator(1001)
+    return str(fr.numerator) if fr.denominator == 1 else f"{fr.numerator}/{fr.denominator}"
+
+
+def bit_depth(pix_fmt: str) -> int:
+    m = re.search(r"p(\d+)(?:le|be)$", pix_fmt)
+    return int(m.group(1)) if m else 8
+
+
+def vmaf_pix_fmt(pix_fmt: str) -> str:
+    """The libvmaf layout a source is scored in: its own when libvmaf takes it, else 4:2:0 of its depth."""
+    if pix_fmt in VMAF_PIX_FMTS:
+        return pix_fmt
+    if pix_fmt.startswith("yuvj4"):
+        return pix_fmt.replace("yuvj", "yuv")
+    return "yuv420p10le" if any(t in pix_fmt for t in ("10", "p010", "12", "16")) else "yuv420p"
+
+
+# ---- geometry from names -------------------------------------------------------------------------
+
+_SIZE_RE = re.compile(r"(?<![0-9])(\d{2,5})x(\d{2,5})(?![0-9])")
+_FPS_RE = re.compile(r"(?<![0-9.])(\d{1,3}(?:\.\d+)?)\s*fps", re.I)
+_PIXFMT_RE = re.compile("|".join(sorted(RAW_PIX_FMTS, key=len, reverse=True)))
+
+
+def geometry_from_name(name: str) -> dict[str, object]:
+    """'foo_1920x1080_50fps_10bit.yuv' -> {width, height, fps, pix_fmt}; only what the name says."""
+    out: dict[str, object] = {}
+    if m := _SIZE_RE.search(name):
+        out["width"], out["height"] = int(m.group(1)), int(m.group(2))
+    if m := _FPS_RE.search(name):
+        out["fps"] = float(m.group(1))
+    if m := _PIXFMT_RE.search(name.lower()):
+        out["pix_fmt"] = m.group(0)
+    elif re.search(r"(?<![0-9])10b(it)?(?![a-z])", name, re.I):
+        out["pix_fmt"] = "yuv420p10le"
+    return out
+
+
+def parse_size(text: str, *, flag: str = "--demo-size", minimum: int = 64) -> tuple[int, int]:
+    """'192x108' -> (192, 108); even sizes from `minimum` up (yuv420p and libvmaf's smallest filter windows)."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise BadInput(f"{flag} {text!r} is not WxH", hint=f"e.g. {flag} 192x108") from None
+    if w < minimum or h < minimum or w % 2 or h % 2:
+        raise BadInput(f"{flag} {text}: width and height must be even and at least {minimum}",
+                       hint=f"e.g. {flag} 128x72")
+    return w, h
+
+
+# ---- Y4M headers ---------------------------------------------------------------------------------
+
+def y4m_header(width: int, height: int, pix_fmt: str, fps: Fraction, color_range: str = "") -> bytes:
+    """The stream header a .y4m of these frames starts with (progressive, square pixels)."""
+    rng = {v: k for k, v in Y4M_COLOR_RANGE.items()}.get(color_range, "")
+    return (f"YUV4MPEG2 W{width} H{height} F{fps.numerator}:{fps.denominator} Ip A1:1 C{Y4M_TAG[pix_fmt]}"
+            f"{' ' + rng if rng else ''}\n").encode()
+
+
+def y4m_color_range(header: str) -> str:
+    """'pc' / 'tv' / '' from a Y4M stream header's XCOLORRANGE tag."""
+    return Y4M_COLOR_RANGE.get(next((t for t in header.split() if t.startswith("XCOLORRANGE=")), ""), "")

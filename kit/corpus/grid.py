@@ -1,0 +1,167 @@
+"""The grid: sources x encoders x cqs, one Cell each, with an id that says exactly what decides its rows.
+
+Where a cq becomes an ffmpeg argv: `plan_grid` asks the encoder table (`Encoder.argv`, `hw_setup`) for
+each cell's output-side arguments; `kit.corpus.engine.run_cell` puts them between the reference input
+and the raw elementary-stream output.
+
+A cell's id hashes everything that decides its rows (content, geometry, encoder argv, ffmpeg and
+libvmaf identity, scorer, model) and nothing that changes run to run (timings, thread counts, device
+node, box), so a rerun skips finished cells, redoes changed ones, and shards split the same grid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kit.core.errors import BadInput
+from kit.core.fsio import write_json
+from kit.core.ids import KEY_LEN, object_id
+from kit.core.rundir import RunDir
+from kit.core.schema import DEFAULT_VMAF_MODEL
+from kit.corpus import encoders as enc_table
+from kit.corpus.ffmpeg import EncoderProbe, FFmpeg, probe_encoder, vmaf_cli_version
+from kit.corpus.sources import Source
+from kit.env import fingerprint as env_fingerprint
+from kit.env import platform
+
+CELL_SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every row of this run carries besides its measurements."""
+
+    ff: FFmpeg
+    platform: str
+    box_id: str
+    env_fingerprint: str
+    model: str = DEFAULT_VMAF_MODEL
+    vmaf_cli: Path | None = None
+    vmaf_cli_version: str | None = None
+
+    @classmethod
+    def detect(cls, ff: FFmpeg, *, model: str = DEFAULT_VMAF_MODEL, vmaf_cli: Path | None = None) -> RunContext:
+        version = vmaf_cli_version(vmaf_cli) if vmaf_cli is not None else None
+        fp = env_fingerprint.fingerprint(ff)
+        return cls(ff=ff, platform=platform.detect().tag, box_id=platform.box_id(),
+                   env_fingerprint=env_fingerprint.fingerprint_id(fp), model=model, vmaf_cli=vmaf_cli,
+                   vmaf_cli_version=version)
+
+    def scorer_identity(self) -> dict[str, Any]:
+        if self.vmaf_cli is not None:
+            return {"backend": "vmaf-cli", "version": self.vmaf_cli_version}
+        return {"backend": "ffmpeg-libvmaf", "libvmaf_version": self.ff.libvmaf_version}
+
+
+@dataclass(frozen=True)
+class Cell:
+    source: Source
+    encoder: enc_table.Encoder
+    cq: int
+    device: str | None  # render node for qsv/vaapi (not part of the id)
+    encode_args: tuple[str, ...]  # output-side args: filters + encoder argv
+    global_args: tuple[str, ...]  # hw device setup before the inputs
+    cell_id: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.source.src} {self.encoder.name} cq{self.cq}"
+
+    @property
+    def stream_format(self) -> str:
+        return enc_table.CODEC_STREAM_FORMAT[enc_table.codec_of(self.encoder)]
+
+    @property
+    def cost(self) -> float:
+        s = self.source
+        return s.n_frames * s.width * s.height * self.encoder.cost
+
+    @property
+    def timeout(self) -> float:
+        """Generous per-tool limit so only a hung tool hits it: 120 s plus 2 s per megapixel-frame (x cost)."""
+        s = self.source
+        mp_frames = s.n_frames * s.width * s.height / 1e6
+        return 120.0 + 2.0 * mp_frames * self.encoder.cost
+
+
+def cell_key(source: Source, encoder: enc_table.Encoder, cq: int, encode_args: Sequence[str], ctx: RunContext) -> dict[str, Any]:
+    """Everything that decides a cell's rows; timings, threads and device nodes deliberately left out."""
+    return {"cell_schema": CELL_SCHEMA_VERSION, "src_sha256": source.src_sha256, "geometry": source.geometry,
+            "encoder": encoder.name, "cq": cq, "argv": list(encode_args), "ffmpeg": ctx.ff.identity(),
+            "scorer": ctx.scorer_identity(), "model": ctx.model}
+
+
+def make_cell_id(key: dict[str, Any]) -> str:
+    return object_id(key, KEY_LEN)
+
+
+def check_encoders(ff: FFmpeg, names: Sequence[str]) -> dict[str, EncoderProbe]:
+    """Unknown names and encoders that cannot encode on this box are bad input naming what does work."""
+    encs = [enc_table.get(n) for n in names]  # unknown name -> BadInput
+    probes = {e.name: probe_encoder(ff, e.name) for e in encs}
+    bad = [p for p in probes.values() if not p.ok]
+    if bad:
+        working = [n for n in enc_table.ENCODERS if probe_encoder(ff, n).ok]
+        why = "; ".join(f"{p.encoder}: {p.reason}" for p in bad)
+        raise BadInput(f"--encoders: not available on this box: {why}",
+                       hint=f"encoders that work here: {', '.join(working) or 'none'}")
+    return probes
+
+
+def check_cqs(encoder_names: Sequence[str], cqs: Sequence[int]) -> None:
+    for name in encoder_names:
+        for cq in cqs:
+            enc_table.get(name).check_cq(cq)
+
+
+def plan_grid(sources: Sequence[Source], encoder_names: Sequence[str], cqs: Sequence[int], ctx: RunContext,
+              probes: dict[str, EncoderProbe] | None = None) -> list[Cell]:
+    """The full grid in its canonical order (src, encoder, cq); each cell's cq turned into its ffmpeg argv."""
+    check_cqs(encoder_names, cqs)
+    cells = []
+    for source in sorted(sources, key=lambda s: (s.src, s.src_sha256)):
+        for name in encoder_names:
+            enc = enc_table.get(name)
+            device = probes[name].device if probes and name in probes else None
+            pre, vf = enc_table.hw_setup(enc, device, ten_bit=source.bit_depth > 8)
+            for cq in sorted(set(cqs)):
+                encode_args = (*(["-vf", vf] if vf else []), *enc.argv(cq))
+                # the id sees the hw setup without the node path: moving to another node is the same cell
+                id_args = [a.replace(device, "<node>") if device else a for a in (*pre, *encode_args)]
+                cid = make_cell_id(cell_key(source, enc, cq, id_args, ctx))
+                cells.append(Cell(source, enc, cq, device, tuple(encode_args), tuple(pre), cid))
+    return cells
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'K/N' with 0 <= K < N (0-based, like Slurm's 0-based arrays and Kubernetes' JOB_COMPLETION_INDEX)."""
+    try:
+        k_text, n_text = text.split("/")
+        k, n = int(k_text), int(n_text)
+    except ValueError:
+        raise BadInput(f"--shard {text!r} is not K/N", hint="e.g. --shard 0/4 ... --shard 3/4") from None
+    if n < 1 or not 0 <= k < n:
+        raise BadInput(f"--shard {text}: need 0 <= K < N", hint=f"use --shard 0/{max(n, 1)} ... {max(n, 1) - 1}/{max(n, 1)}")
+    return k, n
+
+
+def shard_cells(cells: Sequence[Cell], k: int, n: int) -> list[Cell]:
+    """Cell i of the canonical grid order goes to shard i mod N: deterministic and mixes sources and cqs."""
+    return [c for i, c in enumerate(cells) if i % n == k]
+
+
+def write_grid(run_dir: RunDir, grid: Sequence[Cell], ctx: RunContext, encoder_names: Sequence[str],
+               cqs: Sequence[int]) -> None:
+    """corpus/grid.json: the current grid (which cells corpus.parquet must hold) and what made it."""
+    write_json(run_dir.grid_json, {
+        "encoders": list(encoder_names), "cqs": sorted(set(cqs)), "model": ctx.model,
+        "ffmpeg": {**ctx.ff.identity(), "path": str(ctx.ff.path), "origin": ctx.ff.origin},
+        "scorer": ctx.scorer_identity(), "platform": ctx.platform, "box_id": ctx.box_id,
+        "env_fingerprint": ctx.env_fingerprint,
+        "sources": sorted({(c.source.src, c.source.src_sha256): c.source.geometry | {"src": c.source.src,
+                           "src_sha256": c.source.src_sha256} for c in grid}.values(), key=lambda d: str(d["src"])),
+        "cells": [{"cell_id": c.cell_id, "src": c.source.src, "encoder": c.encoder.name, "cq": c.cq} for c in grid],
+    })

@@ -1,0 +1,180 @@
+"""The corpus as a table (pandas only, no ffmpeg): read, canonical order, de-duplicate, merge, write, hash.
+
+One row per frame of one encode, `kit.core.schema.CORPUS_COLUMNS` in that order. Every corpus that
+enters or leaves the kit passes through here: assembled cells, merged corpora and shards, old-kit
+JSONL (via `kit.corpus.legacy`), and the training loader (`kit.train.data.load_corpus`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from kit.core.errors import BadInput
+from kit.core.fsio import read_json, write_json, write_with
+from kit.core.rundir import RunDir
+from kit.core.schema import CONTENT_COLUMNS, CORPUS_COLUMNS, FEATURES, ROW_KEY, SORT_KEY, TARGET
+from kit.corpus import legacy
+
+# What two rows with the same ROW_KEY must agree on to count as duplicates rather than a conflict.
+VALUE_COLUMNS: tuple[str, ...] = ("enc_bytes", TARGET, *FEATURES)
+
+
+def read_cells(paths: Sequence[Path]) -> pd.DataFrame:
+    frames = [pq.read_table(p).to_pandas() for p in paths]
+    if not frames:
+        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in CORPUS_COLUMNS.items()})
+    return pd.concat(frames, ignore_index=True)
+
+
+def canonical_order(df: pd.DataFrame) -> pd.DataFrame:
+    return df.astype(CORPUS_COLUMNS).sort_values(list(SORT_KEY), kind="mergesort").reset_index(drop=True)[list(CORPUS_COLUMNS)]
+
+
+def write_corpus(df: pd.DataFrame, path: Path) -> None:
+    df = canonical_order(df)
+    write_with(path, lambda tmp: df.to_parquet(tmp, index=False))
+
+
+def assemble(cell_files: Sequence[Path], out: Path) -> int:
+    """corpus.parquet from exactly these cell files, in canonical row order; -> rows."""
+    df = read_cells(cell_files)
+    write_corpus(df, out)
+    return len(df)
+
+
+def dedupe(df: pd.DataFrame) -> tuple[pd.DataFrame, int, pd.DataFrame]:
+    """-> (rows unique on ROW_KEY, exact duplicates dropped, rows of keys whose values conflict).
+
+    The first occurrence (input order) of a conflicting key is kept; every version is returned so the
+    caller reports them instead of hiding them.
+    """
+    df = df.reset_index(drop=True)
+    exact = df.duplicated(subset=[*ROW_KEY, *VALUE_COLUMNS], keep="first")
+    rest = df[~exact]
+    conflicting = rest.duplicated(subset=list(ROW_KEY), keep=False)
+    kept = rest.drop_duplicates(subset=list(ROW_KEY), keep="first")
+    return kept, int(exact.sum()), rest[conflicting]
+
+
+def load_corpus_input(path: Path) -> pd.DataFrame:
+    """A run dir (its corpus.parquet, or its finished grid cells when it is a shard), a .parquet or old-kit .jsonl."""
+    path = Path(path)
+    if path.is_dir():
+        rd = RunDir(path)
+        if rd.corpus.is_file():
+            path = rd.corpus
+        else:
+            if not rd.grid_json.is_file():
+                raise BadInput(f"{path} holds neither corpus.parquet nor corpus/grid.json",
+                               hint="pass a run directory made by `ensemble-kit corpus`, or a corpus file")
+            grid = read_json(rd.grid_json, what="grid")
+            cells = [rd.cell_path(c["cell_id"]) for c in grid["cells"]]
+            return read_cells([c for c in cells if c.is_file()])
+    if path.suffix == ".jsonl":
+        return legacy.read_jsonl([path])
+    try:
+        df = pq.read_table(path).to_pandas()
+    except Exception as exc:  # noqa: BLE001 - any unreadable input is bad input naming it
+        raise BadInput(f"cannot read corpus {path}: {exc}", hint="pass a corpus .parquet, a run directory or an old-kit .jsonl") from None
+    missing = [c for c in CORPUS_COLUMNS if c not in df.columns]
+    if missing:
+        raise BadInput(f"{path} is not an ensemble-kit corpus (missing {', '.join(missing[:5])})",
+                       hint="old-kit JSONL goes through `ensemble-kit corpus import`")
+    return df[list(CORPUS_COLUMNS)]
+
+
+def merge(inputs: Sequence[Path], out: Path) -> dict[str, Any]:
+    """`ensemble-kit merge`: concatenate inputs in order, de-duplicate on ROW_KEY, write canonical order."""
+    if not inputs:
+        raise BadInput("merge needs at least one input", hint="pass run directories or corpus files")
+    frames = [load_corpus_input(p).astype(CORPUS_COLUMNS) for p in inputs]
+    kept, dropped, conflicts = dedupe(pd.concat(frames, ignore_index=True))
+    out = Path(out)
+    if out.suffix == ".jsonl":
+        legacy.write_jsonl(canonical_order(kept), out)
+    else:
+        write_corpus(kept, out)
+    report: dict[str, Any] = {"inputs": len(inputs), "rows": len(kept), "duplicates_dropped": dropped,
+                              "conflicts": int(conflicts[list(ROW_KEY)].drop_duplicates().shape[0]),
+                              "out": str(out), "conflicts_file": None}
+    if len(conflicts):
+        cpath = out.with_name(out.stem + ".conflicts.parquet")
+        write_with(cpath, lambda tmp: conflicts.to_parquet(tmp, index=False))
+        report["conflicts_file"] = str(cpath)
+    return report
+
+
+def import_jsonl(paths: Sequence[Path], run_dir: RunDir) -> dict[str, Any]:
+    """`ensemble-kit corpus import`: old JSONL -> run_dir/corpus.parquet (de-duplicated like `merge`)."""
+    df = legacy.read_jsonl(paths)
+    kept, dropped, conflicts = dedupe(df)
+    run_dir.root.mkdir(parents=True, exist_ok=True)
+    write_corpus(kept, run_dir.corpus)
+    report = {"inputs": [str(p) for p in paths], "rows": len(kept), "sources": int(kept["src"].nunique()),
+              "duplicates_dropped": dropped, "conflicts": int(len(conflicts)), "corpus": str(run_dir.corpus)}
+    if len(conflicts):
+        path = run_dir.import_conflicts
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conflicts.to_parquet(path, index=False)
+        report["conflicts_file"] = str(path)
+    write_json(run_dir.import_json, report)
+    return report
+
+
+def export_jsonl(corpus_path: Path, out: Path) -> int:
+    """corpus.parquet -> JSONL with exactly the old kit's columns, canonical row order; -> rows."""
+    try:
+        df = pd.read_parquet(corpus_path)
+    except (OSError, ValueError) as exc:
+        raise BadInput(f"cannot read corpus {corpus_path}: {exc}", hint="run `ensemble-kit corpus` first") from None
+    return legacy.write_jsonl(canonical_order(df), out)
+
+
+# ---- what a corpus is, in one hash -------------------------------------------------------------------
+
+def corpus_sha256(df: pd.DataFrame) -> str:
+    """Content hash of the rows in canonical order over every content column present.
+
+    Timings and provenance (schema.MEASURED_COLUMNS, PROVENANCE_COLUMNS) stay out: the same rows
+    computed twice, or on two boxes, hash the same.
+
+    Column by column: name, then values as little-endian int64/float64 bytes or UTF-8 strings joined
+    by an unused separator. Independent of file format, row order on disk and pandas version.
+    """
+    df = df.sort_values(list(SORT_KEY), kind="mergesort").reset_index(drop=True)
+    h = hashlib.sha256()
+    for col in [c for c in CONTENT_COLUMNS if c in df.columns]:
+        h.update(f"\x1e{col}\x1e".encode())
+        values = df[col]
+        if CORPUS_COLUMNS[col] == "int64":
+            h.update(pd.to_numeric(values, errors="coerce").fillna(-1).to_numpy(dtype="<i8").tobytes())
+        elif CORPUS_COLUMNS[col] == "float64":
+            h.update(pd.to_numeric(values, errors="coerce").to_numpy(dtype="<f8").tobytes())
+        else:
+            h.update("\x1f".join("\x00" if pd.isna(v) else str(v) for v in values).encode())
+    return h.hexdigest()
+
+
+def corpus_summary(df: pd.DataFrame) -> dict[str, Any]:
+    """What the verdict says about its corpus: hash, sizes, and each source with its sha256."""
+    sources = (
+        df.groupby("src_sha256", sort=True)
+        .agg(src=("src", "first"), n_rows=("src", "size"))
+        .reset_index()
+    )
+    return {
+        "sha256": corpus_sha256(df),
+        "n_rows": int(len(df)),
+        "n_sources": int(len(sources)),
+        "n_encoders": int(df["encoder"].nunique()),
+        "encoders": sorted(df["encoder"].unique().tolist()),
+        "sources": [
+            {"src": str(r.src), "src_sha256": str(r.src_sha256), "n_rows": int(r.n_rows)} for r in sources.itertuples()
+        ],
+    }

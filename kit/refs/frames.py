@@ -1,0 +1,126 @@
+"""Raw frames through hashlib, and the plumbing pack, unpack and verify share.
+
+Every ffmpeg call is one subprocess (`kit.core.proc.stream`) whose rawvideo output is hashed in
+chunks, so a 100 GiB clip never sits in memory; sources run in parallel (threads driving ffmpeg
+processes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+from kit.core import proc
+from kit.core.errors import PrereqError, WorkFailed
+from kit.corpus.ffmpeg import FFmpeg
+from kit.corpus.geometry import frame_bytes, y4m_color_range
+from kit.corpus.sources import Source
+from kit.env.platform import cpu_count
+
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+CHUNK = 1 << 20
+
+ProgressFn = Callable[[str, int, int], None]  # (source name, its raw bytes, total raw bytes to do); ("", 0, total) first
+
+
+def raw_output(pix_fmt: str) -> list[str]:
+    """Output options that hand every decoded frame, unconverted and undropped, to stdout."""
+    return ["-map", "0:v:0", "-fps_mode", "passthrough", "-pix_fmt", pix_fmt, "-f", "rawvideo", "pipe:1"]
+
+
+def stream_sha256(argv: list[str], *, what: str, read_size: int,
+                  sink: Callable[[bytes], None] | None = None) -> tuple[str, int]:
+    """Run ffmpeg writing rawvideo to stdout; hash (and optionally hand on) every byte. -> (sha256, bytes)."""
+    digest = hashlib.sha256()
+    total = 0
+
+    def take(chunk: bytes) -> None:
+        nonlocal total
+        digest.update(chunk)
+        total += len(chunk)
+        if sink is not None:
+            sink(chunk)
+
+    try:
+        proc.stream(argv, stage=what, read_size=read_size, sink=take)
+    except proc.ToolFailed as exc:
+        if exc.kind == "start":
+            raise PrereqError(f"cannot run ffmpeg {argv[0]}: {exc.reason}", hint="pass a working binary with --ffmpeg") from None
+        raise WorkFailed(f"ffmpeg failed on {what}: {proc.last_line(exc.stderr_tail, 'no message')}") from None
+    return digest.hexdigest(), total
+
+
+def hash_file_prefix(path: Path, length: int) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    total = 0
+    with open(path, "rb") as fh:
+        while total < length and (chunk := fh.read(min(CHUNK, length - total))):
+            digest.update(chunk)
+            total += len(chunk)
+    return digest.hexdigest(), total
+
+
+def raw_sha256(source: Source, ff: FFmpeg, *, threads: int = 0) -> str:
+    """sha256 of a source's raw frames (planar, its own pix_fmt): the same for .yuv, .y4m and lossless .mkv."""
+    expected = source.n_frames * frame_bytes(source.width, source.height, source.pix_fmt)
+    if source.kind == "yuv":  # the file IS the raw frames: hash it directly, no ffmpeg round trip
+        sha, total = hash_file_prefix(source.path, expected)
+    else:
+        argv = [str(ff.path), "-nostdin", "-hide_banner", "-v", "error", "-threads", str(threads),
+                *source.input_args(), *raw_output(source.pix_fmt)]
+        sha, total = stream_sha256(argv, what=str(source.path), read_size=CHUNK)
+    if total != expected:
+        raise WorkFailed(f"{source.path}: decoded {total} bytes of raw frames, expected {expected} "
+                         f"({source.n_frames} frames of {source.width}x{source.height} {source.pix_fmt})",
+                         hint="the file is truncated or its geometry is wrong; check it with `ensemble-kit refs verify`")
+    return sha
+
+
+def color_range(source: Source, ff: FFmpeg) -> str:
+    """The source's tagged colour range. WHY: an encoder that does not declare full range (FFV1) makes
+    ffmpeg insert a pc->tv range conversion, which silently changes the pixels; tagging the output
+    with the input's range keeps every byte."""
+    if source.kind == "yuv":
+        return ""
+    if source.kind == "y4m":
+        with open(source.path, "rb") as fh:
+            return y4m_color_range(fh.readline(4096).decode("ascii", "replace"))
+    done = proc.run([str(ff.path), "-hide_banner", "-nostdin", *source.input_args()], stage="probe", check=False)
+    m = re.search(r"Stream #0:\d+[^:]*: Video: [^,]+, [a-z0-9]+\((pc|tv)\b", done.stderr)
+    return m.group(1) if m else ""
+
+
+def default_jobs() -> int:
+    """All the cores this process may use."""
+    return cpu_count()
+
+
+def threads_per_job(jobs: int, n_items: int) -> int:
+    """ffmpeg threads for each job. WHY not cores/jobs: clips differ in size, and once the small ones finish
+    the big one would crawl on its share; a little oversubscription costs less than idle cores."""
+    share = max(1, default_jobs() // max(1, min(jobs, n_items)))
+    return min(default_jobs(), 2 * share)
+
+
+def is_tarball(path: Path) -> bool:
+    return path.name.endswith(TAR_SUFFIXES)
+
+
+def stat_key(path: Path) -> dict[str, int]:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def run_parallel(items: list[Any], work: Callable[[Any], Any], jobs: int) -> Iterator[tuple[Any, Future[Any]]]:
+    """Run `work` over `items` on `jobs` threads (each drives an ffmpeg process); yield as they finish."""
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="refs")
+    try:
+        futures = {pool.submit(work, item): item for item in items}
+        for fut in as_completed(futures):
+            yield futures[fut], fut
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,98 @@
+"""What LOSO training leaves in run_dir/loso/, and reading it back: pandas only, no torch.
+
+  folds.csv                     one row per (seed, fold): frame- and encode-level PLCC/SROCC/KROCC/RMSE
+  seed<N>/predictions.parquet   held-out predictions of seed N, one row per corpus frame
+  summary.json                  seeds, config, codec layout, corpus summary, per-seed aggregates, environment
+
+Byte-identical on every run of the same corpus in the same environment. The gate, the report and
+the exporter read LOSO results through here, so none of them needs the trainer (or torch) to do it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from kit.core.errors import BadInput
+from kit.core.fsio import json_safe, read_json, write_json, write_text, write_with
+from kit.core.rundir import RunDir
+from kit.train.codec import codec_layout
+from kit.train.config import TrainConfig
+from kit.train.metrics import nan_safe_summary
+
+SCHEMA_VERSION = 1
+PREDICTION_COLUMNS = ("seed", "fold_src_sha256", "src", "encoder", "cq", "frame_index", "vmaf", "pred")
+
+
+@dataclass
+class LosoResult:
+    seeds: tuple[int, ...]
+    config: TrainConfig
+    folds: pd.DataFrame  # one row per (seed, fold)
+    predictions: pd.DataFrame  # held-out predictions, PREDICTION_COLUMNS
+    corpus: dict[str, Any]  # kit.corpus.table.corpus_summary(): sha256, n_rows, n_sources, sources...
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+    fingerprint_id: str = ""
+
+    def per_seed(self) -> dict[int, dict[str, float | int]]:
+        """NaN-safe mean/std/min/max of the fold PLCCs of each seed."""
+        return {s: nan_safe_summary(self.folds.loc[self.folds["seed"] == s, "plcc"].tolist()) for s in self.seeds}
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "seeds": list(self.seeds),
+            "config": self.config.to_dict(),
+            "codec": codec_layout(),
+            "corpus": self.corpus,
+            "per_seed": {str(s): v for s, v in self.per_seed().items()},
+            "fingerprint": self.fingerprint,
+            "fingerprint_id": self.fingerprint_id,
+        }
+
+
+def _write_parquet(df: pd.DataFrame, path: Path) -> None:
+    """Parquet with fixed settings and no pandas index metadata: same frame -> same bytes."""
+    table = pa.Table.from_pandas(df, preserve_index=False).replace_schema_metadata(None)
+    write_with(path, lambda tmp: pq.write_table(table, tmp, compression="zstd", compression_level=3, write_statistics=False))
+
+
+def write_loso(result: LosoResult, run_dir: RunDir | str | Path) -> list[Path]:
+    """Write run_dir/loso/; -> the files written (what the train step records)."""
+    run_dir = RunDir.of(run_dir)
+    run_dir.loso_dir.mkdir(parents=True, exist_ok=True)
+    for seed in result.seeds:
+        part = result.predictions[result.predictions["seed"] == seed].reset_index(drop=True)
+        _write_parquet(part, run_dir.loso_predictions(seed))
+    write_text(run_dir.loso_folds, result.folds.to_csv(index=False, lineterminator="\n", float_format="%.17g"))
+    write_json(run_dir.loso_summary, json_safe(result.summary()))
+    return [run_dir.loso_summary, run_dir.loso_folds, *(run_dir.loso_predictions(s) for s in result.seeds)]
+
+
+def load_loso(run_dir: RunDir | str | Path, *, with_predictions: bool = False) -> LosoResult:
+    """Read back what `train` wrote (for `verdict`, `export` and `report`)."""
+    run_dir = RunDir.of(run_dir)
+    if not run_dir.loso_summary.is_file() or not run_dir.loso_folds.is_file():
+        raise BadInput(f"{run_dir.loso_dir}: no LOSO results (summary.json/folds.csv)", hint="run `ensemble-kit train` first")
+    summary = read_json(run_dir.loso_summary, what="loso/summary.json")
+    seeds = tuple(int(s) for s in summary["seeds"])
+    folds = pd.read_csv(run_dir.loso_folds, dtype={"fold_src": str, "fold_src_sha256": str})
+    predictions = pd.DataFrame(columns=list(PREDICTION_COLUMNS))
+    if with_predictions:
+        parts = [pd.read_parquet(run_dir.loso_predictions(s)) for s in seeds if run_dir.loso_predictions(s).is_file()]
+        if parts:
+            predictions = pd.concat(parts, ignore_index=True)
+    return LosoResult(
+        seeds=seeds,
+        config=TrainConfig.from_dict(summary["config"]),
+        folds=folds,
+        predictions=predictions,
+        corpus=summary["corpus"],
+        fingerprint=summary.get("fingerprint", {}),
+        fingerprint_id=summary.get("fingerprint_id", ""),
+    )
