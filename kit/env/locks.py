@@ -29,6 +29,7 @@ from packaging.version import InvalidVersion, Version
 
 from kit.core.errors import BadInput, PrereqError
 from kit.core.fsio import sha256_file, write_with
+from kit.core.ids import shorten
 from kit.env.platform import normalize_arch
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -279,7 +280,7 @@ def compare_conda(locked: dict[str, CondaPackage], installed: dict[str, CondaPac
         elif want.build != have.build:
             diffs.append(Difference(name, "build", want.label(), have.label()))
         elif want.sha256 and have.sha256 and want.sha256 != have.sha256:
-            diffs.append(Difference(name, "sha256", f"sha256 {want.sha256[:12]}", f"sha256 {have.sha256[:12]}"))
+            diffs.append(Difference(name, "sha256", f"sha256 {shorten(want.sha256)}", f"sha256 {shorten(have.sha256)}"))
     return diffs
 
 

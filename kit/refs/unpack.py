@@ -18,6 +18,7 @@ from typing import Any
 from kit.core.archive import safe_extract
 from kit.core.errors import BadInput, KitError, WorkFailed
 from kit.core.fsio import atomic_path, read_json, sha256_file, write_bytes, write_json, write_text
+from kit.core.ids import shorten
 from kit.corpus.ffmpeg import FFmpeg, find_ffmpeg
 from kit.corpus.geometry import Y4M_TAG, frame_bytes, y4m_header
 from kit.refs.frames import (
@@ -86,7 +87,7 @@ def _unpack_one(entry: RefEntry, pack_dir: Path, out_dir: Path, y4m: bool, ff: F
         os.chmod(tmp, 0o644)
         if (sha, total) != (entry.raw_sha256, entry.raw_bytes):
             raise BadInput(f"{target.name}: decoded frames of {entry.packed_file} do not match refs.json "
-                           f"(sha256 {sha[:12]}…, {total} bytes; expected {entry.raw_sha256[:12]}…, {entry.raw_bytes} bytes); "
+                           f"(sha256 {shorten(sha)}…, {total} bytes; expected {shorten(entry.raw_sha256)}…, {entry.raw_bytes} bytes); "
                            "the bad output was removed",
                            hint="the pack is damaged or was made by a different kit: ask the sender for a fresh copy")
     return target

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kit.core.errors import BadInput, KitError
+from kit.core.ids import shorten
 from kit.corpus.ffmpeg import FFmpeg, find_ffmpeg
 from kit.corpus.sources import Source, discover
 from kit.refs.frames import default_jobs, raw_sha256, run_parallel, threads_per_job
@@ -74,7 +75,7 @@ def verify(ref_dir: str | os.PathLike[str], *, refs_json: str | os.PathLike[str]
         except KitError as exc:
             return VerifyRow(e.name, s.path.name, "error", exc.message)
         if sha != e.raw_sha256:
-            return VerifyRow(e.name, s.path.name, "mismatch", f"raw-frame sha256 {sha[:12]}… != {e.raw_sha256[:12]}…")
+            return VerifyRow(e.name, s.path.name, "mismatch", f"raw-frame sha256 {shorten(sha)}… != {shorten(e.raw_sha256)}…")
         return VerifyRow(e.name, s.path.name, "ok")
 
     rows += [fut.result() for _, fut in run_parallel(pairs, check, jobs)]

@@ -7,7 +7,6 @@ here), so every command reads corpora the same way.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pandas as pd
 
 from kit.core.console import warn
 from kit.core.errors import BadInput
-from kit.core.ids import shorten
+from kit.core.ids import sha256_hex, shorten
 from kit.core.schema import CORPUS_COLUMNS, FEATURES, SORT_KEY, TARGET
 from kit.corpus import table
 from kit.train.codec import codec_block
@@ -29,7 +28,7 @@ REQUIRED = ("src", "encoder", "cq", "frame_index", TARGET, *FEATURES)
 
 def legacy_src_sha256(src: str) -> str:
     """A stable stand-in for a source's content hash where an old corpus never recorded one."""
-    return hashlib.sha256(f"ensemble-kit:legacy-src:{src}".encode()).hexdigest()
+    return sha256_hex(f"ensemble-kit:legacy-src:{src}")
 
 
 def normalise(df: pd.DataFrame) -> pd.DataFrame:

@@ -7,11 +7,10 @@ quality falls with cq, sources differ in difficulty), so LOSO metrics behave lik
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import pandas as pd
 
+from kit.core.ids import sha256_hex, shorten
 from kit.core.schema import CORPUS_COLUMNS
 from kit.corpus.encoders import ENCODERS
 
@@ -29,7 +28,7 @@ def synthetic_corpus(
     rows = []
     for s in range(n_sources):
         src = f"synthetic_{s:02d}.y4m"
-        sha = hashlib.sha256(f"synthetic:{seed}:{src}".encode()).hexdigest()
+        sha = sha256_hex(f"synthetic:{seed}:{src}")
         difficulty = rng.uniform(0.0, 1.0)
         motion = rng.uniform(0.5, 12.0)
         for enc_i, enc in enumerate(encoders):
@@ -53,7 +52,7 @@ def synthetic_corpus(
                     "vmaf": vmaf, "adm2": adm2, "vif_scale0": vif[0], "vif_scale1": vif[1], "vif_scale2": vif[2],
                     "vif_scale3": vif[3], "motion2": motion2, "platform": "synthetic", "box_id": "synthetic",
                     "ffmpeg_version": "synthetic", "libvmaf_version": "synthetic", "vmaf_model": "vmaf_v0.6.1",
-                    "env_fingerprint": "synthetic", "cell_id": f"{sha[:12]}-{enc}-{cq}",
+                    "env_fingerprint": "synthetic", "cell_id": f"{shorten(sha)}-{enc}-{cq}",
                 }))
     df = pd.concat(rows, ignore_index=True)
     return df.astype(CORPUS_COLUMNS)[list(CORPUS_COLUMNS)]
