@@ -309,6 +309,13 @@ def test_demo_corpus_cli(tmp_path):
     assert summary["failed"] == 0 and summary["corpus_rows"] > 0
     df = pd.read_parquet(out / "corpus.parquet")
     assert df["src"].nunique() >= 5 and (out / "corpus.jsonl").is_file()
+    # the pipeline's demo: the same clips, size and frame count (kit.corpus.inputs resolves both)
+    from kit.corpus import demo
+
+    assert set(df["src"]) == set(demo.demo_clip_names())
+    assert df[["width", "height"]].drop_duplicates().values.tolist() == [list(demo.DEMO_SIZE)]
+    assert df.groupby("src")["frame_index"].nunique().eq(demo.DEMO_FRAMES).all()
+    assert not (out / "demo-refs").exists()  # inputs live in the tool cache, never in the run directory
 
 
 @pytest.mark.slow

@@ -18,6 +18,8 @@ from kit.cli.options import (
     gate_options,
     gate_overrides,
     jobs_option,
+    out_dir_option,
+    quiet_option,
     references,
     train_config_options,
     train_overrides,
@@ -34,12 +36,11 @@ from kit.train.config import parse_seeds
 @demo_options(demo_help="Run on the built-in demo clips (the default when --ref-dir is not given).")
 @encoder_options(encoders_help="Comma-separated encoders (default: this box's encoders that pass a test encode).")
 @click.option("--seeds", default="0,1,2,3,4", show_default=True, help="Training seeds, e.g. 0,1,2,3,4 or 0-4.")
-@click.option("--out-dir", type=click.Path(path_type=Path), default=None,
-              help="Run directory (default runs/demo for the demo, runs/pipeline otherwise).")
+@out_dir_option(default=None, help="Run directory (default runs/demo for the demo, runs/pipeline otherwise).")
 @jobs_option("Corpus cells in parallel (default: one per core).")
 @ffmpeg_option()
 @click.option("--fresh", is_flag=True, help="Move an existing run in --out-dir aside (<out-dir>.old-<utc>) and start anew.")
-@click.option("--quiet", "-q", is_flag=True, help="Only the result line.")
+@quiet_option("Only the result line.")
 @train_config_options(demo_note=True)
 @gate_options(with_short_flags=False)
 def pipeline_cmd(ref_dir: Path | None, demo: bool, demo_frames: int | None, demo_size: str | None,

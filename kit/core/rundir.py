@@ -31,6 +31,7 @@ from kit.core.fsio import read_json, sha256_file, write_json
 from kit.core.ids import digest
 
 PIPELINE_DIR = ".pipeline"
+ENSEMBLE_JSON = "ensemble.json"  # in a models folder (models/ of a run, or any folder `predict --models` reads)
 # The report's pictures (kit.results.report draws them); index.html links the ones it drew.
 REPORT_IMAGES: tuple[str, ...] = ("fold_plcc.png", "pred_vs_actual.png", "rate_quality.png")
 
@@ -126,7 +127,7 @@ class RunDir:
 
     @property
     def ensemble_json(self) -> Path:
-        return self.models_dir / "ensemble.json"
+        return self.models_dir / ENSEMBLE_JSON
 
     @property
     def report_dir(self) -> Path:

@@ -304,10 +304,11 @@ def check_tree(root: Path, manifest: dict[str, Any], label: str) -> tuple[int, i
     if extra:
         raise TamperedBundle(f"{label}: {extra[0]} is in the bundle but not in its manifest ({len(extra)} unlisted file(s))",
                        hint="the bundle was altered; ask the sender for a fresh bundle")
-    for required in ("verdict.json", "corpus.parquet"):
+    rd = RunDir(root)  # a bundle holds a run directory's files under their run-directory paths
+    for required in (rd.relative(rd.verdict), rd.relative(rd.corpus)):
         if required not in listed:
             raise TamperedBundle(f"{label}: the manifest lists no {required}", hint="ask the sender for a fresh bundle")
-    verdict = read_json(root / "verdict.json", what=f"{label}: verdict.json")
+    verdict = read_json(rd.verdict, what=f"{label}: verdict.json")
     claimed = (manifest.get("verdict") or {}).get("verdict")
     if not isinstance(verdict, dict) or verdict.get("verdict") != claimed:
         raise TamperedBundle(f"{label}: manifest says {claimed}, verdict.json says {verdict.get('verdict') if isinstance(verdict, dict) else '?'}",

@@ -24,7 +24,7 @@ import torch
 from kit.core.errors import BadInput, WorkFailed
 from kit.core.fsio import json_safe, read_json, sha256_bytes, sha256_file, write_bytes, write_json
 from kit.core.ids import shorten
-from kit.core.rundir import RunDir
+from kit.core.rundir import ENSEMBLE_JSON, RunDir
 from kit.core.schema import FEATURES
 from kit.corpus.table import corpus_sha256, corpus_summary
 from kit.env import fingerprint as env_fingerprint
@@ -162,7 +162,7 @@ def export_ensemble(
         "fingerprint": fp,
         "fingerprint_id": fp_id,
     })
-    write_json(models_dir / "ensemble.json", ensemble)
+    write_json(models_dir / ENSEMBLE_JSON, ensemble)
     return ensemble
 
 

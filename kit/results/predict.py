@@ -17,6 +17,7 @@ from scipy import stats
 
 from kit.core.errors import BadInput
 from kit.core.fsio import read_json, sha256_bytes, write_with
+from kit.core.rundir import ENSEMBLE_JSON
 from kit.train.codec import VOCAB, codec_block
 from kit.train.data import canonical_order, features, normalise
 
@@ -32,7 +33,7 @@ def ort_scores(onnx_bytes: bytes, feats: np.ndarray, codec: np.ndarray) -> np.nd
 def load_ensemble(models_dir: str | Path) -> tuple[dict[str, Any], list[tuple[dict[str, Any], bytes]]]:
     """ensemble.json and each member's (sidecar, onnx bytes), every sha256 verified."""
     models_dir = Path(models_dir)
-    ensemble = read_json(models_dir / "ensemble.json", what="models/ensemble.json")
+    ensemble = read_json(models_dir / ENSEMBLE_JSON, what=f"models/{ENSEMBLE_JSON}")
     members = []
     for member in ensemble.get("members", []):
         path = models_dir / member["onnx"]
