@@ -199,9 +199,10 @@ def prepare_run_dir(options: PipelineOptions, resolved: dict[str, Any], fingerpr
             raise BadInput(f"{rd.run_json} was not written by `ensemble-kit pipeline`",
                            hint="pick another --out-dir, or --fresh to move this one aside")
         diffs = _describe_differences(old.get("options", {}), resolved)
-        if old.get("fingerprint_id") != fingerprint_id:
-            keys = [k for k, _, _ in env_fingerprint.differences(old.get("fingerprint") or {}, fingerprint)]
-            diffs.append(f"environment fingerprint {old.get('fingerprint_id')} -> {fingerprint_id}"
+        if old.get("fingerprint_id") != fingerprint_id:  # result_env only: host facts never block a resume
+            keys = [k for k, _, _ in env_fingerprint.differences(env_fingerprint.result_env(old.get("fingerprint") or {}),
+                                                                 env_fingerprint.result_env(fingerprint))]
+            diffs.append(f"result_env {old.get('fingerprint_id')} -> {fingerprint_id}"
                          + (f" ({', '.join(keys[:5])})" if keys else ""))
         if diffs:
             raise BadInput(

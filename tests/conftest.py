@@ -18,6 +18,14 @@ def shared_media() -> Path:
 
 # ---- synthetic finished run directories (pipeline issue: bundle/compare/verify unit tests) -------------
 
+def fake_fingerprint(*, torch: str = "2.13.0", ffmpeg: str = "n9", host_platform: str = "linux-cpu-x86_64") -> dict:
+    """A fingerprint in kit.env.fingerprint's two-part layout (result_env compared, host recorded)."""
+    return {"fingerprint_version": 2,
+            "result_env": {"platform": "linux-64", "packages": {"torch": {"version": torch, "digest": "d" * 64}},
+                           "ffmpeg": {"version": ffmpeg, "sha256": "f" * 64}},
+            "host": {"platform": host_platform, "cpu_model": "test cpu"}}
+
+
 def _write_fake_run(root: Path, *, seeds=(0, 1), plcc=0.97, verdict="PROMOTE", n_sources=3,
                     encoders=("libx264",), fingerprint=None) -> Path:
     """A finished run's artefacts with valid layouts but made-up numbers: for bundle/compare tests only."""
@@ -44,7 +52,7 @@ def _write_fake_run(root: Path, *, seeds=(0, 1), plcc=0.97, verdict="PROMOTE", n
     df = pd.DataFrame(rows).astype(CORPUS_COLUMNS)
     df.to_parquet(rd.corpus, index=False)
     srcs = sorted({(r["src_sha256"], r["src"]) for r in rows})
-    fp = fingerprint or {"platform": "linux-cpu-x86_64", "packages": {"torch": "2.13.0"}, "ffmpeg": {"version": "n9"}}
+    fp = fingerprint or fake_fingerprint()
     # the layout kit.results.gate.verdict_document writes (folds table, per-seed PLCCs keyed by seed)
     folds = [{"seed": s, "fold_src": name, "fold_src_sha256": sha, "plcc": plcc + 0.001 * i}
              for s in seeds for i, (sha, name) in enumerate(srcs)]

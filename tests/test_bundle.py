@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import fake_fingerprint
 
 from kit.cli import main
 from kit.core.archive import write_reproducible_tar
@@ -46,7 +47,7 @@ def test_bundle_holds_only_this_runs_files(tmp_path, fake_run):
     manifest = result.manifest
     assert [f["path"] for f in manifest["files"]] == [n for n in names if n != "manifest.json"]
     assert manifest["verdict"]["verdict"] == "PROMOTE"
-    assert manifest["fingerprint"]["packages"]["torch"] == "2.13.0"
+    assert manifest["fingerprint"]["result_env"]["packages"]["torch"]["version"] == "2.13.0"
     assert all(len(f["sha256"]) == 64 and f["size"] > 0 for f in manifest["files"])
 
 
@@ -166,13 +167,14 @@ def test_compare_same_run_reproduced(tmp_path, fake_run):
 def test_compare_diverged_reasons_first(tmp_path, fake_run):
     lead = fake_run(tmp_path / "lead", plcc=0.97)
     collab = fake_run(tmp_path / "collab", plcc=0.9702, verdict="HOLD", encoders=("libx264", "h264_nvenc"),
-                      fingerprint={"platform": "linux-cuda-x86_64", "packages": {"torch": "2.13.0+cu"}})
+                      fingerprint=fake_fingerprint(torch="2.13.0+cu130", ffmpeg="n8", host_platform="linux-cuda-x86_64"))
     cmp = compare.compare(lead, collab)
     assert not cmp.reproduced
     assert cmp.reasons[0] == "verdicts differ: lead PROMOTE, collaborator HOLD"
     assert any("seed 0 mean PLCC differs by 0.0002" in r for r in cmp.reasons)
     assert any("fold PLCC(s) differ" in r for r in cmp.reasons)
-    assert {d["key"] for d in cmp.fingerprint_diffs} >= {"platform", "packages.torch", "ffmpeg.version"}
+    # result_env only: the torch build and ffmpeg differ; the host (another platform tag, CPU) is not compared
+    assert {d["key"] for d in cmp.fingerprint_diffs} == {"packages.torch.version", "ffmpeg.version"}
     assert cmp.sources[0]["collab_encoders"] == ["h264_nvenc", "libx264"]
     r = CliRunner().invoke(main, ["compare", str(lead), str(collab)])
     assert r.exit_code == 1

@@ -14,6 +14,7 @@ import pytest
 
 from kit.core.errors import BadInput, PrereqError
 from kit.env import locks
+from kit.env.lockfiles import conda_platform
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures" / "pixi"
@@ -105,7 +106,7 @@ def test_check_drift_uses_pixi_variables(prefix: Path, tmp_path: Path):
     project.mkdir()
     shutil.copy(FIXTURES / "pixi.lock", project / "pixi.lock")
     environ = {"PIXI_ENVIRONMENT_NAME": "default", "CONDA_PREFIX": str(prefix), "PIXI_PROJECT_ROOT": str(project)}
-    if locks.conda_subdir() != "linux-64":
+    if conda_platform() != "linux-64":
         pytest.skip("the fixture lock's default environment is locked for linux-64 and osx-arm64 only")
     assert locks.check_drift(environ).in_sync
 
@@ -129,8 +130,8 @@ def test_missing_lock_and_non_conda_prefix(tmp_path: Path, prefix: Path):
 @pytest.mark.parametrize(("system", "machine", "subdir"), [
     ("linux", "x86_64", "linux-64"), ("linux", "aarch64", "linux-aarch64"),
     ("darwin", "arm64", "osx-arm64"), ("darwin", "x86_64", "osx-64")])
-def test_conda_subdir(system, machine, subdir):
-    assert locks.conda_subdir(system, machine) == subdir
+def test_conda_platform(system, machine, subdir):
+    assert conda_platform(system, machine) == subdir
 
 
 # ---- pip environments ------------------------------------------------------------------------
@@ -198,7 +199,7 @@ def test_cli_env_check_names_drift_and_exits_3(prefix: Path, tmp_path: Path, mon
 
     from kit.cli import main
 
-    if locks.conda_subdir() != "linux-64":
+    if conda_platform() != "linux-64":
         pytest.skip("the fixture lock's default environment is locked for linux-64 and osx-arm64 only")
     _meta(prefix, "pip").unlink()
     monkeypatch.setenv("PIXI_ENVIRONMENT_NAME", "default")

@@ -41,7 +41,7 @@ def test_tiny_demo_pipeline_promotes_and_bundles(tiny_run):
     assert run["schema"] == pipeline.RUN_SCHEMA and run["options"]["encoders"] == ["libx264"]
     assert run["options"]["cqs"] == [22, 34] and run["options"]["seeds"] == [0, 1]
     assert run["options"]["train"]["epochs"] == 20 and run["options"]["gate"]["mean_plcc"] == 0.5
-    assert run["fingerprint_id"] and run["fingerprint"]["packages"]["torch"]
+    assert run["fingerprint_id"] and run["fingerprint"]["result_env"]["packages"]["torch"]["digest"]
     verdict = read_json(tiny_run / "verdict.json")
     assert verdict["verdict"] == "PROMOTE"
     (tarball,) = tiny_run.glob("ensemble-results-*.tar.gz")

@@ -29,7 +29,7 @@ def real_report(tmp_path_factory) -> prereqs.PrereqReport:
 
 def test_real_checks_on_this_box(real_report):
     got = rows(real_report)
-    for name in ("ffmpeg", "libvmaf", "python packages", "lock drift", "gpu", "disk", "write permission"):
+    for name in ("ffmpeg", "ffmpeg lock", "libvmaf", "python packages", "lock drift", "gpu", "disk", "write permission"):
         assert name in got, name
     assert got["ffmpeg"].status == "PASS" and got["libvmaf"].status == "PASS"
     assert "2-frame score ok" in got["libvmaf"].detail

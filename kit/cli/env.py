@@ -18,11 +18,12 @@ from kit.env import fingerprint as env_fingerprint
 
 
 @click.group("env", invoke_without_command=True, epilog=EPILOG_EXIT_CODES)
-@json_option("Print the fingerprint as canonical JSON.")
+@json_option("Print the fingerprint (result_env + host) and the result_env id as canonical JSON.")
 @ffmpeg_option("Fingerprint this ffmpeg instead of the one runs would find.")
 @click.pass_context
 def env_cmd(ctx: click.Context, as_json: bool, ffmpeg_path: str | None) -> None:
-    """Print this environment's fingerprint: what two runs must share to give identical results.
+    """Print this environment's fingerprint: result_env (what two runs must share to give identical
+    results; its id is compared) and host (this machine: recorded, never compared).
 
     \b
     Examples:
@@ -38,7 +39,7 @@ def env_cmd(ctx: click.Context, as_json: bool, ffmpeg_path: str | None) -> None:
     table = Table(show_header=False, box=None, pad_edge=False)
     for label, value in env_fingerprint.describe(fp):
         table.add_row(f"[bold]{label}[/bold]", escape(value))
-    emit({"fingerprint_id": fp_id, "fingerprint": fp}, as_json, text=[table])
+    emit({"fingerprint_id": fp_id, "result_env_id": fp_id, "fingerprint": fp}, as_json, text=[table])
 
 
 @env_cmd.command("check", epilog=EPILOG_EXIT_CODES)

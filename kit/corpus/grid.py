@@ -45,7 +45,8 @@ class RunContext:
     @classmethod
     def detect(cls, ff: FFmpeg, *, model: str = DEFAULT_VMAF_MODEL, vmaf_cli: Path | None = None) -> RunContext:
         version = vmaf_cli_version(vmaf_cli) if vmaf_cli is not None else None
-        fp = env_fingerprint.fingerprint(ff)
+        env_fingerprint.require_locked_ffmpeg(ff)  # exit 3 on a damaged locked ffmpeg; a warning for any other
+        fp = env_fingerprint.fingerprint(ff, vmaf_model=model)
         return cls(ff=ff, platform=platform.detect().tag, box_id=platform.box_id(),
                    env_fingerprint=env_fingerprint.fingerprint_id(fp), model=model, vmaf_cli=vmaf_cli,
                    vmaf_cli_version=version)

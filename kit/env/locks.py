@@ -30,6 +30,7 @@ from packaging.version import InvalidVersion, Version
 from kit.core.errors import BadInput, PrereqError
 from kit.core.fsio import sha256_file, write_with
 from kit.core.ids import shorten
+from kit.env.lockfiles import conda_platform
 from kit.env.platform import normalize_arch
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -190,15 +191,6 @@ def pip_drift(lock_dir: Path = ENVIRONMENTS_DIR, *, names: Sequence[str] | None 
 # ---- pixi environments -----------------------------------------------------------------------
 
 
-def conda_subdir(system: str | None = None, machine: str | None = None) -> str:
-    """conda's platform name for this box: linux-64, linux-aarch64, osx-arm64, osx-64."""
-    system = system or sys.platform
-    arch = normalize_arch(machine or _stdlib_platform.machine())
-    if system == "darwin":
-        return "osx-arm64" if arch in ("arm64", "aarch64") else "osx-64"
-    return {"x86_64": "linux-64", "aarch64": "linux-aarch64", "arm64": "linux-aarch64"}.get(arch, f"linux-{arch}")
-
-
 @dataclass(frozen=True)
 class CondaPackage:
     name: str
@@ -292,7 +284,7 @@ def site_packages(prefix: Path) -> list[str]:
 
 def pixi_drift(prefix: Path, lock_path: Path, environment: str, platform: str | None = None) -> DriftReport:
     """Every difference between a pixi environment on disk and its pixi.lock entries, by name."""
-    platform = platform or conda_subdir()
+    platform = platform or conda_platform()
     locked_conda, locked_pypi = read_pixi_lock(lock_path, environment, platform)
     diffs = compare_conda(locked_conda, read_conda_meta(prefix))
     if locked_pypi:

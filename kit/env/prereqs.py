@@ -23,9 +23,9 @@ from kit.core.errors import BadInput, KitError, PrereqError
 from kit.core.schema import LIBVMAF_KEYS
 from kit.corpus import encoders as encoder_table
 from kit.corpus import ffmpeg as tools
-from kit.env import locks
+from kit.env import lockfiles, locks
 from kit.env import platform as host_platform
-from kit.env.fingerprint import PACKAGES
+from kit.env.fingerprint import RESULT_DISTRIBUTIONS
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 NVENC_MIN_FREE_MIB = 512  # an NVENC session plus upload surfaces at 1080p needs a few hundred MiB
@@ -67,6 +67,20 @@ def check_ffmpeg(explicit: str | None) -> tuple[Check, Any | None]:
     except KitError as exc:
         return Check("ffmpeg", FAIL, exc.message, exc.hint or "pip install imageio-ffmpeg, or pass --ffmpeg"), None
     return Check("ffmpeg", PASS, f"{ff.version} ({ff.origin}: {ff.path})"), ff
+
+
+def check_ffmpeg_lock(ff: Any | None) -> Check:
+    """The binary against the locked build's sha256 (kit/locks/ffmpeg.json): damaged is a FAIL, another one a WARN."""
+    if ff is None:
+        return Check("ffmpeg lock", FAIL, "no ffmpeg to check", "fix the ffmpeg row first")
+    check = lockfiles.check_ffmpeg(ff.path, ff.origin)
+    if check.status == lockfiles.LOCKED:
+        return Check("ffmpeg lock", PASS, check.detail)
+    if check.status == lockfiles.TAMPERED:
+        return Check("ffmpeg lock", FAIL, check.detail, lockfiles.reinstall_hint())
+    return Check("ffmpeg lock", WARN, check.detail,
+                 "drop --ffmpeg / ENSEMBLE_KIT_FFMPEG (or the PATH/binaries/ ffmpeg) to use the locked one, "
+                 "if results must match other boxes")
 
 
 def check_libvmaf(ff: Any | None) -> Check:
@@ -133,16 +147,16 @@ def check_encoders(host: host_platform.HostPlatform, requested: Sequence[str] | 
 def check_packages(drift: locks.DriftReport | None) -> Check:
     """The fingerprinted packages import, at the versions the lock pins."""
     broken, versions = [], []
-    for dist in PACKAGES:
+    for dist, module in RESULT_DISTRIBUTIONS.items():
         try:
-            importlib.import_module(dist)  # each distribution imports under its own name
+            importlib.import_module(module)
             versions.append(f"{dist} {metadata.version(dist)}")
         except Exception as exc:  # noqa: BLE001 - an import can fail in many ways; report each by name
             broken.append(f"{dist} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
     if broken:
         return Check("python packages", FAIL, "cannot import " + "; ".join(broken),
                      "reinstall the environment from its lock (see the lock drift row)")
-    off = [d for d in (drift.differences if drift else ()) if d.name in PACKAGES or d.name == "pytorch"]
+    off = [d for d in (drift.differences if drift else ()) if d.name in RESULT_DISTRIBUTIONS or d.name == "pytorch"]
     if off:
         return Check("python packages", WARN, "not at the locked versions: " + "; ".join(str(d) for d in off),
                      FIX_LOCK.get(drift.kind if drift else "", "reinstall from the lock"))
@@ -245,7 +259,7 @@ def run_prereqs(*, encoders: Sequence[str] | None = None, out_dir: Path = Path("
     host = host or host_platform.detect()
     rows: list[Check] = []
     ff_row, ff = check_ffmpeg(ffmpeg)
-    rows += [ff_row, check_libvmaf(ff)]
+    rows += [ff_row, check_ffmpeg_lock(ff), check_libvmaf(ff)]
     if probe is None and ff is not None:
         def probe(name: str) -> Any:
             return tools.probe_encoder(ff, name)

@@ -165,8 +165,9 @@ def run_identity(run_root: Path, verdict: dict[str, Any] | None = None) -> dict[
     verdict = verdict if verdict is not None else read_verdict(run_root)
     run = _read_json_if(RunDir(run_root).run_json)
     fp = run.get("fingerprint") if isinstance(run.get("fingerprint"), dict) else verdict_fingerprint(verdict)
-    plat = run.get("platform") or fp.get("platform") or kit_platform.detect().tag
-    box = run.get("box_id") or fp.get("box_id") or kit_platform.box_id()
+    host = fp.get("host") if isinstance(fp.get("host"), dict) else fp  # fingerprint v2 keeps the platform in host
+    plat = run.get("platform") or host.get("platform") or kit_platform.detect().tag
+    box = run.get("box_id") or host.get("box_id") or kit_platform.box_id()
     stamp = (
         _utc_stamp(run.get("started_at_utc"))
         or _utc_stamp(verdict.get("generated_at_utc"))
@@ -191,7 +192,7 @@ def build_manifest(run_root: Path, files: list[tuple[str, Path]]) -> dict[str, A
     return {
         "schema": BUNDLE_SCHEMA,
         "schema_version": BUNDLE_SCHEMA_VERSION,
-        "kit_version": run.get("kit_version") or fp.get("kit_version") or __version__,
+        "kit_version": run.get("kit_version") or fp.get("kit_version") or __version__,  # v1 fingerprints had it
         "name": bundle_name(ident["platform"], ident["box_id"], ident["utc"]),
         "platform": ident["platform"],
         "box_id": ident["box_id"],

@@ -189,12 +189,13 @@ def _compare(lead: Path, collab: Path, plcc_tol: float, lead_root: Path, collab_
     if lc and cc and lc != cc:
         cmp.notes.append(f"corpora differ (content sha256 {shorten(lc)}… vs {shorten(cc)}…)")
 
-    for key, a, b in env_fingerprint.differences(verdict_fingerprint(lv), verdict_fingerprint(cv)):
+    for key, a, b in env_fingerprint.differences(env_fingerprint.result_env(verdict_fingerprint(lv)),
+                                                 env_fingerprint.result_env(verdict_fingerprint(cv))):
         cmp.fingerprint_diffs.append({"key": key, "lead": a, "collab": b})
     if cmp.fingerprint_diffs:
         keys = ", ".join(d["key"] for d in cmp.fingerprint_diffs[:6])
         more = f" (+{len(cmp.fingerprint_diffs) - 6} more)" if len(cmp.fingerprint_diffs) > 6 else ""
-        cmp.notes.append(f"environments differ: {keys}{more}")
+        cmp.notes.append(f"result_env differs: {keys}{more}")
     return cmp
 
 
