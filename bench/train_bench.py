@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from kit.train.batched import Job, predict, train_models
 from kit.train.config import TrainConfig
-from kit.train.data import check_trainable, load_corpus, normalise
+from kit.train.data import check_trainable, corpus_codec, load_corpus, normalise
 from kit.train.loso import LOSO_TAG, prepare_folds, source_key
 from kit.train.metrics import agreement
 from kit.train.model import Regressor
@@ -121,7 +121,7 @@ def main() -> None:
     df = load_corpus(args.corpus) if args.corpus else normalise(synthetic_corpus(n_sources=9, frames=args.frames))
     df = check_trainable(df)
     config = TrainConfig(epochs=args.epochs, workers=args.workers)
-    folds, blocks, tests = prepare_folds(df)
+    folds, blocks, tests = prepare_folds(df, corpus_codec(df, config.codec_vocab))
     jobs = [Job(f, (seed, LOSO_TAG, source_key(sha))) for seed in range(args.seeds) for f, sha in enumerate(folds)]
     print(f"corpus: {len(df)} rows, {len(folds)} sources; {len(jobs)} models x {args.epochs} epochs; "
           f"{os.cpu_count()} cores; torch {torch.__version__}, default threads {torch.get_num_threads()}")

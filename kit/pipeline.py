@@ -365,7 +365,7 @@ def step_verdict(ctx: Context) -> StepReport:
         ctx.verdict = read_json(ctx.rd.verdict, what="verdict.json")
         return StepReport("verdict", "reused", _verdict_line(ctx.verdict))
     ctx.verdict = gate.write_verdict(ctx.root, **ctx.gate)
-    ctx.rd.mark_done("verdict", key, [ctx.rd.verdict], {"verdict": ctx.verdict["verdict"]})
+    ctx.rd.mark_done("verdict", key, ctx.rd.verdict_files(), {"verdict": ctx.verdict["verdict"]})
     return StepReport("verdict", "done", _verdict_line(ctx.verdict))
 
 

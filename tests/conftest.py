@@ -123,3 +123,15 @@ TINY_PIPELINE_ARGS = ("--demo-size", "96x64", "--demo-frames", "8", "--encoders"
 @pytest.fixture(scope="session")
 def tiny_pipeline_args() -> list[str]:
     return list(TINY_PIPELINE_ARGS)
+
+
+@pytest.fixture(scope="session")
+def promote_snapshot():
+    """make(seeds) -> the gate snapshot export takes, of a real PROMOTE decision (kit.results.gate.decide)."""
+    from kit.results.gate import decide
+
+    def make(seeds=(0, 1, 2)) -> dict:
+        verdict = decide({s: 0.97 - 0.001 * s for s in seeds})
+        return {"verdict": verdict.verdict, "gate": verdict.gate, "recommendation": verdict.recommendation}
+
+    return make

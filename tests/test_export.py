@@ -1,4 +1,5 @@
-"""Export: self-contained ONNX (opset 17, dynamic batch), parity with PyTorch, ensemble predict, CLI."""
+"""Export: the fork's member layout (opset 17, features/codec_onehot -> score, no scaler inside), parity with
+PyTorch through the consumer's standardise-then-feed path, both file layouts, naming on HOLD, predict, CLI."""
 
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ from click.testing import CliRunner
 from kit.cli import main
 from kit.core.errors import BadInput, WorkFailed
 from kit.core.fsio import sha256_file
-from kit.results import export, predict
-from kit.train.codec import VOCAB
+from kit.results import contract, export, predict
+from kit.results.gate import decide
 from kit.train.config import TrainConfig
 from kit.train.synthetic import synthetic_corpus
 
 CFG = TrainConfig(epochs=3, hidden=16)
+NAME = contract.PRODUCTION_NAME
 
 
 @pytest.fixture(scope="module")
@@ -28,41 +30,72 @@ def corpus() -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def exported(corpus, tmp_path_factory):
+def exported(corpus, tmp_path_factory, promote_snapshot):
     models = tmp_path_factory.mktemp("models")
-    ensemble = export.export_ensemble(corpus, CFG, (0, 1, 2), {"verdict": "PROMOTE"}, models)
+    ensemble = export.export_ensemble(corpus, CFG, (0, 1, 2), promote_snapshot(), models)
     return models, ensemble
 
 
-def test_onnx_files_are_self_contained_and_valid(exported):
+def _graph(path):
+    return onnx.load(str(path), load_external_data=False)
+
+
+def test_members_take_the_forks_inputs_and_are_self_contained(exported, corpus):
     models, ensemble = exported
     assert sorted(p.name for p in models.iterdir()) == sorted(
-        ["ensemble.json"] + [f"ensemble_seed{s}.{ext}" for s in (0, 1, 2) for ext in ("onnx", "json")])
+        ["ensemble.json", "registry.rows.json"] + [f"{NAME}_seed{s}.{ext}" for s in (0, 1, 2) for ext in ("onnx", "json")])
     for member in ensemble["members"]:
         path = models / member["onnx"]
         assert sha256_file(path) == member["sha256"]
-        proto = onnx.load(str(path), load_external_data=False)
+        proto = _graph(path)
         onnx.checker.check_model(proto, full_check=True)
         assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
-        assert {o.domain: o.version for o in proto.opset_import}.get("") == 17
-        assert [i.name for i in proto.graph.input] == ["features", "codec_onehot"]
-        assert [o.name for o in proto.graph.output] == ["score"]
+        assert {o.domain: o.version for o in proto.opset_import} == {"": 17}
+        dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+                for v in [*proto.graph.input, *proto.graph.output]}
+        assert dims == {"features": ["batch", 6], "codec_onehot": ["batch", 14], "score": ["batch"]}
+        assert "Sub" not in {n.op_type for n in proto.graph.node}  # no scaler in the graph: the caller standardises
         sidecar = json.loads((models / member["sidecar"]).read_text())
-        assert sidecar["onnx_sha256"] == member["sha256"]
-        assert sidecar["codec"]["vocab"] == list(VOCAB) and sidecar["codec"]["vocab_version"] >= 1
-        assert sidecar["parity"]["max_abs_diff"] <= 1e-4
-        assert len(sidecar["scaler"]["mean"]) == 6 and sidecar["config"]["hidden"] == 16
+        assert sidecar["sha256"] == member["sha256"] and sidecar["id"] == member["id"] == f"{NAME}_seed{member['seed']}"
+        assert sidecar[contract.EXTRAS_KEY]["parity"]["max_abs_diff"] <= 1e-4
+        assert sidecar["training_recipe"]["hidden"] == 16 and sidecar["training_recipe"]["num_codecs"] == 14
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         for n in (1, 7):  # dynamic batch
             out = session.run(["score"], {"features": np.ones((n, 6), np.float32),
-                                          "codec_onehot": np.zeros((n, len(VOCAB) + 2), np.float32)})[0]
+                                          "codec_onehot": np.zeros((n, 14), np.float32)})[0]
             assert out.shape == (n,)
 
 
-def test_export_is_deterministic(corpus, exported, tmp_path):
+def test_the_sidecar_corpus_hash_is_the_jsonl_export(exported, corpus, tmp_path):
+    """corpus.sha256 names a file anyone can make: `corpus export --format jsonl` of the trained rows."""
+    from kit.core.rundir import RunDir
+    from kit.corpus.table import export_jsonl, write_corpus
+
+    models, ensemble = exported
+    rd = RunDir(tmp_path)
+    write_corpus(corpus, rd.corpus)
+    export_jsonl(rd.corpus, tmp_path / "corpus.jsonl")
+    assert ensemble["corpus"]["sha256"] == sha256_file(tmp_path / "corpus.jsonl")
+    assert ensemble["corpus"]["n_rows"] == len(corpus) and ensemble["corpus"]["cq_min"] == 20.0
+
+
+def test_export_is_deterministic(corpus, exported, tmp_path, promote_snapshot):
     models, _ = exported
-    export.export_ensemble(corpus, CFG, (0,), {"verdict": "PROMOTE"}, tmp_path)
-    assert (tmp_path / "ensemble_seed0.onnx").read_bytes() == (models / "ensemble_seed0.onnx").read_bytes()
+    export.export_ensemble(corpus, CFG, (0,), promote_snapshot(), tmp_path)
+    assert (tmp_path / f"{NAME}_seed0.onnx").read_bytes() == (models / f"{NAME}_seed0.onnx").read_bytes()
+
+
+def test_external_data_layout_matches_production_and_predicts_the_same(corpus, exported, tmp_path, promote_snapshot):
+    models, _ = exported
+    ens = export.export_ensemble(corpus, CFG, (0, 1, 2), promote_snapshot(), tmp_path, external_data=True)
+    for member in ens["members"]:
+        data = tmp_path / member["onnx_data"]
+        assert member["onnx_data"] == member["onnx"] + ".data" and sha256_file(data) == member["onnx_data_sha256"]
+        external = [t for t in _graph(tmp_path / member["onnx"]).graph.initializer
+                    if t.data_location == onnx.TensorProto.EXTERNAL]
+        assert [t.name for t in external] == ["net.0.weight", "net.3.weight"]  # production's split (>= 1 KiB)
+        assert {e.key: e.value for e in external[0].external_data}["location"] == member["onnx_data"]
+    pd.testing.assert_frame_equal(predict.predict_ensemble(tmp_path, corpus), predict.predict_ensemble(models, corpus))
 
 
 def test_predict_mean_std_interval(corpus, exported):
@@ -77,32 +110,48 @@ def test_predict_mean_std_interval(corpus, exported):
 
 def test_tampered_model_is_refused(exported, corpus, tmp_path):
     models, ensemble = exported
-    copy = tmp_path / "m"
-    copy.mkdir()
     for p in models.iterdir():
-        (copy / p.name).write_bytes(p.read_bytes())
-    (copy / ensemble["members"][0]["onnx"]).write_bytes(b"garbage")
+        (tmp_path / p.name).write_bytes(p.read_bytes())
+    (tmp_path / ensemble["members"][0]["onnx"]).write_bytes(b"garbage")
     with pytest.raises(BadInput, match="sha256"):
-        predict.predict_ensemble(copy, corpus)
+        predict.predict_ensemble(tmp_path, corpus)
 
 
-def test_hold_needs_force(corpus, tmp_path):
+def test_hold_needs_force_and_never_takes_the_production_ids(corpus, tmp_path, promote_snapshot):
+    hold = {"verdict": "HOLD", "gate": decide({0: 0.90}).gate}
     with pytest.raises(BadInput, match="--force"):
-        export.export_ensemble(corpus, CFG, (0,), {"verdict": "HOLD"}, tmp_path)
-    ens = export.export_ensemble(corpus, CFG, (0,), {"verdict": "HOLD"}, tmp_path, force=True)
-    assert ens["forced"] is True
+        export.export_ensemble(corpus, CFG, (0,), hold, tmp_path)
+    with pytest.raises(BadInput, match="production ensemble's id"):
+        export.export_ensemble(corpus, CFG, (0,), hold, tmp_path, force=True, name=NAME)
+    ens = export.export_ensemble(corpus, CFG, (0,), hold, tmp_path, force=True)
+    assert ens["forced"] is True and ens["id"] == f"{NAME}_unpromoted"
+    sidecar = json.loads((tmp_path / f"{NAME}_unpromoted_seed0.json").read_text())
+    assert sidecar["gate"]["passed"] is False and sidecar["gate"]["verdict"] == "HOLD"
+    rows = json.loads((tmp_path / "registry.rows.json").read_text())["models"]
+    assert [r["smoke"] for r in rows] == [True] and rows[0]["id"] == f"{NAME}_unpromoted_seed0"
+    with pytest.raises(BadInput, match="registry schema"):
+        export.export_ensemble(corpus, CFG, (0,), promote_snapshot((0,)), tmp_path, name="Bad.Name")
 
 
-def test_parity_failure_is_work_failed(corpus, tmp_path, monkeypatch):
-    real = predict.ort_scores
-    monkeypatch.setattr(predict, "ort_scores", lambda *a: real(*a) + 1e-3)  # an onnxruntime that drifts
+def test_vocab_v3_members_are_18_wide_and_not_production(corpus, tmp_path, promote_snapshot):
+    config = TrainConfig(epochs=2, hidden=8, codec_vocab="v3")
+    ens = export.export_ensemble(corpus, config, (0,), promote_snapshot((0,)), tmp_path)
+    assert ens["id"] == f"{NAME}_vocab_v3" and ens["codec"]["num_codecs"] == 18
+    sidecar = json.loads((tmp_path / f"{NAME}_vocab_v3_seed0.json").read_text())
+    assert sidecar["encoder_vocab_version"] == 3 and len(sidecar["codec_block_layout"]) == 18
+    assert len(predict.predict_ensemble(tmp_path, corpus)) == len(corpus)
+
+
+def test_parity_failure_is_work_failed(corpus, tmp_path, promote_snapshot, monkeypatch):
+    real = predict.scores_from_bytes
+    monkeypatch.setattr(predict, "scores_from_bytes", lambda *a: real(*a) + 1e-3)  # an onnxruntime that drifts
     with pytest.raises(WorkFailed, match="disagrees"):
-        export.export_ensemble(corpus, CFG, (0,), {"verdict": "PROMOTE"}, tmp_path)
-    assert not (tmp_path / "ensemble.json").exists()
+        export.export_ensemble(corpus, CFG, (0,), promote_snapshot(), tmp_path)
+    assert not list(tmp_path.iterdir())  # nothing published
 
 
 def test_cli_train_verdict_export_predict_report(corpus, tmp_path):
-    """The user's path on an old-kit JSONL: train -> verdict (HOLD at 2 epochs) -> export --force -> predict -> report."""
+    """The user's path on a JSONL: train -> verdict (HOLD at 2 epochs) -> export --force -> predict -> report."""
     from kit.corpus.legacy import write_jsonl
 
     jsonl = tmp_path / "old.jsonl"
@@ -115,12 +164,14 @@ def test_cli_train_verdict_export_predict_report(corpus, tmp_path):
     assert (run / "corpus.parquet").is_file() and (run / "loso" / "seed1" / "predictions.parquet").is_file()
     summary = json.loads((run / "loso" / "summary.json").read_text())
     assert summary["config"]["epochs"] == 2 and summary["config"]["hidden"] == 8 and summary["seeds"] == [0, 1]
+    assert summary["codec"]["vocab"] == "v2" and summary["codec"]["cq_min"] == 20.0
     r = runner.invoke(main, ["verdict", "--out-dir", str(run)])
     assert r.exit_code == 1, r.output  # an undertrained model must not promote
     r = runner.invoke(main, ["export", "--out-dir", str(run)])
     assert r.exit_code == 2 and "--force" in r.output
-    r = runner.invoke(main, ["export", "--out-dir", str(run), "--force", "--quiet"])
+    r = runner.invoke(main, ["export", "--out-dir", str(run), "--force", "--quiet", "--external-data"])
     assert r.exit_code == 0, r.output
+    assert (run / "models" / f"{NAME}_unpromoted_seed1.onnx.data").is_file()
     out = tmp_path / "pred.csv"
     r = runner.invoke(main, ["predict", "--models", str(run / "models"), str(jsonl), "-o", str(out)])
     assert r.exit_code == 0, r.output

@@ -23,7 +23,8 @@ def _loso(per_fold: dict[int, list[float]]) -> LosoResult:
     for seed, plccs in per_fold.items():
         for k, v in enumerate(plccs):
             rows.append({"seed": seed, "fold_src": f"src{k}", "fold_src_sha256": f"{k:064x}", "plcc": v,
-                         "srocc": v, "krocc": v, "rmse": 1.0, "n_frames": 10, "n_encodes": 2})
+                         "srocc": v, "krocc": v, "rmse": 1.0, "n_frames": 10, "n_encodes": 2,
+                         "n_train": 10 * (len(plccs) - 1)})
     return LosoResult(seeds=tuple(sorted(per_fold)), config=TrainConfig(epochs=1), folds=pd.DataFrame(rows),
                       predictions=pd.DataFrame(columns=list(PREDICTION_COLUMNS)), corpus={"sha256": "c" * 64, "n_rows": 30, "n_sources": 3},
                       fingerprint={"platform": "test"}, fingerprint_id="f" * 16)
@@ -102,14 +103,19 @@ def test_thresholds_are_flags_and_exit_codes(tmp_path):
     loso = _loso({0: [0.97, 0.96, 0.965], 1: [0.96, 0.95, 0.955]})
     write_loso(loso, tmp_path)
     runner = CliRunner()
+    fork_files = lambda: sorted(p.name for p in (tmp_path / "loso").glob("*.json") if p.stem in (PROMOTE, HOLD))  # noqa: E731
     hold = runner.invoke(main, ["verdict", "--out-dir", str(tmp_path)])
     assert hold.exit_code == 1, hold.output
     assert json.loads((tmp_path / "verdict.json").read_text())["verdict"] == HOLD
+    assert fork_files() == ["HOLD.json"]
     ok = runner.invoke(main, ["verdict", "--out-dir", str(tmp_path), "--spread-max", "0.02"])
     assert ok.exit_code == 0, ok.output
     doc = json.loads((tmp_path / "verdict.json").read_text())
     assert doc["verdict"] == PROMOTE and doc["gate"]["plcc_spread_max"] == 0.02
     assert sorted(p.name for p in tmp_path.iterdir()) == ["loso", "verdict.json"]  # one verdict file, never two
+    assert fork_files() == ["PROMOTE.json"]  # and one fork view of it, never a stale HOLD beside it
+    assert runner.invoke(main, ["verdict", "--out-dir", str(tmp_path)]).exit_code == 1
+    assert fork_files() == ["HOLD.json"]  # the fork's gate would leave the old PROMOTE.json here; we do not
     # the pipeline's spelling of the same thresholds works here too
     alias = runner.invoke(main, ["verdict", "--out-dir", str(tmp_path), "--gate-plcc-spread-max", "0.001"])
     assert alias.exit_code == 1, alias.output

@@ -17,8 +17,7 @@ from kit.train.config import TrainConfig
 from kit.train.model import (
     HIDDEN_LAYERS,
     PARAMS,
-    Regressor,
-    ScoringModel,
+    ForkMember,
     Weights,
     init_params,
     param_shapes,
@@ -105,6 +104,6 @@ def test_one_definition_for_trainer_plain_loop_and_exporter():
                 tuple(reversed(s)) if k.startswith("W") else (s[1],) for k, s in param_shapes(N_IN, H).items()]
             torch.testing.assert_close(module(x[m]), stacked[m], rtol=1e-6, atol=1e-6)
             np.testing.assert_array_equal(Weights.from_module(module).flat(), weights.flat())
-            scoring = ScoringModel(module, np.zeros(6), np.ones(6))  # what export writes: the same regressor inside
-            assert isinstance(scoring.regressor, Regressor)
-            torch.testing.assert_close(scoring(x[m, :, :6], x[m, :, 6:]), stacked[m], rtol=1e-6, atol=1e-6)
+            member = ForkMember(module)  # what export writes: the same network, the fork's two inputs
+            assert [name for name, _ in member.named_parameters()][:2] == ["net.0.weight", "net.0.bias"]
+            torch.testing.assert_close(member(x[m, :, :6], x[m, :, 6:]), stacked[m], rtol=1e-6, atol=1e-6)

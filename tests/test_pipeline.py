@@ -50,7 +50,9 @@ def test_tiny_demo_pipeline_promotes_and_bundles(tiny_run):
     names = {f["path"] for f in checked.manifest["files"]}
     assert {"run.json", "verdict.json", "corpus.parquet", "loso/folds.csv", "loso/summary.json",
             "models/ensemble.json", "report/index.html"} <= names
-    assert {f"models/ensemble_seed{s}.onnx" for s in (0, 1)} <= names
+    assert {f"models/fr_regressor_v2_ensemble_v1_seed{s}.{ext}" for s in (0, 1) for ext in ("onnx", "json")} <= names
+    # the fork's views travel too: its per-seed LOSO files, its verdict file, the registry rows
+    assert {"loso/loso_seed0.json", "loso/loso_seed1.json", "loso/PROMOTE.json", "models/registry.rows.json"} <= names
     assert not any(n.startswith((".pipeline", "corpus/")) for n in names)  # bookkeeping and cells stay home
     assert compare.compare(tiny_run, tarball).reproduced
 

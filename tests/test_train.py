@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -11,13 +12,12 @@ import pytest
 from scipy import stats
 
 from kit.core.errors import BadInput, WorkFailed
-from kit.corpus.encoders import ENCODERS
 from kit.corpus.table import corpus_sha256
 from kit.train.batched import Job, train_models
-from kit.train.codec import UNKNOWN, VOCAB, codec_block
+from kit.train.codec import UNKNOWN, VOCABS, CodecSpec
 from kit.train.config import TrainConfig, parse_seeds
-from kit.train.data import check_trainable, load_corpus
-from kit.train.loso import run_loso
+from kit.train.data import Scaler, check_trainable, corpus_codec, load_corpus
+from kit.train.loso import FULL_TAG, prepare_folds, run_loso
 from kit.train.metrics import agreement, fold_metrics, nan_safe_summary, per_encode
 from kit.train.plain import train_one
 from kit.train.synthetic import synthetic_corpus
@@ -86,20 +86,31 @@ def small_corpus() -> pd.DataFrame:
     return synthetic_corpus(n_sources=4, frames=8, encoders=("libx264", "libx265"), cqs=(19, 31, 43))
 
 
+def _without_wall_time(path: Path) -> bytes:
+    """A file's bytes, with the one measured number (loso_seed<N>.json's wall_time_s) blanked."""
+    if not path.name.startswith("loso_seed"):
+        return path.read_bytes()
+    doc = json.loads(path.read_text())
+    assert isinstance(doc.pop("wall_time_s"), float)
+    return json.dumps(doc, sort_keys=True).encode()
+
+
 def test_loso_outputs_and_verdict_are_byte_identical(small_corpus, tmp_path):
-    """Two full runs (training, LOSO files, verdict) on the same corpus give the same bytes."""
+    """Two full runs (training, LOSO files, verdict, the fork's files) on the same corpus give the same
+    bytes, apart from the measured wall_time_s of the fork's loso_seed<N>.json."""
     from datetime import UTC, datetime
 
-    from kit.results.gate import decide, write_verdict_file
+    from kit.results.gate import decide, write_decision
 
     for run in ("a", "b"):
         result = run_loso(small_corpus, TINY, (0, 1), tmp_path / run)
-        write_verdict_file(tmp_path / run / "verdict.json", decide(result), result, now=datetime(2026, 1, 1, tzinfo=UTC))
+        write_decision(tmp_path / run, decide(result), result, now=datetime(2026, 1, 1, tzinfo=UTC))
     files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
     files_b = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
-    assert files_a == files_b and len(files_a) == 5  # folds.csv, summary.json, 2 x predictions, verdict
+    # folds.csv, summary.json, 2 x predictions, 2 x loso_seed<N>.json, verdict.json, PROMOTE.json or HOLD.json
+    assert files_a == files_b and len(files_a) == 8
     for rel in files_a:
-        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+        assert _without_wall_time(tmp_path / "a" / rel) == _without_wall_time(tmp_path / "b" / rel), rel
 
 
 def test_loso_folds_and_seeds(small_corpus):
@@ -148,20 +159,51 @@ def test_nan_safe_summary_is_order_independent():
     assert math.isnan(nan_safe_summary([float("nan")])["mean"])
 
 
-def test_codec_vocabulary_covers_every_encoder():
-    assert set(ENCODERS) | {UNKNOWN} == set(VOCAB)
-    df = pd.DataFrame({"encoder": ["hevc_videotoolbox", "h264_vaapi", "mystery_enc"], "cq": [25, 25, 25],
-                       "preset": ["", "", ""]})
-    block = codec_block(df)
-    assert block.shape == (3, len(VOCAB) + 2)
-    assert block[0, VOCAB.index("hevc_videotoolbox")] == 1
-    assert block[1, VOCAB.index("h264_vaapi")] == 1
-    assert block[2, VOCAB.index(UNKNOWN)] == 1
-    assert (block[:, : len(VOCAB)].sum(axis=1) == 1).all()
-    legacy = pd.DataFrame({"encoder": ["libx264", "libx264"], "cq": [51, 0], "preset": ["", "medium"]})
-    block = codec_block(legacy)
-    assert block[0, -2] == 0.5 and block[1, -2] == pytest.approx(ENCODERS["libx264"].preset_norm)  # unknown preset: neutral
-    assert block[0, -1] == 1.0 and block[1, -1] == 0.0
+def test_codec_block_is_the_forks():
+    """v2: 12 slots (others -> unknown), preset_norm 0.5, crf_norm over the corpus cq range in float32."""
+    v2 = VOCABS["v2"]
+    assert v2.width == 14 and v2.encoders[5] == "h264_nvenc" and v2.encoders[-1] == UNKNOWN
+    spec = CodecSpec.of_corpus(np.array([19, 37, 25]), "v2")
+    assert (spec.cq_min, spec.cq_max) == (19.0, 37.0)
+    block = spec.block(["h264_nvenc", "hevc_videotoolbox", "libx264"], np.array([19, 28, 37]))
+    expected = np.zeros((3, 14), np.float32)
+    expected[0, 5] = expected[1, 11] = expected[2, 0] = 1.0
+    expected[:, 12] = 0.5
+    expected[:, 13] = np.float32([0.0, np.float32(9) / np.float32(18), 1.0])
+    assert block.dtype == np.float32 and np.array_equal(block, expected)
+    assert spec.to_dict()["codec_block_layout"][5] == "encoder_onehot[h264_nvenc]"
+    one_cq = CodecSpec.of_corpus(np.array([25, 25]), "v2")  # a single cq: the column carries no signal
+    assert (one_cq.block(["libx264"], np.array([25]))[:, 13] == 0.5).all()
+
+
+def test_codec_vocab_v3_has_no_unknown_slot():
+    v3 = CodecSpec.of_corpus(np.array([20, 30]), "v3")
+    assert v3.vocab.width == 18 and v3.block(["hevc_videotoolbox"], np.array([20]))[0, 15] == 1.0
+    with pytest.raises(BadInput, match=r"h264_vaapi.*no slot in codec vocabulary v3.*--codec-vocab v2"):
+        v3.block(["libx264", "h264_vaapi"], np.array([20, 30]))
+    with pytest.raises(BadInput, match="--codec-vocab"):
+        TrainConfig(codec_vocab="v1")
+
+
+def test_scaler_is_the_forks():
+    x = np.array([[1.0, 5.0, 2.0], [3.0, 5.0, 2.0 + 1e-10], [5.0, 5.0, 2.0]])
+    scaler = Scaler.fit(x)
+    assert scaler.std[0] == pytest.approx(np.std([1.0, 3.0, 5.0]))  # population std
+    assert scaler.std[1] == 1.0 and scaler.std[2] == 1.0  # std < 1e-8 -> 1
+
+
+def test_batched_equals_plain_loop_on_the_forks_inputs(small_corpus):
+    """The parity proof again, on what training really feeds: fold-local scaler + the fork's 14-wide codec block."""
+    df = check_trainable(small_corpus)
+    codec = corpus_codec(df, "v2")
+    _, blocks, _ = prepare_folds(df, codec)
+    assert blocks[0][0].shape[1] == 6 + 14
+    blocks = blocks[:2]
+    jobs = [Job(b, (s, FULL_TAG, b)) for s in (0, 3) for b in range(2)]
+    net = train_models(blocks, jobs, TINY)
+    for m, job in enumerate(jobs):
+        solo = train_one(*blocks[job.block], TINY, job.key)
+        assert np.max(np.abs(_all(solo) - _all(net.weights(m)))) < 1e-5
 
 
 def test_bad_corpora_are_bad_input(small_corpus, tmp_path):

@@ -12,6 +12,7 @@ from kit.cli.options import (
     EPILOG_EXIT_CODES,
     demo_options,
     demo_settings,
+    drop_invalid_option,
     encoder_options,
     encoders_and_cqs,
     ffmpeg_option,
@@ -105,28 +106,34 @@ def corpus_cmd(ctx: click.Context, demo: bool, demo_frames: int | None, demo_siz
 @corpus_cmd.command("import")
 @click.argument("jsonl", nargs=-1, required=True, type=click.Path(path_type=Path))
 @out_dir_option(default=None, required=True, help="Run directory to write corpus.parquet into.")
+@drop_invalid_option()
 @json_option("Print the import report as JSON.")
-def corpus_import_cmd(jsonl: tuple[Path, ...], out_dir: Path, as_json: bool) -> None:
-    """Import the old bash kit's per-frame JSONL into corpus.parquet (exact duplicate rows dropped).
+def corpus_import_cmd(jsonl: tuple[Path, ...], out_dir: Path, drop_invalid: bool, as_json: bool) -> None:
+    """Import per-frame JSONL into corpus.parquet: ours (`corpus export`, lossless), the fork's
+    (hw_encoder_corpus.py) or the old bash kit's. Exact duplicate rows are dropped; an invalid row is an
+    error naming its file:line (or, with --drop-invalid, skipped and counted in corpus/import.json).
 
     \b
     Example:
       ensemble-kit corpus import old/corpus.jsonl --out-dir runs/imported
+      ensemble-kit corpus import per_frame_canonical6.jsonl --out-dir runs/fork --drop-invalid
     """
     from kit.corpus import table  # heavy (pandas): imported when the command runs
 
-    report = table.import_jsonl(list(jsonl), RunDir(out_dir))
+    report = table.import_jsonl(list(jsonl), RunDir(out_dir), drop_invalid=drop_invalid)
     emit(report, as_json)
     if not as_json:
+        skipped = f", {report['invalid_rows_dropped']} invalid rows skipped" if report["invalid_rows_dropped"] else ""
         note(f"imported {report['rows']} rows ({report['sources']} sources) -> {report['corpus']}; "
-             f"{report['duplicates_dropped']} duplicate rows dropped, {report['conflicts']} conflicting")
+             f"{report['duplicates_dropped']} duplicate rows dropped, {report['conflicts']} conflicting{skipped}")
 
 
 @corpus_cmd.command("export")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), help="Output .jsonl (default RUN_DIR/corpus.jsonl).")
 def corpus_export_cmd(run_dir: Path, out: Path | None) -> None:
-    """Export RUN_DIR/corpus.parquet as JSONL with the old kit's column names.
+    """Export RUN_DIR/corpus.parquet as per-frame JSONL: every column (lossless: `corpus import` reads it
+    back to the same corpus hash), the fork trainer's keys first, so the fork can train on it as is.
 
     \b
     Example:
@@ -177,12 +184,13 @@ def score_cmd(ref: Path, dis: Path, width: int | None, height: int | None, pix_f
 @click.command("merge", epilog=EPILOG_EXIT_CODES)
 @click.argument("inputs_", metavar="INPUTS", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", "out", type=click.Path(path_type=Path), required=True,
-              help="Output corpus (.parquet, or .jsonl for the old kit's columns).")
+              help="Output corpus (.parquet, or .jsonl: every column, the fork trainer's keys first).")
+@drop_invalid_option()
 @json_option("Print the merge report as JSON.")
-def merge_cmd(inputs_: tuple[Path, ...], out: Path, as_json: bool) -> None:
+def merge_cmd(inputs_: tuple[Path, ...], out: Path, drop_invalid: bool, as_json: bool) -> None:
     """Combine corpora or shards from several boxes, de-duplicated on (src_sha256, encoder, cq, frame_index).
 
-    Inputs are run directories, corpus .parquet files, results bundles (.tar.gz) or old-kit .jsonl files.
+    Inputs are run directories, corpus .parquet files, results bundles (.tar.gz) or per-frame .jsonl files.
     Identical duplicates are dropped; conflicting duplicates (same key, different values) keep the first
     input's row and are reported and written to OUT.conflicts.parquet.
 
@@ -194,7 +202,8 @@ def merge_cmd(inputs_: tuple[Path, ...], out: Path, as_json: bool) -> None:
     from kit.corpus import table  # heavy (pandas): imported when the command runs
 
     # results bundles are verified and safely extracted first
-    report = table.merge([bundle.corpus_from(p) if bundle.is_bundle(p) else p for p in inputs_], out)
+    report = table.merge([bundle.corpus_from(p) if bundle.is_bundle(p) else p for p in inputs_], out,
+                         drop_invalid=drop_invalid)
     emit(report, as_json)
     if not as_json:
         note(f"merged {report['inputs']} inputs: {report['rows']} rows -> {report['out']}; "

@@ -53,6 +53,12 @@ def quiet_option(help: str = "No progress bar.") -> Decorator:  # noqa: A002
     return click.option("--quiet", "-q", is_flag=True, help=help)
 
 
+def drop_invalid_option() -> Decorator:
+    return click.option("--drop-invalid", is_flag=True,
+                        help="Skip JSONL rows that cannot be corpus rows (null/non-numeric/non-finite score or feature, "
+                             "non-integer cq, ...) and count them in the report, instead of stopping at the first.")
+
+
 def jobs_option(help: str = "Work in parallel (default: one per core).") -> Decorator:  # noqa: A002
     return click.option("--jobs", "-j", type=click.IntRange(min=1), default=None, help=help)
 
@@ -111,7 +117,8 @@ def train_config_options(*, demo_note: bool = False) -> Decorator:
     decorators = []
     for f in fields(TrainConfig):
         note = f"; demo {demo.DEMO_TRAIN[f.name]}" if demo_note and f.name in demo.DEMO_TRAIN else ""
-        decorators.append(click.option(f"--{f.name.replace('_', '-')}", f.name, type=type(f.default), default=None,
+        kind = click.Choice(f.metadata["choices"]) if "choices" in f.metadata else type(f.default)
+        decorators.append(click.option(f"--{f.name.replace('_', '-')}", f.name, type=kind, default=None,
                                        help=f"{f.metadata.get('help', f.name)} [default: {f.default}{note}]"))
     return _stack(*decorators)
 

@@ -38,40 +38,55 @@ def verdict_cmd(out_dir: Path, mean_plcc: float, plcc_spread_max: float, per_see
 
 @click.command("export", epilog=EPILOG_EXIT_CODES)
 @out_dir_option()
-@click.option("--force", is_flag=True, help="Export even when the verdict is HOLD (recorded in the sidecars).")
+@click.option("--force", is_flag=True, help="Export even when the verdict is HOLD (the members then get non-production "
+              "ids, smoke=true registry rows, and the sidecars record the verdict).")
 @click.option("--corpus", "corpus_path", type=click.Path(path_type=Path),
               help="The corpus the verdict was computed on [default: OUT_DIR/corpus.parquet].")
-@click.option("--name", default="ensemble", show_default=True, help="File stem: NAME_seed<N>.onnx.")
+@click.option("--name", default=None, help="Ensemble id: members NAME_seed<N>.onnx [default: fr_regressor_v2_ensemble_v1, "
+              "the production id, on a PROMOTE in vocab v2; otherwise a name that says why not].")
+@click.option("--external-data", is_flag=True, help="Write each member as the fork ships them: NAME_seed<N>.onnx + "
+              ".onnx.data (both hashed in ensemble.json) [default: one self-contained .onnx].")
 @quiet_option()
-def export_cmd(out_dir: Path, force: bool, corpus_path: Path | None, name: str, quiet: bool) -> None:
-    """Fit each seed on the whole corpus and write verified ONNX models to OUT_DIR/models/.
+def export_cmd(out_dir: Path, force: bool, corpus_path: Path | None, name: str | None, external_data: bool,
+               quiet: bool) -> None:
+    """Fit each seed on the whole corpus and write fork-ready members to OUT_DIR/models/.
 
-    Only on PROMOTE (or --force). Each model is checked with onnx.checker and against PyTorch with
-    onnxruntime on every corpus row (within 1e-4, else exit 4).
+    Only on PROMOTE (or --force). Per member: the .onnx (inputs features [N,6], standardised by the caller,
+    and codec_onehot [N,14]; output score), its sidecar with every key the fork's production sidecars have,
+    and its row in registry.rows.json; then ensemble.json. Each model is checked with onnx.checker and
+    against PyTorch with onnxruntime on every corpus row (within 1e-4, else exit 4).
 
     \b
     Example:
       ensemble-kit export --out-dir runs/demo
+      ensemble-kit export --out-dir runs/demo --external-data   # .onnx + .onnx.data, like model/tiny/
     """
     from kit.results import export  # heavy (torch, onnx): imported when the command runs
 
     with Progress("export", quiet=quiet, unit="epochs") as bar:
-        ensemble = export.export_run(out_dir, force=force, corpus=corpus_path, name=name, progress=bar.tick)
+        ensemble = export.export_run(out_dir, force=force, corpus=corpus_path, name=name, external_data=external_data,
+                                     progress=bar.tick)
     emit(ensemble, text=[f"{RunDir(out_dir).models_dir / m['onnx']}  sha256 {m['sha256']}" for m in ensemble["members"]])
 
 
 @click.command("predict", epilog=EPILOG_EXIT_CODES)
 @click.option("--models", "models_dir", type=click.Path(path_type=Path), required=True,
-              help="Folder with ensemble.json (e.g. runs/demo/models).")
+              help="Folder of fr_regressor_v2 members: ours (with ensemble.json, e.g. runs/demo/models) or the "
+                   "fork's (each <id>.onnx with its <id>.json sidecar, and .onnx.data if any).")
 @click.argument("corpus_path", metavar="CORPUS", type=click.Path(path_type=Path))
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("predictions.parquet"), show_default=True,
               help="Where to write per-row predictions (.parquet or .csv).")
 def predict_cmd(models_dir: Path, corpus_path: Path, output: Path) -> None:
     """Score every row of CORPUS with the ensemble (onnxruntime): mean, std (ddof=1), 95% interval.
 
+    Each member gets what the fork feeds it: features standardised with its sidecar's feature_mean/std,
+    and the codec block of its sidecar's vocabulary and cq range. Warns about encoders the members
+    never saw and predictions outside [0, 100].
+
     \b
     Example:
       ensemble-kit predict --models runs/demo/models runs/other/corpus.parquet -o other.csv
+      ensemble-kit predict --models vmaf/model/tiny corpus.jsonl -o fork.csv
     """
     # heavy (onnxruntime, pandas): imported when the command runs
     from kit.results import predict

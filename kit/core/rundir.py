@@ -7,9 +7,9 @@ belong to a run instead of looking around:
            corpus/grid.json            the current grid; corpus/cells/<cell_id>.parquet its finished cells
            corpus/failures.jsonl       failed cells; corpus/summary[-shardKofN].json; corpus/corrupt/
            corpus.parquet              the assembled corpus
-           loso/summary.json, loso/folds.csv, loso/seed<N>/predictions.parquet
-           verdict.json                the one verdict file
-           models/ensemble.json + members' .onnx and .json sidecars
+           loso/summary.json, loso/folds.csv, loso/seed<N>/predictions.parquet, loso/loso_seed<N>.json
+           verdict.json + loso/PROMOTE.json or loso/HOLD.json   one decision, ours and the fork's view
+           models/ensemble.json + members' .onnx (+ .onnx.data) and .json sidecars + registry.rows.json
            report/index.html + REPORT_IMAGES
            .pipeline/steps/<step>.json the step markers; .pipeline/lock, log.jsonl, stale/
 
@@ -32,6 +32,8 @@ from kit.core.ids import digest
 
 PIPELINE_DIR = ".pipeline"
 ENSEMBLE_JSON = "ensemble.json"  # in a models folder (models/ of a run, or any folder `predict --models` reads)
+FORK_VERDICTS: tuple[str, ...] = ("PROMOTE", "HOLD")  # the fork's verdict file names (loso/<VERDICT>.json)
+MEMBER_FILE_KEYS: tuple[str, ...] = ("onnx", "onnx_data", "sidecar")  # an ensemble.json member's files
 # The report's pictures (kit.results.report draws them); index.html links the ones it drew.
 REPORT_IMAGES: tuple[str, ...] = ("fold_plcc.png", "pred_vs_actual.png", "rate_quality.png")
 
@@ -117,9 +119,27 @@ class RunDir:
     def loso_predictions(self, seed: int) -> Path:
         return self.loso_dir / f"seed{seed}" / "predictions.parquet"
 
+    def loso_seed_json(self, seed: int) -> Path:
+        """The fork's per-seed LOSO file (what its gate reads)."""
+        return self.loso_dir / f"loso_seed{seed}.json"
+
     @property
     def verdict(self) -> Path:
         return self.root / "verdict.json"
+
+    def fork_verdict(self, verdict: str) -> Path:
+        """loso/PROMOTE.json or loso/HOLD.json: the fork's verdict file beside its loso_seed<N>.json."""
+        if verdict not in FORK_VERDICTS:
+            raise ValueError(f"{verdict!r} is not one of {FORK_VERDICTS}")
+        return self.loso_dir / f"{verdict}.json"
+
+    def fork_verdicts(self) -> list[Path]:
+        """Both possible fork verdict files (whether present or not)."""
+        return [self.fork_verdict(v) for v in FORK_VERDICTS]
+
+    def verdict_files(self) -> list[Path]:
+        """What `verdict` writes that exists: verdict.json and the fork's PROMOTE.json or HOLD.json."""
+        return [p for p in (self.verdict, *self.fork_verdicts()) if p.is_file()]
 
     @property
     def models_dir(self) -> Path:
@@ -165,17 +185,22 @@ class RunDir:
 
     def loso_files(self, seeds: Iterable[int]) -> list[Path]:
         """What `train` writes for these seeds (those present), never a seed left over from an older run."""
-        wanted = [self.loso_summary, self.loso_folds, *(self.loso_predictions(int(s)) for s in seeds)]
+        seeds = [int(s) for s in seeds]
+        wanted = [self.loso_summary, self.loso_folds, *(self.loso_predictions(s) for s in seeds),
+                  *(self.loso_seed_json(s) for s in seeds)]
         return [p for p in wanted if p.is_file()]
 
     def model_files(self, ensemble: dict[str, Any]) -> list[Path]:
-        """ensemble.json and the .onnx + sidecar of every member it lists (whether present or not)."""
+        """ensemble.json, the registry rows it names, and the .onnx (+ .onnx.data when the members use
+        external data) + sidecar of every member it lists (whether present or not)."""
         files = [self.ensemble_json]
+        if isinstance(ensemble.get("registry"), str):
+            files.append(self.models_dir / ensemble["registry"])
         members = ensemble.get("members", [])
         for member in members if isinstance(members, list) else []:
             if not isinstance(member, dict):
                 continue
-            files += [self.models_dir / member[k] for k in ("onnx", "sidecar") if isinstance(member.get(k), str)]
+            files += [self.models_dir / member[k] for k in MEMBER_FILE_KEYS if isinstance(member.get(k), str)]
         return files
 
     def report_files(self) -> list[Path]:

@@ -7,8 +7,8 @@ sessions a hardware family takes, and how costly each encoder is. Files and proc
 this module's business (`kit.corpus.ffmpeg` probes which encoders really encode).
 
 Adding an encoder: one `Encoder(...)` row below (and its family, if new); list it in `FAMILY_ENCODERS`
-if a host family should try it by default. The model's codec vocabulary follows this table's order
-(`kit.train.codec.VOCAB`): bump its version when you add a row.
+if a host family should try it by default. The model's codec vocabulary is the VMAF fork's, not this
+table (`kit.train.codec.VOCABS`): an encoder it does not list is `unknown` to the model.
 """
 
 from __future__ import annotations
@@ -62,7 +62,6 @@ class Encoder:
     name: str  # ffmpeg encoder name, also the corpus `encoder` value
     family: str  # key into FAMILIES
     preset: str  # the preset we always use ("" where the encoder has none)
-    preset_norm: float  # 0 = fastest .. 1 = slowest preset of this encoder: a model input
     extra: tuple[str, ...] = field(default=())  # fixed extra arguments (logging, tuning)
     cost: float = 1.0  # relative encode time: the longest cells start first, and hung-tool limits scale with it
 
@@ -95,27 +94,23 @@ class Encoder:
         if not lo <= cq <= hi:
             raise BadInput(f"--cqs: {cq} is outside {self.name}'s range {lo}..{hi}", hint="pick cq values inside it")
 
-    def cq_norm(self, cq: int) -> float:
-        lo, hi = self.cq_range
-        return (cq - lo) / (hi - lo)
-
 
 ENCODERS: dict[str, Encoder] = {
     e.name: e
     for e in (
-        Encoder("libx264", "x26x", "medium", 5 / 9),
-        Encoder("libx265", "x26x", "medium", 5 / 9, ("-x265-params", "log-level=error"), cost=3.0),
-        Encoder("libsvtav1", "svtav1", "8", 1 - 8 / 13, ("-svtav1-params", "lp=1"), cost=2.0),
-        Encoder("h264_nvenc", "nvenc", "p5", 4 / 6, ("-tune", "hq")),
-        Encoder("hevc_nvenc", "nvenc", "p5", 4 / 6, ("-tune", "hq")),
-        Encoder("av1_nvenc", "nvenc_av1", "p5", 4 / 6, ("-tune", "hq")),
-        Encoder("h264_qsv", "qsv", "medium", 3 / 6),
-        Encoder("hevc_qsv", "qsv", "medium", 3 / 6),
-        Encoder("av1_qsv", "qsv", "medium", 3 / 6),
-        Encoder("h264_vaapi", "vaapi", "", 0.5),
-        Encoder("hevc_vaapi", "vaapi", "", 0.5),
-        Encoder("h264_videotoolbox", "videotoolbox", "", 0.5),
-        Encoder("hevc_videotoolbox", "videotoolbox", "", 0.5),
+        Encoder("libx264", "x26x", "medium"),
+        Encoder("libx265", "x26x", "medium", ("-x265-params", "log-level=error"), cost=3.0),
+        Encoder("libsvtav1", "svtav1", "8", ("-svtav1-params", "lp=1"), cost=2.0),
+        Encoder("h264_nvenc", "nvenc", "p5", ("-tune", "hq")),
+        Encoder("hevc_nvenc", "nvenc", "p5", ("-tune", "hq")),
+        Encoder("av1_nvenc", "nvenc_av1", "p5", ("-tune", "hq")),
+        Encoder("h264_qsv", "qsv", "medium"),
+        Encoder("hevc_qsv", "qsv", "medium"),
+        Encoder("av1_qsv", "qsv", "medium"),
+        Encoder("h264_vaapi", "vaapi", ""),
+        Encoder("hevc_vaapi", "vaapi", ""),
+        Encoder("h264_videotoolbox", "videotoolbox", ""),
+        Encoder("hevc_videotoolbox", "videotoolbox", ""),
     )
 }
 

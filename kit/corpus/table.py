@@ -2,7 +2,7 @@
 
 One row per frame of one encode, `kit.core.schema.CORPUS_COLUMNS` in that order. Every corpus that
 enters or leaves the kit passes through here: assembled cells, merged corpora and shards, old-kit
-JSONL (via `kit.corpus.legacy`), and the training loader (`kit.train.data.load_corpus`).
+JSONL (the fork's and the old kit's, via `kit.corpus.legacy`), and the training loader (`kit.train.data.load_corpus`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
+from kit.core.console import warn
 from kit.core.errors import BadInput
 from kit.core.fsio import read_json, write_json, write_with
 from kit.core.rundir import RunDir
@@ -62,8 +63,11 @@ def dedupe(df: pd.DataFrame) -> tuple[pd.DataFrame, int, pd.DataFrame]:
     return kept, int(exact.sum()), rest[conflicting]
 
 
-def load_corpus_input(path: Path) -> pd.DataFrame:
-    """A run dir (its corpus.parquet, or its finished grid cells when it is a shard), a .parquet or old-kit .jsonl."""
+def load_corpus_input(path: Path, *, drop_invalid: bool = False, invalid: legacy.InvalidRows | None = None
+                      ) -> pd.DataFrame:
+    """A run dir (its corpus.parquet, or its finished grid cells when it is a shard), a .parquet or a per-frame
+    .jsonl. A JSONL row that cannot be a corpus row is bad input naming its file:line, or with `drop_invalid`
+    skipped and counted into `invalid` (when given)."""
     path = Path(path)
     if path.is_dir():
         rd = RunDir(path)
@@ -77,7 +81,9 @@ def load_corpus_input(path: Path) -> pd.DataFrame:
             cells = [rd.cell_path(c["cell_id"]) for c in grid["cells"]]
             return read_cells([c for c in cells if c.is_file()])
     if path.suffix == ".jsonl":
-        return legacy.read_jsonl([path])
+        df, skipped = legacy.read_jsonl([path], drop_invalid=drop_invalid)
+        _count_invalid(path, skipped, invalid)
+        return df
     try:
         df = pq.read_table(path).to_pandas()
     except Exception as exc:  # noqa: BLE001 - any unreadable input is bad input naming it
@@ -89,11 +95,12 @@ def load_corpus_input(path: Path) -> pd.DataFrame:
     return df[list(CORPUS_COLUMNS)]
 
 
-def merge(inputs: Sequence[Path], out: Path) -> dict[str, Any]:
+def merge(inputs: Sequence[Path], out: Path, *, drop_invalid: bool = False) -> dict[str, Any]:
     """`ensemble-kit merge`: concatenate inputs in order, de-duplicate on ROW_KEY, write canonical order."""
     if not inputs:
         raise BadInput("merge needs at least one input", hint="pass run directories or corpus files")
-    frames = [load_corpus_input(p).astype(CORPUS_COLUMNS) for p in inputs]
+    invalid = legacy.InvalidRows()
+    frames = [load_corpus_input(p, drop_invalid=drop_invalid, invalid=invalid).astype(CORPUS_COLUMNS) for p in inputs]
     kept, dropped, conflicts = dedupe(pd.concat(frames, ignore_index=True))
     out = Path(out)
     if out.suffix == ".jsonl":
@@ -102,7 +109,7 @@ def merge(inputs: Sequence[Path], out: Path) -> dict[str, Any]:
         write_corpus(kept, out)
     report: dict[str, Any] = {"inputs": len(inputs), "rows": len(kept), "duplicates_dropped": dropped,
                               "conflicts": int(conflicts[list(ROW_KEY)].drop_duplicates().shape[0]),
-                              "out": str(out), "conflicts_file": None}
+                              "out": str(out), "conflicts_file": None, **invalid.to_dict()}
     if len(conflicts):
         cpath = out.with_name(out.stem + ".conflicts.parquet")
         write_with(cpath, lambda tmp: conflicts.to_parquet(tmp, index=False))
@@ -110,14 +117,25 @@ def merge(inputs: Sequence[Path], out: Path) -> dict[str, Any]:
     return report
 
 
-def import_jsonl(paths: Sequence[Path], run_dir: RunDir) -> dict[str, Any]:
-    """`ensemble-kit corpus import`: old JSONL -> run_dir/corpus.parquet (de-duplicated like `merge`)."""
-    df = legacy.read_jsonl(paths)
+def _count_invalid(path: Path, skipped: legacy.InvalidRows, into: legacy.InvalidRows | None) -> None:
+    if skipped.count:
+        warn(f"{path}: skipped {skipped.count} invalid row(s) (--drop-invalid), e.g. {skipped.examples[0]}")
+    if into is not None:
+        into.count += skipped.count
+        into.examples = (into.examples + skipped.examples)[: legacy.EXAMPLES]
+
+
+def import_jsonl(paths: Sequence[Path], run_dir: RunDir, *, drop_invalid: bool = False) -> dict[str, Any]:
+    """`ensemble-kit corpus import`: per-frame JSONL (ours, the fork's, the old kit's) -> run_dir/corpus.parquet
+    (de-duplicated like `merge`); invalid rows are an error, or skipped and counted with `drop_invalid`."""
+    df, skipped = legacy.read_jsonl(paths, drop_invalid=drop_invalid)
+    _count_invalid(Path(", ".join(map(str, paths))), skipped, None)
     kept, dropped, conflicts = dedupe(df)
     run_dir.root.mkdir(parents=True, exist_ok=True)
     write_corpus(kept, run_dir.corpus)
     report = {"inputs": [str(p) for p in paths], "rows": len(kept), "sources": int(kept["src"].nunique()),
-              "duplicates_dropped": dropped, "conflicts": int(len(conflicts)), "corpus": str(run_dir.corpus)}
+              "duplicates_dropped": dropped, "conflicts": int(len(conflicts)), "corpus": str(run_dir.corpus),
+              **skipped.to_dict()}
     if len(conflicts):
         path = run_dir.import_conflicts
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,12 +146,20 @@ def import_jsonl(paths: Sequence[Path], run_dir: RunDir) -> dict[str, Any]:
 
 
 def export_jsonl(corpus_path: Path, out: Path) -> int:
-    """corpus.parquet -> JSONL with exactly the old kit's columns, canonical row order; -> rows."""
+    """corpus.parquet -> JSONL with every corpus column (lossless; the fork's trainer reads it as is),
+    canonical row order; -> rows."""
     try:
         df = pd.read_parquet(corpus_path)
     except (OSError, ValueError) as exc:
         raise BadInput(f"cannot read corpus {corpus_path}: {exc}", hint="run `ensemble-kit corpus` first") from None
     return legacy.write_jsonl(canonical_order(df), out)
+
+
+def jsonl_sha256(df: pd.DataFrame) -> str:
+    """sha256 of the JSONL `corpus export` writes for these rows (what a member sidecar's corpus.sha256 names)."""
+    ordered = df.sort_values(list(SORT_KEY), kind="mergesort").reset_index(drop=True)
+    present = {c: t for c, t in CORPUS_COLUMNS.items() if c in ordered.columns}
+    return legacy.jsonl_sha256(ordered[list(present)].astype(present))
 
 
 # ---- what a corpus is, in one hash -------------------------------------------------------------------

@@ -113,7 +113,8 @@ def corpus_sha(doc: dict[str, Any]) -> str | None:
 def run_files(run_root: Path) -> list[tuple[str, Path]]:
     """(relative path, file) for every output of this run, sorted; never a stale file.
 
-    The run directory says which files those are (`RunDir`): run.json, verdict.json, corpus.parquet;
+    The run directory says which files those are (`RunDir`): run.json, verdict.json (+ the fork's
+    loso/PROMOTE.json or HOLD.json), corpus.parquet;
     the LOSO files of the verdict's seeds; the models only when their corpus hash matches the
     verdict's; the report's files. When the pipeline recorded its step outputs, those are the
     authority and anything not recorded is left out.
@@ -124,7 +125,7 @@ def run_files(run_root: Path) -> list[tuple[str, Path]]:
     if not rd.corpus.is_file():
         raise BadInput(f"{root}: no corpus.parquet", hint="run `ensemble-kit corpus` (or the pipeline) in it first")
     seeds = [int(s) for s in verdict.get("seeds") or [] if isinstance(s, int) or str(s).isdigit()]
-    candidates: list[Path] = [p for p in (rd.run_json, rd.verdict, rd.corpus) if p.is_file()]
+    candidates: list[Path] = [p for p in (rd.run_json, rd.corpus) if p.is_file()] + rd.verdict_files()
     candidates += rd.loso_files(seeds)
     candidates += _model_files(rd, verdict)
     candidates += rd.report_files()

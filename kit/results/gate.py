@@ -1,4 +1,10 @@
-"""Where the verdict is decided: the PROMOTE/HOLD rule (`decide`) and the one verdict file.
+"""Where the verdict is decided: the PROMOTE/HOLD rule (`decide`) and the files that say it.
+
+One decision, two views, written together (`write_decision`): `verdict.json` (ours: folds, corpus,
+config, environment) and, in the fork's shape, exactly one of `loso/PROMOTE.json` / `loso/HOLD.json`
+(what the fork's exporter, bundle step and reports read). A new decision first removes every old view,
+so a kill between the writes leaves fewer files, never a stale PROMOTE.json beside a HOLD; rerunning
+`verdict` finishes the job.
 
 PROMOTE iff, over the per-seed LOSO mean PLCCs (each seed's mean over its folds):
   * their mean  >= mean_plcc_threshold   (default 0.95)
@@ -22,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from kit import __version__
 from kit.core.fsio import json_safe, write_json
 from kit.core.rundir import RunDir
 from kit.results.thresholds import GATE_EPS, HOLD, PROMOTE, Thresholds
@@ -128,6 +135,7 @@ def verdict_document(verdict: Verdict, loso: LosoResult, *, now: datetime | None
         "folds": [{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()} for row in folds.to_dict("records")],
         "nan_folds": verdict.nan_folds,
         "corpus": loso.corpus,
+        "codec": loso.codec,
         "config": loso.config.to_dict(),
         "fingerprint": loso.fingerprint,
         "fingerprint_id": loso.fingerprint_id,
@@ -135,10 +143,76 @@ def verdict_document(verdict: Verdict, loso: LosoResult, *, now: datetime | None
 
 
 def write_verdict_file(path: str | Path, verdict: Verdict, loso: LosoResult, *, now: datetime | None = None) -> dict[str, Any]:
-    """Write the ONE verdict file atomically (a fresh HOLD replaces an old PROMOTE, never sits beside it)."""
+    """Write verdict.json's document (only) atomically to `path`; a run directory gets `write_decision`."""
     doc = verdict_document(verdict, loso, now=now)
     write_json(path, doc)
     return doc
+
+
+# ---- the fork's view of the same decision ------------------------------------------------------------
+
+FORK_GATE_KEYS: tuple[str, ...] = ("passed", "mean_plcc", "mean_plcc_threshold", "mean_plcc_pass", "plcc_spread",
+                                   "plcc_spread_max", "plcc_spread_pass", "per_seed_plccs", "per_seed_min",
+                                   "per_seed_pass", "failing_seeds")
+FORK_PROMOTE_TEXT = ("flip seeds smoke->false in model/tiny/registry.json (ADR-0309: registry-flip is a separate "
+                     "follow-up PR; DO NOT flip during a rebase or in the same PR as this verdict file)")
+
+
+def _fork_recommendation(gate: dict[str, Any]) -> str:
+    """validate_ensemble_seeds.py's wording, so the fork's readers see what they expect."""
+    if gate["passed"]:
+        return FORK_PROMOTE_TEXT
+    aspects = []
+    if not gate["mean_plcc_pass"]:
+        aspects.append(f"mean_plcc {gate['mean_plcc']:.4f} < {gate['mean_plcc_threshold']:.4f}")
+    if not gate["plcc_spread_pass"]:
+        aspects.append(f"plcc_spread {gate['plcc_spread']:.4f} > {gate['plcc_spread_max']:.4f}")
+    if not gate["per_seed_pass"]:
+        aspects.append(f"failing seeds {gate['failing_seeds']}")
+    return "keep smoke=true; investigate diversity / hyperparameters. Failing aspects: " + ", ".join(aspects or ["unknown"])
+
+
+def fork_verdict_document(verdict: Verdict, loso: LosoResult, *, now: datetime | None = None) -> dict[str, Any]:
+    """PROMOTE.json / HOLD.json: the fork's verdict file (validate_ensemble_seeds.py's keys), with this
+    decision's numbers; what only we know goes under `ensemble_kit`."""
+    stamp = (now or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="seconds")
+    return json_safe({
+        "schema_version": 1,
+        "verdict": verdict.verdict,
+        "generated_at_utc": stamp,
+        "loso_dir": "loso",  # relative to the run directory: this file's own folder
+        "seeds": verdict.seeds,
+        "gate": {k: verdict.gate[k] for k in FORK_GATE_KEYS},
+        # the fork snapshots a folder of YUVs here; our corpus is identified in `ensemble_kit` instead
+        "corpus": {"present": False, "corpus_root": "", "sha256": None, "ref_count": 0, "dis_count": 0},
+        "recommendation": _fork_recommendation(verdict.gate),
+        "adr": "ADR-0309",
+        "parent_adr": "ADR-0303",
+        "ensemble_kit": {
+            "kit_version": __version__, "verdict_json": "../verdict.json", "recommendation": verdict.recommendation,
+            "comparison_epsilon": verdict.gate["comparison_epsilon"], "nan_folds": verdict.gate["nan_folds"],
+            "corpus_sha256": loso.corpus.get("sha256"), "n_rows": loso.corpus.get("n_rows"),
+            "n_sources": loso.corpus.get("n_sources"), "codec_vocab": loso.codec.get("vocab"),
+            "epochs": loso.config.epochs, "fingerprint_id": loso.fingerprint_id,
+        },
+    })
+
+
+def write_decision(run_dir: RunDir | str | Path, verdict: Verdict, loso: LosoResult, *,
+                   now: datetime | None = None) -> dict[str, Any]:
+    """Write both views of one decision: loso/PROMOTE.json or loso/HOLD.json, then verdict.json.
+
+    Every old view goes first, so at no moment does a PROMOTE.json sit beside a newer HOLD (or an old
+    verdict.json beside a new fork file); a kill in between leaves a missing file, and rerunning
+    `verdict` (or the pipeline) writes both again.
+    """
+    rd = RunDir.of(run_dir)
+    now = now or datetime.now(UTC)
+    rd.verdict.unlink(missing_ok=True)
+    for path in rd.fork_verdicts():
+        path.unlink(missing_ok=True)
+    write_json(rd.fork_verdict(verdict.verdict), fork_verdict_document(verdict, loso, now=now))
+    return write_verdict_file(rd.verdict, verdict, loso, now=now)
 
 
 def write_verdict(
@@ -149,8 +223,8 @@ def write_verdict(
     per_seed_min: float = Thresholds.per_seed_min,
     now: datetime | None = None,
 ) -> dict[str, Any]:
-    """`ensemble-kit verdict`: read run_dir/loso/, apply the gate, write run_dir/verdict.json."""
+    """`ensemble-kit verdict`: read run_dir/loso/, apply the gate, write verdict.json and the fork's file."""
     rd = RunDir(Path(run_dir))
     loso = load_loso(rd)
     verdict = decide(loso, Thresholds(mean_plcc, plcc_spread_max, per_seed_min))
-    return write_verdict_file(rd.verdict, verdict, loso, now=now)
+    return write_decision(rd, verdict, loso, now=now)

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from kit.core.errors import BadInput
+from kit.train.codec import DEFAULT_VOCAB, VOCABS
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,10 @@ class TrainConfig:
     eps: float = field(default=1e-8, metadata={"help": "Adam epsilon."})
     batch_size: int = field(default=32, metadata={"help": "Rows per step (the last batch of an epoch is partial)."})
     epochs: int = field(default=200, metadata={"help": "Training epochs per model."})
+    codec_vocab: str = field(default=DEFAULT_VOCAB, metadata={
+        "help": "Encoder vocabulary of the codec block: v2 (the production ensemble's, 14 columns, other "
+                "encoders -> 'unknown') or v3 (ADR-0302, 18 columns, no 'unknown' slot).",
+        "choices": tuple(VOCABS)})
     # Model groups trained side by side, one Python thread each; 0 = one per core. Results do not
     # depend on it (each model's arithmetic is independent of its group).
     workers: int = field(default=0, metadata={
@@ -47,6 +52,7 @@ class TrainConfig:
             "epochs": self.epochs >= 1,
             "threads": self.threads >= 1,
             "workers": self.workers >= 0,
+            "codec-vocab": self.codec_vocab in VOCABS,
         }
         for flag, ok in checks.items():
             if not ok:

@@ -18,7 +18,8 @@ from kit.core.errors import BadInput
 from kit.core.ids import sha256_hex, shorten
 from kit.core.schema import CORPUS_COLUMNS, FEATURES, SORT_KEY, TARGET
 from kit.corpus import table
-from kit.train.codec import codec_block
+from kit.corpus.legacy import InvalidRows
+from kit.train.codec import CodecSpec
 
 MIN_SOURCES = 3
 
@@ -54,17 +55,18 @@ def normalise(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def load_corpus(path: str | Path) -> pd.DataFrame:
+def load_corpus(path: str | Path, *, drop_invalid: bool = False, invalid: InvalidRows | None = None) -> pd.DataFrame:
     """Read any supported corpus into the canonical frame (normalised, de-duplicated, SORT_KEY order).
 
     Accepts a corpus.parquet, a run directory (its corpus.parquet, or a shard's finished cells) and
-    the old kit's per-frame JSONL (via kit.corpus.legacy, which fills what old rows lack). Exact
-    duplicate rows (the old kit appended them on re-runs) are dropped so no frame counts twice.
+    a per-frame JSONL (ours, the fork's, the old kit's: kit.corpus.legacy checks every row and fills what
+    old rows lack; `drop_invalid` skips invalid rows, counted into `invalid`). Exact duplicate rows (the
+    old kit appended them on re-runs) are dropped so no frame counts twice.
     """
     p = Path(path)
     if not p.exists():
         raise BadInput(f"corpus not found: {p}", hint="run `ensemble-kit corpus` first or pass --corpus PATH")
-    df = table.load_corpus_input(p)
+    df = table.load_corpus_input(p, drop_invalid=drop_invalid, invalid=invalid)
     df, dropped, _ = table.dedupe(df)
     if dropped:
         warn(f"{p}: dropped {dropped} exact duplicate row(s)")
@@ -108,18 +110,24 @@ def target(df: pd.DataFrame) -> np.ndarray:
     return df[TARGET].to_numpy(dtype=np.float64)
 
 
+SCALER_MIN_STD = 1e-8  # the fork's rule: a feature whose std is below this is divided by 1
+
+
 @dataclass(frozen=True)
 class Scaler:
-    """Feature standardisation fit on training rows only (std 0 -> 1, so constant features pass)."""
+    """The fork's StandardScaler, kept outside the network: float64 mean and population std (ddof 0) of
+    the rows it is fit on, std < 1e-8 -> 1. LOSO fits one per fold on that fold's training rows; export
+    fits one on the whole corpus and writes it into every sidecar (`feature_mean`/`feature_std`)."""
 
     mean: np.ndarray
     std: np.ndarray
 
     @classmethod
     def fit(cls, x: np.ndarray) -> Scaler:
+        x = np.asarray(x, dtype=np.float64)
         mean = x.mean(axis=0)
-        std = x.std(axis=0)
-        return cls(mean, np.where(std > 0, std, 1.0))
+        std = x.std(axis=0, ddof=0)
+        return cls(mean, np.where(std < SCALER_MIN_STD, 1.0, std))
 
     def transform(self, x: np.ndarray) -> np.ndarray:
         return (x - self.mean) / self.std
@@ -128,9 +136,20 @@ class Scaler:
         return {"mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std]}
 
 
-def model_inputs(df: pd.DataFrame, scaler: Scaler) -> np.ndarray:
-    """[standardised features | codec block] as float32: what the regressor sees."""
-    return np.hstack([scaler.transform(features(df)), codec_block(df).astype(np.float64)]).astype(np.float32)
+def codec_block(df: pd.DataFrame, codec: CodecSpec) -> np.ndarray:
+    """The rows' codec block (`codec_onehot`), float32."""
+    return codec.block(df["encoder"].to_numpy(), df["cq"].to_numpy())
+
+
+def model_inputs(df: pd.DataFrame, scaler: Scaler, codec: CodecSpec) -> np.ndarray:
+    """[standardised features | codec block] as float32: what the regressor sees (standardised in float64,
+    then cast, as the fork does)."""
+    return np.hstack([scaler.transform(features(df)), codec_block(df, codec).astype(np.float64)]).astype(np.float32)
+
+
+def corpus_codec(df: pd.DataFrame, vocab: str) -> CodecSpec:
+    """The codec block's definition for a training corpus: the vocabulary and this corpus's cq range."""
+    return CodecSpec.of_corpus(df["cq"].to_numpy(), vocab)
 
 
 def adopt_corpus(df: pd.DataFrame, run_corpus: Path) -> None:

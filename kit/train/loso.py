@@ -1,6 +1,7 @@
 """Leave-one-source-out cross-validation over seeds x folds, trained as one batched computation.
 
-One fold per distinct source (`src_sha256`); each fold's scaler is fit on its training rows only.
+One fold per distinct source (`src_sha256`); each fold's scaler is fit on its training rows only, and
+the codec block (vocabulary, crf_norm over the whole corpus's cq range) is the fork's (kit.train.codec).
 Every (seed, fold) model has its own generator keyed by (seed, the held-out source's sha256), so
 fold k of seed s is the same model whatever other seeds or folds run beside it. The results and
 their files are `kit.train.loso_files` (pandas only).
@@ -8,6 +9,7 @@ their files are `kit.train.loso_files` (pandas only).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,8 +22,18 @@ from kit.core.ids import int_key
 from kit.core.rundir import RunDir
 from kit.corpus.table import corpus_summary
 from kit.train.batched import Job, predict, train_models
+from kit.train.codec import CodecSpec
 from kit.train.config import TrainConfig
-from kit.train.data import Scaler, canonical_order, check_trainable, features, model_inputs, normalise, target
+from kit.train.data import (
+    Scaler,
+    canonical_order,
+    check_trainable,
+    corpus_codec,
+    features,
+    model_inputs,
+    normalise,
+    target,
+)
 from kit.train.loso_files import PREDICTION_COLUMNS, LosoResult, write_loso
 from kit.train.metrics import fold_metrics
 
@@ -34,18 +46,20 @@ def source_key(src_sha256: str) -> int:
     return int_key(src_sha256, 64)
 
 
-def prepare_folds(df: pd.DataFrame) -> tuple[list[str], list[tuple[np.ndarray, np.ndarray]], list[tuple[pd.DataFrame, np.ndarray]]]:
+def prepare_folds(df: pd.DataFrame, codec: CodecSpec) -> tuple[list[str], list[tuple[np.ndarray, np.ndarray]],
+                                                              list[tuple[pd.DataFrame, np.ndarray]]]:
     """-> (fold source ids, per fold (train inputs, train target), per fold (held-out rows, their inputs)).
 
-    Each fold's scaler is fit on that fold's training rows only: the held-out source never leaks in.
+    Each fold's scaler is fit on that fold's training rows only: the held-out source never leaks in. The
+    codec block is the whole corpus's (the fork computes crf_norm once, over every row).
     """
     folds = sorted(df["src_sha256"].unique())
     blocks, tests = [], []
     for sha in folds:
         train, test = df[df["src_sha256"] != sha], df[df["src_sha256"] == sha]
         scaler = Scaler.fit(features(train))
-        blocks.append((model_inputs(train, scaler), target(train).astype(np.float32)))
-        tests.append((test, model_inputs(test, scaler)))
+        blocks.append((model_inputs(train, scaler, codec), target(train).astype(np.float32)))
+        tests.append((test, model_inputs(test, scaler, codec)))
     return folds, blocks, tests
 
 
@@ -57,24 +71,30 @@ def run_loso(
     *,
     progress: Callable[[int, int], None] | None = None,
     environment: tuple[dict[str, Any], str] = ({}, ""),
+    corpus_notes: dict[str, Any] | None = None,
 ) -> LosoResult:
     """Train seeds x folds together, evaluate each on its held-out source, write run_dir/loso/ (if given).
 
     `environment` is the (fingerprint, id) the results record: the caller's `kit.env.fingerprint.current()`
-    (the trainer does not look for the tools the fingerprint describes).
+    (the trainer does not look for the tools the fingerprint describes). `corpus_notes` (e.g. invalid rows
+    skipped on input) are recorded with the corpus summary, so the verdict carries them.
     """
     seeds = tuple(sorted({int(s) for s in seeds}))
     if not seeds:
         raise BadInput("--seeds is empty", hint="e.g. --seeds 0,1,2,3,4")
     full = canonical_order(normalise(corpus_df))
-    summary = corpus_summary(full)
+    summary = {**corpus_summary(full), **(corpus_notes or {})}
     df = check_trainable(full)
-    folds, blocks, tests = prepare_folds(df)
+    codec = corpus_codec(df, config.codec_vocab)
+    folds, blocks, tests = prepare_folds(df, codec)
     jobs = [Job(block=f, key=(seed, LOSO_TAG, source_key(sha))) for seed in seeds for f, sha in enumerate(folds)]
     src_name = dict(zip(df["src_sha256"], df["src"], strict=False))
     names = [f"seed {seed} fold {src_name[sha]}" for seed in seeds for sha in folds]
+    started = time.monotonic()
     net = train_models(blocks, jobs, config, names=names, progress=progress)
     preds = predict(net, [tests[j.block][1] for j in jobs], config.threads)
+    wall_time_s = time.monotonic() - started
+    n_rows = len(df)
 
     fold_rows, pred_frames = [], []
     for job, pred in zip(jobs, preds, strict=True):
@@ -96,7 +116,8 @@ def run_loso(
             frames["cell_id"] = test["cell_id"].to_numpy()
         frames["src_sha256"] = folds[job.block]
         metrics = fold_metrics(frames)
-        fold_rows.append({"seed": seed, "fold_src": src_name[folds[job.block]], "fold_src_sha256": folds[job.block], **metrics})
+        fold_rows.append({"seed": seed, "fold_src": src_name[folds[job.block]], "fold_src_sha256": folds[job.block],
+                          **metrics, "n_train": n_rows - len(test)})
         pred_frames.append(frames[list(PREDICTION_COLUMNS)])
     fp, fp_id = environment
     result = LosoResult(
@@ -105,8 +126,10 @@ def run_loso(
         folds=pd.DataFrame(fold_rows).sort_values(["seed", "fold_src_sha256"], kind="mergesort").reset_index(drop=True),
         predictions=pd.concat(pred_frames, ignore_index=True),
         corpus=summary,
+        codec=codec.to_dict(),
         fingerprint=fp,
         fingerprint_id=fp_id,
+        wall_time_s=wall_time_s,
     )
     if run_dir is not None:
         write_loso(result, RunDir.of(run_dir))

@@ -2,9 +2,10 @@
 loop and the exporter.
 
 MLP: [standardised features | codec block] -> HIDDEN_LAYERS x (Linear, exact GELU, Dropout) -> Linear
--> VMAF. Everything about its shape comes from `layer_shapes`: the parameter names and shapes, their
-initialisation (torch.nn.Linear's), the torch module that is trained alone and exported
-(`Regressor`, `ScoringModel`), and the stacked form that trains many models at once
+-> VMAF: the fork's FRRegressor (in_features 6, hidden 64, depth 2, dropout 0.1). Everything about its
+shape comes from `layer_shapes`: the parameter names and shapes, their initialisation
+(torch.nn.Linear's), the torch module that is trained alone (`Regressor`) and the exported member
+(`ForkMember`: the fork's two inputs, no scaler inside), and the stacked form that trains many models at once
 (`stacked_forward`, on parameters [M, ...]; its gradient is written out by hand in batched.py and
 checked against autograd by the tests).
 """
@@ -21,11 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from kit.core.schema import FEATURES
-from kit.train.codec import N_CODEC
 from kit.train.config import TrainConfig
 
 N_FEATURES = len(FEATURES)
-N_INPUTS = N_FEATURES + N_CODEC
 HIDDEN_LAYERS = 2  # each `TrainConfig.hidden` wide
 
 
@@ -79,7 +78,7 @@ def stacked_forward(p: Mapping[str, torch.Tensor], x: torch.Tensor, masks: Seque
 class Regressor(nn.Module):
     """One model as a plain torch module: what the reference loop trains and what gets exported."""
 
-    def __init__(self, config: TrainConfig, n_inputs: int = N_INPUTS) -> None:
+    def __init__(self, config: TrainConfig, n_inputs: int) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         shapes = layer_shapes(n_inputs, config.hidden)
@@ -132,19 +131,17 @@ class Weights:
         return cls(params)
 
 
-class ScoringModel(nn.Module):
-    """What gets exported: raw features + codec block in, score out, the fold's scaler baked in.
+class ForkMember(nn.Module):
+    """What gets exported: the fork's member contract. `features` [N, 6] (already standardised by the
+    caller with the sidecar's feature_mean/feature_std) and `codec_onehot` [N, K] in, `score` [N] out.
 
-    Baking the scaler into the graph makes each ONNX file self-contained: a consumer feeds libvmaf's
-    raw feature values; the sidecar still records mean/std for anyone who wants to check.
+    No scaler in the graph, on purpose: the fork's consumers standardise before they feed, so a graph
+    that standardised again would be silently wrong for them.
     """
 
-    def __init__(self, regressor: Regressor, mean: np.ndarray, std: np.ndarray) -> None:
+    def __init__(self, regressor: Regressor) -> None:
         super().__init__()
-        self.regressor = regressor.eval()
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).reshape(1, -1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).reshape(1, -1))
+        self.net = regressor.eval().net
 
     def forward(self, features: torch.Tensor, codec_onehot: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([(features - self.mean) / self.std, codec_onehot], dim=1)
-        return self.regressor(x)
+        return self.net(torch.cat([features, codec_onehot], dim=-1)).squeeze(-1)
