@@ -38,6 +38,7 @@ from kit.corpus import demo, engine
 from kit.corpus.ffmpeg import FFmpeg, find_ffmpeg
 from kit.corpus.inputs import CorpusRequest, ResolvedCorpus, resolve
 from kit.corpus.sources import Source
+from kit.corpus.vmaf_cli import VmafCli, choose_scorer, scorer_fingerprint, scorer_identity
 from kit.env import fingerprint as env_fingerprint
 from kit.env import platform as kit_platform
 from kit.env import prereqs
@@ -68,6 +69,7 @@ class PipelineOptions:
     train_overrides: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields given on the CLI
     gate_overrides: dict[str, Any] = field(default_factory=dict)  # gate thresholds given on the CLI
     ffmpeg: str | None = None
+    scorer: str = "auto"  # kit.corpus.vmaf_cli.SCORERS
     fresh: bool = False
     quiet: bool = False
     demo_frames: int = demo.DEMO_FRAMES
@@ -84,7 +86,7 @@ class PipelineOptions:
 
 # Options that change results: a rerun that differs in any of these would mix two runs in one directory.
 RESULT_KEYS: tuple[str, ...] = ("demo", "ref_sources", "encoders", "cqs", "seeds", "train", "gate", "vmaf_model",
-                                "demo_clips")
+                                "demo_clips", "scorer")
 # Training settings that change speed, not results (the trainer guarantees it): a resume may change them.
 RESULT_NEUTRAL_TRAIN: tuple[str, ...] = ("workers",)
 
@@ -247,6 +249,8 @@ class Context:
     config: TrainConfig
     gate: dict[str, Any]
     resolved: dict[str, Any]
+    fingerprint: tuple[dict[str, Any], str]  # this run's environment fingerprint and its id
+    vmaf_cli: VmafCli | None = None  # None: ffmpeg's libvmaf filter scores
     reports: list[StepReport] = field(default_factory=list)
     verdict: dict[str, Any] = field(default_factory=dict)
 
@@ -283,11 +287,11 @@ def check_prereqs(options: PipelineOptions) -> prereqs.PrereqReport:
     return report_
 
 
-def resolve_run(options: PipelineOptions, prereq_report: prereqs.PrereqReport) -> tuple[dict[str, Any], FFmpeg,
-                                                                                    ResolvedCorpus, TrainConfig,
-                                                                                    dict[str, Any]]:
+def resolve_run(options: PipelineOptions, prereq_report: prereqs.PrereqReport) -> tuple[
+        dict[str, Any], FFmpeg, VmafCli | None, ResolvedCorpus, TrainConfig, dict[str, Any]]:
     """Fill in this box's defaults; everything that decides results ends up in the returned dict."""
     ff = find_ffmpeg(options.ffmpeg)  # PrereqError (exit 3) naming what is missing
+    vmaf_cli = choose_scorer(options.scorer)
     corpus = resolve(options.corpus_request(), ff, default_encoders=lambda: prereq_report.encoders)
     train_defaults: dict[str, Any] = dict(demo.DEMO_TRAIN) if options.demo else {}
     config = TrainConfig().with_overrides(**{**train_defaults, **options.train_overrides})
@@ -307,8 +311,9 @@ def resolve_run(options: PipelineOptions, prereq_report: prereqs.PrereqReport) -
         "gate": gate_values,
         "vmaf_model": DEFAULT_VMAF_MODEL,
         "ffmpeg": {"version": ff.version, "libvmaf_version": ff.libvmaf_version, "origin": ff.origin},
+        "scorer": scorer_identity(vmaf_cli, ff.libvmaf_version),
     }
-    return resolved, ff, corpus, config, gate_values
+    return resolved, ff, vmaf_cli, corpus, config, gate_values
 
 
 def resolved_summary(resolved: dict[str, Any]) -> str:
@@ -326,12 +331,13 @@ def _progress(ctx: Context, label: str, unit: str = "") -> Progress:
 
 def step_corpus(ctx: Context) -> StepReport:
     key = digest({"step": "corpus", "sources": ctx.resolved["ref_sources"], "encoders": ctx.encoders,
-                  "cqs": list(ctx.cqs), "ffmpeg": ctx.resolved["ffmpeg"], "model": ctx.resolved["vmaf_model"]})
+                  "cqs": list(ctx.cqs), "ffmpeg": ctx.resolved["ffmpeg"], "model": ctx.resolved["vmaf_model"],
+                  "scorer": ctx.resolved["scorer"]})
     if ctx.rd.step_done("corpus", key):
         return StepReport("corpus", "reused", "corpus.parquet from the earlier run")
     with _progress(ctx, "corpus") as bar:  # run_corpus kills its tools itself when interrupted
         summary = engine.run_corpus(ctx.rd, ctx.sources, ctx.encoders, ctx.cqs, ff=ctx.ff, jobs=ctx.options.jobs,
-                                    progress=engine.progress_callback(bar), on_plan=bar.plan)
+                                    vmaf_cli=ctx.vmaf_cli, progress=engine.progress_callback(bar), on_plan=bar.plan)
     summary.raise_if_failed(ctx.rd.failures,
                             hint="fix the cause (see `ensemble-kit prereqs`) and rerun the same command: it resumes")
     ctx.rd.mark_done("corpus", key, [ctx.rd.corpus], {"rows": summary.corpus_rows})
@@ -352,7 +358,7 @@ def step_train(ctx: Context) -> StepReport:
     with _progress(ctx, f"train {n_models} models") as bar:
         bar.plan(ctx.config.epochs)
         result = loso.run_loso(df, ctx.config, ctx.options.seeds, ctx.rd, progress=bar.tick,
-                               environment=env_fingerprint.current())
+                               environment=ctx.fingerprint)
     ctx.rd.mark_done("train", key, ctx.rd.loso_files(result.seeds))
     means = ", ".join(f"{s}: {v['mean']:.4f}" for s, v in result.per_seed().items())
     return StepReport("train", "done", f"{len(result.seeds)} seeds x {result.folds['fold_src_sha256'].nunique()} "
@@ -445,8 +451,8 @@ def run_pipeline(options: PipelineOptions) -> PipelineResult:
     with proc.sigterm_as_interrupt():
         check_options(options)
         prereq_report = check_prereqs(options)
-        resolved, ff, corpus, config, gate_values = resolve_run(options, prereq_report)
-        fp, fp_id = env_fingerprint.current(ff)
+        resolved, ff, vmaf_cli, corpus, config, gate_values = resolve_run(options, prereq_report)
+        fp, fp_id = env_fingerprint.current(ff, scorer=scorer_fingerprint(vmaf_cli, ff.libvmaf_version))
         with locked_run_dir(options):
             rd, resumed = prepare_run_dir(options, resolved, fp, fp_id)
             append_line(rd.log_file, canonical_json(
@@ -455,10 +461,12 @@ def run_pipeline(options: PipelineOptions) -> PipelineResult:
             where = "demo clips" if options.demo else f"{len(corpus.sources)} clips from {options.ref_dir}"
             _say(options, f"ensemble-kit pipeline -> {rd.root} ({where}; {resolved_summary(resolved)})"
                  + (" [resuming]" if resumed else ""))
-            _say(options, f"[1/{n}] prereqs  ok: ffmpeg {ff.version} ({ff.origin}), libvmaf {ff.libvmaf_version}; "
+            scorer = vmaf_cli.describe() if vmaf_cli else f"ffmpeg's libvmaf {ff.libvmaf_version}"
+            _say(options, f"[1/{n}] prereqs  ok: ffmpeg {ff.version} ({ff.origin}), scored by {scorer}; "
                  f"encoders {', '.join(corpus.encoders)}; environment {fp_id}")
             ctx = Context(options=options, rd=rd, ff=ff, sources=corpus.sources, encoders=list(corpus.encoders),
-                          cqs=corpus.cqs, config=config, gate=gate_values, resolved=resolved)
+                          cqs=corpus.cqs, config=config, gate=gate_values, resolved=resolved,
+                          fingerprint=(fp, fp_id), vmaf_cli=vmaf_cli)
             ctx.reports.append(StepReport("prereqs", "done"))
             for i, name in enumerate(STEPS[1:], start=2):
                 started = time.perf_counter()

@@ -135,3 +135,54 @@ def promote_snapshot():
         return {"verdict": verdict.verdict, "gate": verdict.gate, "recommendation": verdict.recommendation}
 
     return make
+
+
+# ---- the stand-in libvmaf tree (tests/fixtures/fake-libvmaf): a vmaf CLI whose scores are ffmpeg's ------
+
+FAKE_LIBVMAF = Path(__file__).parent / "fixtures" / "fake-libvmaf"
+
+
+def libvmaf_toolchain_or_skip() -> None:
+    """Building the stand-in tree needs meson, ninja, a C compiler and xxd (as a real libvmaf tree does)."""
+    import shutil
+
+    from kit.core.errors import PrereqError
+    from kit.env import libvmaf_prereqs
+
+    try:
+        libvmaf_prereqs.meson_command()
+        libvmaf_prereqs.ninja_env()
+    except PrereqError as exc:
+        pytest.skip(f"meson/ninja not available ({exc})")
+    if not (shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")):
+        pytest.skip("no C compiler (cc/gcc/clang) to build tests/fixtures/fake-libvmaf: apt-get install build-essential")
+    if not shutil.which("xxd"):
+        pytest.skip("no xxd (libvmaf's built-in models need it): apt-get install xxd")
+
+
+@pytest.fixture(scope="session")
+def fake_vmaf_env(kit_ffmpeg):
+    """The stand-in vmaf delegates its scoring to this ffmpeg's libvmaf filter."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FAKE_VMAF_FFMPEG", str(kit_ffmpeg.path))
+        yield
+
+
+def copy_fake_libvmaf(dest: Path) -> Path:
+    """A writable copy of the stand-in tree (the kit builds inside the tree, as libvmaf's CUDA build needs)."""
+    import shutil
+
+    shutil.copytree(FAKE_LIBVMAF, dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def fake_vmaf(tmp_path_factory, fake_vmaf_env, kit_ffmpeg):
+    """The stand-in vmaf CLI built, proved and staged by the kit itself (CPU backend)."""
+    from kit.env import libvmaf_build
+
+    libvmaf_toolchain_or_skip()
+    root = tmp_path_factory.mktemp("fake_vmaf")
+    built = libvmaf_build.build_libvmaf(copy_fake_libvmaf(root / "src"), dest=root / "binaries" / "linux-cpu-x86_64",
+                                        ffmpeg=kit_ffmpeg)
+    return built.cli

@@ -23,6 +23,7 @@ from kit.cli.options import (
     out_dir_option,
     quiet_option,
     references,
+    scorer_option,
 )
 from kit.cli.output import emit, note
 from kit.core import proc
@@ -30,6 +31,7 @@ from kit.core.console import Progress, warn
 from kit.core.rundir import RunDir
 from kit.core.schema import FEATURES, LIBVMAF_KEYS
 from kit.corpus import ffmpeg, grid, inputs, scoring
+from kit.corpus import vmaf_cli as vmaf_cli_tools
 from kit.env.platform import cpu_count
 from kit.results import bundle
 
@@ -44,8 +46,7 @@ from kit.results import bundle
 @out_dir_option(help="Run directory: corpus/cells/*.parquet, corpus/failures.jsonl, corpus.parquet.")
 @ffmpeg_option()
 @click.option("--vmaf-threads", type=click.IntRange(min=1), help="libvmaf n_threads per cell (default: cores / cells still running).")
-@click.option("--scorer", type=click.Choice(["ffmpeg", "vmaf"]), default="ffmpeg", show_default=True,
-              help="ffmpeg's libvmaf filter, or the vmaf CLI staged in binaries/<platform>/bin/.")
+@scorer_option()
 @click.option("--cell-timeout", type=float, help="Seconds before a hung encode/score is killed (default: scales with clip size).")
 @click.option("--format", "fmt", type=click.Choice(["parquet", "jsonl"]), default="parquet", show_default=True,
               help="jsonl also writes corpus.jsonl with the old kit's column names.")
@@ -84,11 +85,12 @@ def corpus_cmd(ctx: click.Context, demo: bool, demo_frames: int | None, demo_siz
         request.check()
         shard_kn = grid.parse_shard(shard) if shard else None
         ff = ffmpeg.find_ffmpeg(ffmpeg_path)
-        vmaf_cli = ffmpeg.require_vmaf_cli() if scorer == "vmaf" else None
+        vmaf_cli = vmaf_cli_tools.choose_scorer(scorer)
         run_dir = engine.prepare_run_dir(out_dir)
         corpus = inputs.resolve(request, ff, default_encoders=lambda: inputs.box_encoders(ff))
         if not quiet:
-            note(f"{corpus.describe()}{f', shard {shard}' if shard else ''} -> {out_dir}")
+            note(f"{corpus.describe()}{f', shard {shard}' if shard else ''} -> {out_dir}; scored by "
+                 f"{vmaf_cli.describe() if vmaf_cli else 'ffmpeg libvmaf filter'}")
         with Progress("corpus", quiet=quiet) as bar:  # run_corpus kills its tools itself when interrupted
             summary = engine.run_corpus(run_dir, corpus.sources, corpus.encoders, corpus.cqs, ff=ff, jobs=jobs,
                                         shard=shard_kn, vmaf_threads=vmaf_threads, timeout=cell_timeout,
@@ -153,7 +155,7 @@ def corpus_export_cmd(run_dir: Path, out: Path | None) -> None:
 @geometry_options("raw .yuv inputs whose name/sidecar does not say")
 @ffmpeg_option()
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="libvmaf n_threads (default: all cores).")
-@click.option("--scorer", type=click.Choice(["ffmpeg", "vmaf"]), default="ffmpeg", show_default=True)
+@scorer_option()
 @json_option("Per-frame and pooled values as JSON on stdout.")
 def score_cmd(ref: Path, dis: Path, width: int | None, height: int | None, pix_fmt: str | None, fps: float | None,
               ffmpeg_path: str | None, threads: int | None, scorer: str, as_json: bool) -> None:
@@ -165,12 +167,13 @@ def score_cmd(ref: Path, dis: Path, width: int | None, height: int | None, pix_f
       ensemble-kit score ref.y4m dis.y4m --json > scores.json
     """
     ff = ffmpeg.find_ffmpeg(ffmpeg_path)
-    vmaf_cli = ffmpeg.require_vmaf_cli() if scorer == "vmaf" else None
+    vmaf_cli = vmaf_cli_tools.choose_scorer(scorer)
     r, d, result = scoring.score_files(ff, ref, dis, n_threads=threads or cpu_count(), vmaf_cli=vmaf_cli,
                                        **geometry(width, height, pix_fmt, fps))
     pooled = result.pooled()
     doc = {"reference": str(r.path), "distorted": str(d.path), "model": result.model,
            "libvmaf_version": result.libvmaf_version, "backend": result.backend,
+           "scorer": vmaf_cli_tools.scorer_identity(vmaf_cli, ff.libvmaf_version),
            "frames": [{"frame_index": i, **f} for i, f in enumerate(result.frames)],
            "pooled_mean": pooled, "libvmaf_pooled_vmaf": result.libvmaf_pooled}
     table = Table("frame", *LIBVMAF_KEYS, title=escape(f"{d.path.name} vs {r.path.name} ({result.model})"))

@@ -11,7 +11,7 @@ from rich.table import Table
 from kit.cli.options import EPILOG_EXIT_CODES, ffmpeg_option, json_option, out_dir_option
 from kit.cli.output import emit, note
 from kit.core.errors import PrereqError
-from kit.corpus import ffmpeg
+from kit.corpus import ffmpeg, vmaf_cli
 from kit.corpus.encoders import parse_encoders
 from kit.env import dist, libvmaf_build, locks, prereqs
 from kit.env import fingerprint as env_fingerprint
@@ -35,11 +35,17 @@ def env_cmd(ctx: click.Context, as_json: bool, ffmpeg_path: str | None) -> None:
     if ctx.invoked_subcommand is not None:
         return
     ff = ffmpeg.find_ffmpeg(ffmpeg_path, require_libvmaf=False) if ffmpeg_path else None
-    fp, fp_id = env_fingerprint.current(ff)
+    fp, fp_id = env_fingerprint.current(ff, scorer=_default_scorer(ff))
     table = Table(show_header=False, box=None, pad_edge=False)
     for label, value in env_fingerprint.describe(fp):
         table.add_row(f"[bold]{label}[/bold]", escape(value))
     emit({"fingerprint_id": fp_id, "result_env_id": fp_id, "fingerprint": fp}, as_json, text=[table])
+
+
+def _default_scorer(ff: ffmpeg.FFmpeg | None) -> dict[str, object] | None:
+    """The scorer a run with `--scorer auto` would use (None: the filter of the ffmpeg the fingerprint finds)."""
+    cli = vmaf_cli.choose_scorer("auto")
+    return vmaf_cli.scorer_fingerprint(cli, ff.libvmaf_version if ff else None) if cli else None
 
 
 @env_cmd.command("check", epilog=EPILOG_EXIT_CODES)
@@ -114,24 +120,38 @@ def prereqs_cmd(encoders: str | None, out_dir: Path, ref_dir: Path | None, ffmpe
 
 @click.command("build-libvmaf", epilog=EPILOG_EXIT_CODES)
 @click.option("--source", type=click.Path(path_type=Path), required=True,
-              help="A vmaf checkout (or its libvmaf/ folder) to build.")
-@click.option("--backend", type=click.Choice(sorted(libvmaf_build.BACKENDS)), default="cpu", show_default=True)
-@click.option("--dest", type=click.Path(path_type=Path), help="Install prefix (default binaries/<platform>/).")
+              help="A vmaf checkout (lusoris fork or Netflix; or its libvmaf/ folder) to build.")
+@click.option("--backend", type=click.Choice(list(libvmaf_build.BACKENDS)), default="cpu", show_default=True,
+              help="cuda/sycl: built as libvmaf documents them, staged only after they ran on this box's GPU.")
+@click.option("--dest", type=click.Path(path_type=Path), help="Where bin/vmaf goes (default binaries/<platform>/).")
 @click.option("--meson-arg", "meson_args", multiple=True, help="Extra `meson setup` argument (repeatable), e.g. -Denable_float=true.")
-def build_libvmaf_cmd(source: Path, backend: str, dest: Path | None, meson_args: tuple[str, ...]) -> None:
-    """Build libvmaf's `vmaf` with meson + ninja into binaries/<platform>/ and prove it scores.
+@json_option("Print what was built (path, sha256, version, backend, build time, size, proof) as JSON.")
+def build_libvmaf_cmd(source: Path, backend: str, dest: Path | None, meson_args: tuple[str, ...], as_json: bool) -> None:
+    """Build libvmaf's `vmaf` CLI with meson + ninja, prove it against ffmpeg's libvmaf filter, stage it.
 
-    The corpus's `--scorer vmaf` then uses it. For --backend cuda, a run that needs the GPU must
-    succeed and the same run with no CUDA device must fail.
+    Missing tools are named first with the line that installs them (pip install meson ninja;
+    apt-get install build-essential nasm xxd). The build directory sits inside the tree
+    (libvmaf/build-ekit-*). The result must score a generated pair within 1e-4 of ffmpeg's libvmaf
+    filter on every feature; for --backend cuda it must also run on the GPU without falling back to
+    the CPU, which needs an NVIDIA GPU and driver on this box (docs/environments.md). Then
+    binaries/<platform>/bin/vmaf and its record vmaf.json (sha256, version, backend, source commit)
+    are staged; `--scorer vmaf` uses it, and `--scorer auto` does when it is a GPU build.
 
     \b
     Examples:
-      git clone https://github.com/Netflix/vmaf && ensemble-kit build-libvmaf --source vmaf
-      ensemble-kit build-libvmaf --source vmaf --backend cuda
+      ensemble-kit build-libvmaf --source vmaf                  # a checkout of the lusoris fork
+      ensemble-kit build-libvmaf --source vmaf --backend cuda   # on an NVIDIA box
     """
     note(f"building libvmaf ({backend}) from {source} with meson + ninja ...")
     built = libvmaf_build.build_libvmaf(source, backend=backend, dest=dest, meson_args=meson_args)
-    emit(None, text=f"built {built.path} (vmaf {built.version}, {built.backend}): {built.evidence}")
+    cli = built.cli
+    doc = {"vmaf": str(cli.path), "record": str(built.record), "sha256": cli.sha256, "version": cli.version,
+           "backend": cli.backend, "run_flags": list(cli.run_flags), "source_commit": cli.source_commit,
+           "build_seconds": round(built.build_s, 1), "size_bytes": built.size_bytes, "proof": built.evidence,
+           "meson_options": list(built.options)}
+    emit(doc, as_json, text=[f"built in {built.build_s:.0f} s: {cli.path} ({built.size_bytes:,} bytes, vmaf "
+                             f"{cli.version}, {cli.backend}, sha256 {cli.sha256[:16]}), record {built.record}",
+                             f"proof: {built.evidence}"])
 
 
 @click.command("dist", epilog=EPILOG_EXIT_CODES)

@@ -19,6 +19,7 @@ from kit.core.errors import BadInput
 from kit.corpus import demo
 from kit.corpus.encoders import DEFAULT_CQS, parse_cqs, parse_encoders
 from kit.corpus.geometry import parse_size
+from kit.corpus.vmaf_cli import SCORERS
 from kit.results.thresholds import Thresholds
 from kit.train.config import TrainConfig
 
@@ -43,6 +44,13 @@ def _stack(*decorators: Decorator) -> Decorator:
 
 def ffmpeg_option(help: str = FFMPEG_HELP) -> Decorator:  # noqa: A002 - click's own word
     return click.option("--ffmpeg", "ffmpeg_path", default=None, help=help)
+
+
+def scorer_option() -> Decorator:
+    return click.option(
+        "--scorer", type=click.Choice(list(SCORERS)), default="auto", show_default=True,
+        help="ffmpeg: ffmpeg's libvmaf filter. vmaf: the vmaf CLI in binaries/<platform>/bin/ (or $ENSEMBLE_KIT_VMAF). "
+             "auto: the filter, unless that CLI was built for a GPU (build-libvmaf --backend cuda).")
 
 
 def json_option(help: str = "Print the result as JSON on stdout.") -> Decorator:  # noqa: A002

@@ -21,6 +21,7 @@ from kit.cli.options import (
     out_dir_option,
     quiet_option,
     references,
+    scorer_option,
     train_config_options,
     train_overrides,
 )
@@ -39,13 +40,14 @@ from kit.train.config import parse_seeds
 @out_dir_option(default=None, help="Run directory (default runs/demo for the demo, runs/pipeline otherwise).")
 @jobs_option("Corpus cells in parallel (default: one per core).")
 @ffmpeg_option()
+@scorer_option()
 @click.option("--fresh", is_flag=True, help="Move an existing run in --out-dir aside (<out-dir>.old-<utc>) and start anew.")
 @quiet_option("Only the result line.")
 @train_config_options(demo_note=True)
 @gate_options(with_short_flags=False)
 def pipeline_cmd(ref_dir: Path | None, demo: bool, demo_frames: int | None, demo_size: str | None,
                  encoders: str | None, cqs: str | None, seeds: str, out_dir: Path | None, jobs: int | None,
-                 ffmpeg_path: str | None, fresh: bool, quiet: bool, **overrides: Any) -> None:
+                 ffmpeg_path: str | None, scorer: str, fresh: bool, quiet: bool, **overrides: Any) -> None:
     """The whole job: prereqs, corpus, train, verdict, export (on PROMOTE), report, bundle.
 
     A rerun with the same options resumes (finished cells and steps are not redone); other options
@@ -72,6 +74,7 @@ def pipeline_cmd(ref_dir: Path | None, demo: bool, demo_frames: int | None, demo
         train_overrides=train_overrides(overrides),
         gate_overrides=gate_overrides(overrides),
         ffmpeg=ffmpeg_path,
+        scorer=scorer,
         fresh=fresh,
         quiet=quiet,
         demo_frames=frames,

@@ -37,6 +37,7 @@ from kit.corpus.encoders import HW_SESSION_LIMITS
 from kit.corpus.ffmpeg import FFmpeg
 from kit.corpus.grid import Cell, RunContext, check_cqs, check_encoders, plan_grid, shard_cells, write_grid
 from kit.corpus.sources import Source
+from kit.corpus.vmaf_cli import VmafCli
 from kit.env.platform import cpu_count
 
 # ---- one cell ------------------------------------------------------------------------------------------
@@ -133,6 +134,7 @@ class CorpusSummary:
     corpus_rows: int = 0
     missing_cells: int = 0  # grid cells without a finished file (failed, or other shards still running)
     wall_s: float = 0.0
+    scorer: dict[str, Any] = field(default_factory=dict)  # what computed the features (as in grid.json)
 
     @property
     def ok(self) -> bool:
@@ -150,7 +152,7 @@ class CorpusSummary:
                 "redone_corrupt": self.redone_corrupt, "failed": len(self.failed),
                 "failures": [{k: f[k] for k in ("cell_id", "src", "encoder", "cq", "stage", "reason")} for f in self.failed],
                 "corpus": self.corpus_path, "corpus_rows": self.corpus_rows, "missing_cells": self.missing_cells,
-                "wall_s": round(self.wall_s, 3)}
+                "scorer": self.scorer, "wall_s": round(self.wall_s, 3)}
 
 
 def _utc() -> str:
@@ -188,7 +190,7 @@ def default_jobs() -> int:
 def run_corpus(run_dir: RunDir, sources: Sequence[Source], encoder_names: Sequence[str], cqs: Sequence[int], *,
                ff: FFmpeg, jobs: int | None = None, shard: tuple[int, int] | None = None,
                vmaf_threads: int | None = None, model: str = DEFAULT_VMAF_MODEL, timeout: float | None = None,
-               vmaf_cli: Path | None = None, progress: ProgressFn | None = None,
+               vmaf_cli: VmafCli | None = None, progress: ProgressFn | None = None,
                on_plan: Callable[[int], None] | None = None, ctx: RunContext | None = None) -> CorpusSummary:
     """Run (this shard of) the grid; reuse valid finished cells; assemble corpus.parquet when the grid is whole.
 
@@ -204,7 +206,7 @@ def run_corpus(run_dir: RunDir, sources: Sequence[Source], encoder_names: Sequen
     ctx = ctx or RunContext.detect(ff, model=model, vmaf_cli=vmaf_cli)
     grid = plan_grid(sources, encoder_names, cqs, ctx, probes)
     mine = shard_cells(grid, *shard) if shard else list(grid)
-    summary = CorpusSummary(grid_cells=len(grid), shard=shard, planned=len(mine))
+    summary = CorpusSummary(grid_cells=len(grid), shard=shard, planned=len(mine), scorer=ctx.scorer_identity())
     _check_writable(run_dir)
     write_grid(run_dir, grid, ctx, encoder_names, cqs)
 

@@ -1,4 +1,4 @@
-"""Finding ffmpeg / vmaf binaries and probing what they can really do, including which encoders work here.
+"""Finding ffmpeg binaries and probing what they can really do, including which encoders work here.
 
 ffmpeg lists nvenc/qsv/vaapi encoders on boxes with no GPU, so an encoder counts as available only
 after a real 3-frame test encode succeeds (`probe_encoder`), and a box's default encoders are those of
@@ -157,7 +157,7 @@ def _save_probe(cache_file: Path, ff: FFmpeg) -> None:
         write_json(cache_file, d)
 
 
-def _platform_bin(name: str) -> Path:
+def platform_bin(name: str) -> Path:
     return REPO_ROOT / "binaries" / platform.detect().tag / "bin" / name
 
 
@@ -180,7 +180,7 @@ def find_ffmpeg(explicit: str | None = None, *, require_libvmaf: bool = True) ->
         return check(probe_ffmpeg(Path(explicit), origin="flag"), "--ffmpeg")
     if env := os.environ.get("ENSEMBLE_KIT_FFMPEG"):
         return check(probe_ffmpeg(Path(env), origin="env"), "ENSEMBLE_KIT_FFMPEG")
-    staged = _platform_bin("ffmpeg")
+    staged = platform_bin("ffmpeg")
     if staged.is_file():
         return check(probe_ffmpeg(staged, origin="binaries"), str(staged.parent))
     on_path = shutil.which("ffmpeg")
@@ -196,32 +196,6 @@ def find_ffmpeg(explicit: str | None = None, *, require_libvmaf: bool = True) ->
         return check(probe_ffmpeg(bundled, origin="imageio"), "imageio-ffmpeg")
     raise PrereqError("no ffmpeg with libvmaf found (checked --ffmpeg, ENSEMBLE_KIT_FFMPEG, binaries/, PATH, imageio-ffmpeg)",
                       hint="pip install imageio-ffmpeg, or pass --ffmpeg /path/to/ffmpeg")
-
-
-def find_vmaf_cli() -> Path | None:
-    """A `vmaf` CLI staged in binaries/<platform>/bin/ (or $ENSEMBLE_KIT_VMAF): an alternative scorer."""
-    for cand in (os.environ.get("ENSEMBLE_KIT_VMAF"), _platform_bin("vmaf")):
-        if cand and Path(cand).is_file() and os.access(cand, os.X_OK):
-            return Path(cand).resolve()
-    return None
-
-
-def require_vmaf_cli() -> Path:
-    """`--scorer vmaf`: the staged vmaf CLI, or a prerequisite error saying how to get one."""
-    vmaf_cli = find_vmaf_cli()
-    if vmaf_cli is None:
-        raise PrereqError("--scorer vmaf: no vmaf CLI in binaries/<platform>/bin/ or $ENSEMBLE_KIT_VMAF",
-                          hint="build it (`ensemble-kit build-libvmaf`) or use --scorer ffmpeg")
-    return vmaf_cli
-
-
-def vmaf_cli_version(vmaf_cli: Path) -> str | None:
-    """`vmaf --version` (part of the scorer's identity in every cell id); None when it does not run."""
-    try:
-        return proc.run([str(vmaf_cli), "--version"], stage="vmaf --version", timeout=30, check=False).stdout.strip() \
-            or "unknown"
-    except proc.ToolFailed:
-        return None
 
 
 def render_nodes() -> list[Path]:

@@ -74,6 +74,14 @@ def vmaf_pix_fmt(pix_fmt: str) -> str:
     return "yuv420p10le" if any(t in pix_fmt for t in ("10", "p010", "12", "16")) else "yuv420p"
 
 
+def vmaf_raw_layout(pix_fmt: str) -> tuple[str, int]:
+    """A libvmaf layout as the vmaf CLI's raw-input flags: 'yuv420p10le' -> ('420', 10) for -p / -b."""
+    m = re.fullmatch(r"yuv(420|422|444)p(?:(\d+)le)?", pix_fmt)
+    if pix_fmt not in VMAF_PIX_FMTS or not m:
+        raise BadInput(f"pix_fmt {pix_fmt!r} is not a layout libvmaf takes", hint=f"use one of {', '.join(sorted(VMAF_PIX_FMTS))}")
+    return m.group(1), int(m.group(2) or 8)
+
+
 # ---- geometry from names -------------------------------------------------------------------------
 
 _SIZE_RE = re.compile(r"(?<![0-9])(\d{2,5})x(\d{2,5})(?![0-9])")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from kit.core.errors import BadInput
@@ -22,8 +21,9 @@ from kit.core.ids import KEY_LEN, object_id
 from kit.core.rundir import RunDir
 from kit.core.schema import DEFAULT_VMAF_MODEL
 from kit.corpus import encoders as enc_table
-from kit.corpus.ffmpeg import EncoderProbe, FFmpeg, probe_encoder, vmaf_cli_version
+from kit.corpus.ffmpeg import EncoderProbe, FFmpeg, probe_encoder
 from kit.corpus.sources import Source
+from kit.corpus.vmaf_cli import VmafCli, scorer_fingerprint, scorer_identity
 from kit.env import fingerprint as env_fingerprint
 from kit.env import platform
 
@@ -39,22 +39,17 @@ class RunContext:
     box_id: str
     env_fingerprint: str
     model: str = DEFAULT_VMAF_MODEL
-    vmaf_cli: Path | None = None
-    vmaf_cli_version: str | None = None
+    vmaf_cli: VmafCli | None = None  # None: ffmpeg's libvmaf filter scores
 
     @classmethod
-    def detect(cls, ff: FFmpeg, *, model: str = DEFAULT_VMAF_MODEL, vmaf_cli: Path | None = None) -> RunContext:
-        version = vmaf_cli_version(vmaf_cli) if vmaf_cli is not None else None
+    def detect(cls, ff: FFmpeg, *, model: str = DEFAULT_VMAF_MODEL, vmaf_cli: VmafCli | None = None) -> RunContext:
         env_fingerprint.require_locked_ffmpeg(ff)  # exit 3 on a damaged locked ffmpeg; a warning for any other
-        fp = env_fingerprint.fingerprint(ff, vmaf_model=model)
+        fp = env_fingerprint.fingerprint(ff, vmaf_model=model, scorer=scorer_fingerprint(vmaf_cli, ff.libvmaf_version))
         return cls(ff=ff, platform=platform.detect().tag, box_id=platform.box_id(),
-                   env_fingerprint=env_fingerprint.fingerprint_id(fp), model=model, vmaf_cli=vmaf_cli,
-                   vmaf_cli_version=version)
+                   env_fingerprint=env_fingerprint.fingerprint_id(fp), model=model, vmaf_cli=vmaf_cli)
 
     def scorer_identity(self) -> dict[str, Any]:
-        if self.vmaf_cli is not None:
-            return {"backend": "vmaf-cli", "version": self.vmaf_cli_version}
-        return {"backend": "ffmpeg-libvmaf", "libvmaf_version": self.ff.libvmaf_version}
+        return scorer_identity(self.vmaf_cli, self.ff.libvmaf_version)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,13 @@ YUV ever touches the disk). Frames are paired by index (`setpts=N` on both sides
 timestamps, B-frame delays or raw elementary streams cannot shift the pairing. A score is only accepted
 when every frame carries every requested key (libvmaf with n_threads > 0 silently drops a feature that
 fails) and the distorted stream has exactly the reference's frame count.
+
+The standalone `vmaf` CLI (`kit.corpus.vmaf_cli`) is the other scorer: two ffmpeg decoders write raw
+frames into FIFOs that it reads (still no decoded clip on disk; raw rather than Y4M because the CLI's
+Y4M reader has no 16-bit layouts). Its failures are reported in causal order: a decoder that failed on
+its own first, then vmaf's own failure or its fall back from a GPU backend to the CPU, then a frame
+count that differs from the reference's; a decoder that died of a broken pipe only because vmaf
+stopped reading is a consequence, not a cause.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import tempfile
 import threading
 from collections.abc import Sequence
@@ -24,8 +32,9 @@ from kit.core.errors import BadInput, WorkFailed
 from kit.core.proc import STDERR_TAIL, ToolFailed
 from kit.core.schema import DEFAULT_VMAF_MODEL, LIBVMAF_KEYS
 from kit.corpus.ffmpeg import FFmpeg
-from kit.corpus.geometry import vmaf_pix_fmt
+from kit.corpus.geometry import vmaf_pix_fmt, vmaf_raw_layout
 from kit.corpus.sources import Source, open_source
+from kit.corpus.vmaf_cli import BackendFallback, VmafCli, fallback_line
 
 # ---- parsing -------------------------------------------------------------------------------------------
 
@@ -48,6 +57,16 @@ class ScoreResult:
         return {k: math.fsum(f[k] for f in self.frames) / len(self.frames) for k in LIBVMAF_KEYS}
 
 
+def _number(value: object) -> float:
+    """A metric value; libvmaf writes null for NaN/Inf, which becomes NaN (and then a 'non-finite' failure)."""
+    if value is None:
+        return math.nan
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def parse_vmaf_json(text: str, *, expected_frames: int | None, stage: str = "score") -> tuple[list[dict[str, float]], dict[str, float], str]:
     """libvmaf JSON log -> (frames, pooled vmaf, version); missing keys or a wrong frame count -> ToolFailed."""
     try:
@@ -63,7 +82,7 @@ def parse_vmaf_json(text: str, *, expected_frames: int | None, stage: str = "sco
             raise ToolFailed(stage, f"libvmaf frame {i} lacks {', '.join(missing)} (a feature failed silently)")
         if fr.get("frameNum", i) != i:
             raise ToolFailed(stage, f"libvmaf frames out of order at {i} (frameNum {fr.get('frameNum')})")
-        values = {name: float(metrics[key]) for name, key in LIBVMAF_KEYS.items()}
+        values = {name: _number(metrics[key]) for name, key in LIBVMAF_KEYS.items()}
         if not all(math.isfinite(v) for v in values.values()):
             raise ToolFailed(stage, f"libvmaf frame {i} has a non-finite value: {values}")
         frames.append(values)
@@ -87,28 +106,29 @@ def _libvmaf_filter(pix_fmt: str, *, model: str, n_threads: int) -> str:
 
 def score(ff: FFmpeg, ref: Source, dis_input_args: Sequence[str], *, n_threads: int = 1, model: str = DEFAULT_VMAF_MODEL,
           expected_frames: int | None = None, timeout: float | None = None, workdir: Path | None = None,
-          vmaf_cli: Path | None = None) -> ScoreResult:
+          vmaf_cli: VmafCli | None = None) -> ScoreResult:
     """Score a distorted input (ffmpeg input args ending in `-i path`) against a reference source.
 
     `expected_frames` defaults to the reference's frame count. `vmaf_cli` selects the standalone vmaf
-    binary (fed through FIFOs, still no YUV on disk) instead of ffmpeg's libvmaf filter.
+    CLI (fed through FIFOs, still no YUV on disk) instead of ffmpeg's libvmaf filter.
     """
     expected = ref.n_frames if expected_frames is None else expected_frames
     with contextlib.ExitStack() as stack:
         wd = workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ekit-score-")))
         log = wd / "vmaf.json"
         log.unlink(missing_ok=True)
+        overfed: list[str] = []
         if vmaf_cli is not None:
-            ms, stderr = _score_vmaf_cli(vmaf_cli, ff, ref, dis_input_args, n_threads=n_threads, model=model,
-                                         timeout=timeout, wd=wd)
-            backend = "vmaf-cli"
+            ms, stderr, overfed = _score_vmaf_cli(vmaf_cli, ff, ref, dis_input_args, n_threads=n_threads, model=model,
+                                                  timeout=timeout, wd=wd)
+            backend, extra = "vmaf-cli", {"vmaf_backend": vmaf_cli.backend}
         else:
             argv = [str(ff.path), "-nostdin", "-hide_banner", "-v", "error", *dis_input_args, *ref.input_args(),
                     "-lavfi", _libvmaf_filter(vmaf_pix_fmt(ref.pix_fmt), model=model, n_threads=n_threads),
                     "-f", "null", "-"]
             done = proc.run(argv, stage="score", timeout=timeout, cwd=wd, stdout=False)
             ms, stderr = done.ms, done.stderr
-            backend = "ffmpeg-libvmaf"
+            backend, extra = "ffmpeg-libvmaf", {}
         try:
             text = log.read_text(encoding="utf-8")
         except OSError:
@@ -116,17 +136,42 @@ def score(ff: FFmpeg, ref: Source, dis_input_args: Sequence[str], *, n_threads: 
         try:
             frames, pooled, version = parse_vmaf_json(text, expected_frames=expected)
         except ToolFailed as exc:
+            if ended := _ended_before(stderr):
+                exc.reason = f"{exc.reason} (vmaf: {ended})"
+                exc.args = (f"{exc.stage}: {exc.reason}",)
             exc.stderr_tail = stderr[-STDERR_TAIL:]
             raise
+        if overfed:  # vmaf stopped reading a stream that still had frames: it is longer than the reference
+            raise ToolFailed("score", f"the {' and '.join(overfed)} stream has more than the {expected} frames "
+                             "of the reference", stderr[-STDERR_TAIL:])
     return ScoreResult(frames=frames, libvmaf_pooled=pooled, libvmaf_version=version, model=model,
-                       score_time_ms=ms, backend=backend)
+                       score_time_ms=ms, backend=backend, extra=extra)
 
 
-def _score_vmaf_cli(vmaf: Path, ff: FFmpeg, ref: Source, dis_input_args: Sequence[str], *, n_threads: int, model: str,
-                    timeout: float | None, wd: Path) -> tuple[float, str]:
-    """vmaf CLI backend: two ffmpeg decoders write Y4M into FIFOs that vmaf reads (no YUV file on disk)."""
+_FEEDS = {"ref": "reference", "dis": "distorted"}
+
+
+def _ended_before(stderr: str) -> str | None:
+    """vmaf's own line when one stream ended before the other ('"dis.yuv" ended before "ref.yuv".')."""
+    m = re.search(r'^.*ended before.*$', stderr or "", re.M)
+    return m.group(0).strip() if m else None
+
+
+def _broken_pipe(exc: BaseException) -> bool:
+    """A decoder that died writing into a FIFO nobody reads any more (ffmpeg: exit 224 = -EPIPE, or SIGPIPE)."""
+    return isinstance(exc, ToolFailed) and exc.kind == "exit" and (
+        exc.returncode in (224, -13) or "Broken pipe" in exc.stderr_tail)
+
+
+def _score_vmaf_cli(cli: VmafCli, ff: FFmpeg, ref: Source, dis_input_args: Sequence[str], *, n_threads: int,
+                    model: str, timeout: float | None, wd: Path) -> tuple[float, str, list[str]]:
+    """vmaf CLI scorer: two ffmpeg decoders write raw frames into FIFOs that vmaf reads.
+
+    -> (vmaf's wall ms, its stderr, the streams vmaf stopped reading early). Raises in causal order
+    (see the module doc)."""
     pix_fmt = vmaf_pix_fmt(ref.pix_fmt)
-    fifos = {"ref": wd / "ref.y4m", "dis": wd / "dis.y4m"}
+    layout, depth = vmaf_raw_layout(pix_fmt)
+    fifos = {"ref": wd / "ref.yuv", "dis": wd / "dis.yuv"}
     for f in fifos.values():
         f.unlink(missing_ok=True)
         os.mkfifo(f)
@@ -138,33 +183,43 @@ def _score_vmaf_cli(vmaf: Path, ff: FFmpeg, ref: Source, dis_input_args: Sequenc
 
     def feed(name: str) -> None:
         try:
-            proc.run([*decode[name], "-fps_mode", "passthrough", "-pix_fmt", pix_fmt, "-strict", "-1",
-                      "-f", "yuv4mpegpipe", "-y", str(fifos[name])], stage=f"decode {name}", timeout=timeout, stdout=False)
-        except BaseException as exc:  # noqa: BLE001 - reported after vmaf returns
+            proc.run([*decode[name], "-fps_mode", "passthrough", "-pix_fmt", pix_fmt, "-f", "rawvideo", "-y",
+                      str(fifos[name])], stage=f"decode {_FEEDS[name]}", timeout=timeout, stdout=False)
+        except BaseException as exc:  # noqa: BLE001 - judged after vmaf returns
             errors[name] = exc
+            if not _broken_pipe(exc):  # it died on its own, maybe before opening its FIFO: let vmaf see the end
+                with contextlib.suppress(OSError):  # blocks until vmaf (or the unblocking below) opens the other end
+                    os.close(os.open(fifos[name], os.O_WRONLY))
 
     feeders = [threading.Thread(target=feed, args=(n,), daemon=True) for n in fifos]
     for t in feeders:
         t.start()
+    argv = [*cli.argv(), "--reference", fifos["ref"].name, "--distorted", fifos["dis"].name,
+            "--width", str(ref.width), "--height", str(ref.height), "--pixel_format", layout, "--bitdepth", str(depth),
+            "--model", f"version={model}", "--threads", str(n_threads), "--json", "--output", "vmaf.json", "--quiet"]
     try:
-        done = proc.run([str(vmaf), "--reference", fifos["ref"].name, "--distorted", fifos["dis"].name,
-                         "--model", f"version={model}", "--threads", str(n_threads), "--json",
-                         "--output", "vmaf.json", "--quiet"], stage="score", timeout=timeout, cwd=wd, stdout=False)
+        done = proc.run(argv, stage="score", timeout=timeout, cwd=wd, env=cli.run_env(), stdout=False, check=False)
     finally:
-        for f in fifos.values():  # unblock a feeder whose reader died
+        for f in fifos.values():  # unblock a feeder whose reader never opened its FIFO or died
             with contextlib.suppress(OSError):
-                fd = os.open(f, os.O_RDONLY | os.O_NONBLOCK)
-                os.close(fd)
+                os.close(os.open(f, os.O_RDONLY | os.O_NONBLOCK))
         for t in feeders:
             t.join(timeout=5)
-    if errors:
-        exc = next(iter(errors.values()))
-        raise exc if isinstance(exc, ToolFailed) else ToolFailed("score", str(exc))
-    return done.ms, done.stderr
+    causes = {name: exc for name, exc in errors.items() if not _broken_pipe(exc)}
+    if causes:  # a decoder failed on its own: vmaf then only saw a short stream
+        exc = next(iter(causes.values()))
+        raise exc if isinstance(exc, ToolFailed) else ToolFailed("score", f"{type(exc).__name__}: {exc}")
+    if not done.ok:
+        raise ToolFailed("score", f"vmaf failed (exit code {done.returncode}): {proc.stderr_reason(done.stderr)}",
+                              done.stderr[-STDERR_TAIL:], done.returncode)
+    if cli.backend != "cpu" and (line := fallback_line(done.stderr)):
+        raise BackendFallback("score", f"vmaf was run with its {cli.backend} backend ({' '.join(cli.run_flags)}) "
+                              f"and fell back to the CPU: {line}", done.stderr[-STDERR_TAIL:], 0)
+    return done.ms, done.stderr, [_FEEDS[name] for name in fifos if name in errors]
 
 
 def score_files(ff: FFmpeg, ref_path: Path, dis_path: Path, *, n_threads: int = 1, model: str = DEFAULT_VMAF_MODEL,
-                vmaf_cli: Path | None = None, **geometry: object) -> tuple[Source, Source, ScoreResult]:
+                vmaf_cli: VmafCli | None = None, **geometry: object) -> tuple[Source, Source, ScoreResult]:
     """`ensemble-kit score REF DIS`: both files probed like references (raw geometry from name/sidecar/flags)."""
     ref = open_source(Path(ref_path), ff=ff, **geometry)  # type: ignore[arg-type]
     dis = open_source(Path(dis_path), ff=ff, **geometry)  # type: ignore[arg-type]

@@ -3,7 +3,8 @@
 `result_env` is everything that can change a number (or a byte) the kit writes: the content digest of
 each distribution that computes or serialises results (`RESULT_DISTRIBUTIONS`, plus the BLAS/OpenMP/
 arrow conda packages in a pixi environment), the sha256 of the ffmpeg binary (its built-in libvmaf
-models included), the libvmaf version and model, torch's build, the BLAS numpy and scipy use, the
+models included), the libvmaf version and model, the scorer (the filter, or a vmaf CLI: its version,
+backend, source commit and sha256), torch's build, the BLAS numpy and scipy use, the
 Python minor version, the kit's version, commit and source digest, the gate thresholds' defaults and the
 environment variables that change numerics. Its id (`fingerprint_id`) is what corpus rows, verdicts,
 sidecars and bundles carry, and the only thing `compare` and the pipeline's resume check compare: two
@@ -45,6 +46,7 @@ from kit.core.fsio import canonical_json, sha256_file
 from kit.core.ids import FINGERPRINT_ID_LEN, object_id, sha256_hex, shorten
 from kit.core.schema import DEFAULT_VMAF_MODEL
 from kit.corpus import ffmpeg as ffmpeg_tools
+from kit.corpus import vmaf_cli
 from kit.env import lockfiles, locks, platform
 from kit.results.thresholds import GATE_DEFAULTS  # a leaf data module (no kit imports): the gate's defaults
 
@@ -235,8 +237,12 @@ def _default_ffmpeg() -> Any | None:
 
 def make_result_env(ff: Any | None, *, vmaf_model: str = DEFAULT_VMAF_MODEL,
                     packages: dict[str, Any] | None = None, conda: dict[str, Any] | None = None,
-                    kit_info: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Everything that can change a number (module doc). Each argument is injectable for tests."""
+                    kit_info: dict[str, Any] | None = None, scorer: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything that can change a number (module doc). Each argument is injectable for tests.
+
+    `scorer` is what computes the features (`kit.corpus.vmaf_cli.scorer_fingerprint`: a vmaf CLI's
+    version, backend, source commit and sha256); None: this ffmpeg's libvmaf filter."""
+    libvmaf_version = ff.libvmaf_version if ff is not None else None
     return {
         "fingerprint_version": FINGERPRINT_VERSION,
         "platform": lockfiles.conda_platform(),
@@ -247,8 +253,9 @@ def make_result_env(ff: Any | None, *, vmaf_model: str = DEFAULT_VMAF_MODEL,
         "blas": {"numpy": _blas("numpy"), "scipy": _blas("scipy")},
         "ffmpeg": _ffmpeg_result(ff),
         # the vmaf_v0.6.1 models are built into the ffmpeg binary: its sha256 above is their hash
-        "libvmaf": {"version": ff.libvmaf_version if ff is not None else None, "model": vmaf_model,
+        "libvmaf": {"version": libvmaf_version, "model": vmaf_model,
                     "model_source": "built into the ffmpeg binary (ffmpeg.sha256)"},
+        "scorer": scorer if scorer is not None else vmaf_cli.filter_identity(libvmaf_version),
         "kit": kit_info if kit_info is not None else {"version": __version__, **kit_commit(),
                                                         "source_sha256": kit_source_sha256()},
         "gate_defaults": dict(GATE_DEFAULTS),
@@ -312,15 +319,17 @@ def make_host(host: Any | None = None, *, lock: dict[str, Any] | None = None, ff
 
 def fingerprint(ffmpeg: Any | None = None, *, vmaf_model: str = DEFAULT_VMAF_MODEL,
                 host: Any | None = None, lock: dict[str, Any] | None = None,
-                find_ffmpeg: Callable[[], Any | None] = _default_ffmpeg) -> dict[str, Any]:
+                find_ffmpeg: Callable[[], Any | None] = _default_ffmpeg,
+                scorer: dict[str, Any] | None = None) -> dict[str, Any]:
     """{fingerprint_version, result_env, host} of this environment.
 
     `ffmpeg` is a `kit.corpus.ffmpeg.FFmpeg` (found with `find_ffmpeg()` when None); `host` a
-    `platform.HostPlatform`; `lock` the `locks.current_lock()` identity. All injectable for tests.
+    `platform.HostPlatform`; `lock` the `locks.current_lock()` identity; `scorer` see `make_result_env`.
+    All injectable for tests.
     """
     ff = ffmpeg if ffmpeg is not None else find_ffmpeg()
     return {"fingerprint_version": FINGERPRINT_VERSION,
-            "result_env": make_result_env(ff, vmaf_model=vmaf_model),
+            "result_env": make_result_env(ff, vmaf_model=vmaf_model, scorer=scorer),
             "host": make_host(host, lock=lock, ff=ff)}
 
 
@@ -353,13 +362,13 @@ def fingerprint_id(fp: dict[str, Any]) -> str:
     return object_id(result_env(fp), FINGERPRINT_ID_LEN)
 
 
-def current(ffmpeg: Any | None = None) -> tuple[dict[str, Any], str]:
+def current(ffmpeg: Any | None = None, scorer: dict[str, Any] | None = None) -> tuple[dict[str, Any], str]:
     """(fingerprint, its id) of this environment, for the LOSO results, sidecars and run.json.
 
     The trainer (kit.train) takes this from its caller instead of computing it, so training never
     imports the ffmpeg tooling the fingerprint describes.
     """
-    fp = fingerprint(ffmpeg)
+    fp = fingerprint(ffmpeg, scorer=scorer)
     return fp, fingerprint_id(fp)
 
 
@@ -404,6 +413,12 @@ def _short(value: Any) -> str:
     return shorten(str(value)) if value else "?"
 
 
+def _describe_scorer(scorer: dict[str, Any]) -> str:
+    if scorer.get("backend") == "vmaf-cli":
+        return f"vmaf CLI {scorer.get('version')} ({scorer.get('vmaf_backend')}), sha256 {_short(scorer.get('sha256'))}"
+    return "ffmpeg's libvmaf filter"
+
+
 def describe(fp: dict[str, Any]) -> list[tuple[str, str]]:
     """(label, value) rows for `ensemble-kit env`'s table: the compared part, then the host."""
     res, host = result_env(fp), host_part(fp)
@@ -425,6 +440,7 @@ def describe(fp: dict[str, Any]) -> list[tuple[str, str]]:
         *([("conda", conda)] if conda else []),
         ("ffmpeg", f"{ff.get('version')}, sha256 {_short(ff.get('sha256'))}" if ff else "not found"),
         ("libvmaf", f"{libvmaf.get('version') or 'none'} · model {libvmaf.get('model')}"),
+        ("scorer", _describe_scorer(res.get("scorer") or {})),
         ("kit", f"{kit_info.get('version')} commit {_short(kit_info.get('commit'))}"
                 f"{' (dirty)' if kit_info.get('dirty') else ''}, source {_short(kit_info.get('source_sha256'))}"),
         ("gate defaults", ", ".join(f"{k} {v}" for k, v in (res.get("gate_defaults") or {}).items())),
