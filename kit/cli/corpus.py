@@ -180,8 +180,9 @@ def score_cmd(ref: Path, dis: Path, width: int | None, height: int | None, pix_f
     for i, f in enumerate(result.frames):
         table.add_row(str(i), *(f"{f[k]:.4f}" for k in LIBVMAF_KEYS))
     table.add_row("mean", *(f"{pooled[k]:.4f}" for k in LIBVMAF_KEYS), style="bold")
+    scorer = vmaf_cli.describe() if vmaf_cli else f"ffmpeg's libvmaf filter {result.libvmaf_version}"
     emit(doc, as_json, text=[table, f"VMAF {pooled['vmaf']:.6f} (mean of {result.n_frames} frames; "
-                                    f"features {', '.join(FEATURES)})"])
+                                    f"features {', '.join(FEATURES)}; scored by {scorer})"])
 
 
 @click.command("merge", epilog=EPILOG_EXIT_CODES)

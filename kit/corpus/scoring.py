@@ -23,6 +23,7 @@ import os
 import re
 import tempfile
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,6 +164,19 @@ def _broken_pipe(exc: BaseException) -> bool:
         exc.returncode in (224, -13) or "Broken pipe" in exc.stderr_tail)
 
 
+def _release(fifos: dict[str, Path], feeders: list[threading.Thread], limit_s: float = 10.0) -> None:
+    """vmaf is gone: end the feeders. One blocked opening its FIFO (vmaf never opened it, or not yet when
+    it died) is let through by a reader that closes at once, so its next write fails with a broken pipe;
+    repeated, because a feeder may reach its open() only after the first attempt."""
+    deadline = time.monotonic() + limit_s
+    while any(t.is_alive() for t in feeders) and time.monotonic() < deadline:
+        for f in fifos.values():
+            with contextlib.suppress(OSError):
+                os.close(os.open(f, os.O_RDONLY | os.O_NONBLOCK))
+        for t in feeders:
+            t.join(timeout=0.05)
+
+
 def _score_vmaf_cli(cli: VmafCli, ff: FFmpeg, ref: Source, dis_input_args: Sequence[str], *, n_threads: int,
                     model: str, timeout: float | None, wd: Path) -> tuple[float, str, list[str]]:
     """vmaf CLI scorer: two ffmpeg decoders write raw frames into FIFOs that vmaf reads.
@@ -200,11 +214,7 @@ def _score_vmaf_cli(cli: VmafCli, ff: FFmpeg, ref: Source, dis_input_args: Seque
     try:
         done = proc.run(argv, stage="score", timeout=timeout, cwd=wd, env=cli.run_env(), stdout=False, check=False)
     finally:
-        for f in fifos.values():  # unblock a feeder whose reader never opened its FIFO or died
-            with contextlib.suppress(OSError):
-                os.close(os.open(f, os.O_RDONLY | os.O_NONBLOCK))
-        for t in feeders:
-            t.join(timeout=5)
+        _release(fifos, feeders)
     causes = {name: exc for name, exc in errors.items() if not _broken_pipe(exc)}
     if causes:  # a decoder failed on its own: vmaf then only saw a short stream
         exc = next(iter(causes.values()))
