@@ -221,7 +221,7 @@ def _score_vmaf_cli(cli: VmafCli, ff: FFmpeg, ref: Source, dis_input_args: Seque
         raise exc if isinstance(exc, ToolFailed) else ToolFailed("score", f"{type(exc).__name__}: {exc}")
     if not done.ok:
         raise ToolFailed("score", f"vmaf failed (exit code {done.returncode}): {proc.stderr_reason(done.stderr)}",
-                              done.stderr[-STDERR_TAIL:], done.returncode)
+                         done.stderr[-STDERR_TAIL:], done.returncode)
     if cli.backend != "cpu" and (line := fallback_line(done.stderr)):
         raise BackendFallback("score", f"vmaf was run with its {cli.backend} backend ({' '.join(cli.run_flags)}) "
                               f"and fell back to the CPU: {line}", done.stderr[-STDERR_TAIL:], 0)
