@@ -141,7 +141,7 @@ def test_the_scorer_is_in_cell_ids_and_the_fingerprint(kit_ffmpeg, fake_vmaf):
     assert by_cli.scorer_identity()["version"] == "3.0.0" and "sha256" not in by_cli.scorer_identity()
     assert by_filter.env_fingerprint != by_cli.env_fingerprint
     fp = fingerprint.fingerprint(kit_ffmpeg, scorer=vmaf_cli.scorer_fingerprint(fake_vmaf, kit_ffmpeg.libvmaf_version))
-    assert fp["scorer"]["sha256"] == fake_vmaf.sha256
+    assert fp["result_env"]["scorer"]["sha256"] == fake_vmaf.sha256
 
 
 def test_corpus_and_score_with_the_vmaf_scorer_equal_the_filters(tiny_refs, tmp_path, monkeypatch, fake_vmaf):
