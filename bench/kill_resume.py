@@ -8,7 +8,8 @@ trial, a fresh run directory: start `ensemble-kit pipeline`, wait until the targ
 previous step's marker appears; polled every 1 ms), sleep a random fraction of that phase's duration,
 SIGKILL the whole process group (ffmpeg children too: a power cut, an OOM kill), and rerun the same
 command until it completes; every third trial is killed a second time during its resume. The final
-verdict, LOSO folds and corpus must equal the reference run's. Excluded from "equal", because they are
+verdict, LOSO folds and corpus must equal the reference run's, and no temp file or folder may survive
+the completed rerun (not in the run directory, not in $TMPDIR, which points into the bench's folder). Excluded from "equal", because they are
 measurements of wall time or of when the file was written, not results: the verdict's
 `generated_at_utc` and the corpus' `enc_time_ms`/`score_time_ms` columns (the verdict's corpus
 content sha256 leaves them out, so it is compared exactly).
@@ -51,6 +52,17 @@ TINY = ["--demo-size", "96x64", "--demo-frames", "12", "--encoders", "libx264", 
 PHASES = ("startup", *STEPS[1:])
 TIMING_COLUMNS = MEASURED_COLUMNS
 SNAPSHOT: dict[str, Path] = {"cwd": ROOT}  # where `python -m kit` runs (the snapshot's folder)
+ENV: dict[str, str] = dict(os.environ)  # TMPDIR points into the bench's folder, so leftovers there are seen
+
+
+def leftovers(out_dir: Path) -> list[str]:
+    """Temp files and folders that survived a completed rerun: atomic writes' `.tmp` files, in-flight cell
+    folders, and the kit's folders in the temp dir. A finished run leaves none."""
+    found = [str(p.relative_to(out_dir)) for p in out_dir.rglob("*.tmp")]
+    work = RunDir(out_dir).cells_work_dir
+    found += [str(p.relative_to(out_dir)) for p in work.iterdir()] if work.is_dir() else []
+    found += [str(p) for p in Path(ENV["TMPDIR"]).glob("ekit-*")]
+    return found
 
 
 def take_snapshot(base: Path) -> Path:
@@ -68,7 +80,7 @@ def command(out_dir: Path) -> list[str]:
 
 def start(out_dir: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(command(out_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, cwd=SNAPSHOT["cwd"])
+                            start_new_session=True, cwd=SNAPSHOT["cwd"], env=ENV)
 
 
 def started_signal(out_dir: Path, phase: str) -> Path | None:
@@ -121,7 +133,7 @@ def kill_at(out_dir: Path, delay: float) -> str:
 
 
 def complete(out_dir: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(command(out_dir), capture_output=True, text=True, cwd=SNAPSHOT["cwd"], timeout=900)
+    return subprocess.run(command(out_dir), capture_output=True, text=True, cwd=SNAPSHOT["cwd"], timeout=900, env=ENV)
 
 
 def phase_durations(stderr: str, total: float) -> dict[str, float]:
@@ -161,11 +173,14 @@ def main() -> int:
     base = args.keep or Path(tempfile.mkdtemp(prefix="ekit-kill-"))
     base.mkdir(parents=True, exist_ok=True)
     SNAPSHOT["cwd"] = take_snapshot(base)
+    ENV["TMPDIR"] = str(base / "tmp")
+    (base / "tmp").mkdir(exist_ok=True)
     try:
         ref_dir = base / "reference"
         shutil.rmtree(ref_dir, ignore_errors=True)
         t0 = time.monotonic()
-        ref = subprocess.run([c for c in command(ref_dir) if c != "--quiet"], capture_output=True, text=True, cwd=SNAPSHOT["cwd"])
+        ref = subprocess.run([c for c in command(ref_dir) if c != "--quiet"], capture_output=True, text=True,
+                             cwd=SNAPSHOT["cwd"], env=ENV)
         total = time.monotonic() - t0
         if ref.returncode not in (0, 1):
             print(ref.stderr[-3000:])
@@ -199,16 +214,18 @@ def main() -> int:
                 print(line + " -> RERUN FAILED")
                 continue
             problems = same(reference, results(out))
+            if left := leftovers(out):
+                problems.append(f"temp leftovers after the rerun: {', '.join(left[:5])}")
             if problems:
                 failures.append(f"trial {trial}: {'; '.join(problems)}")
                 print(line + " -> DIFFERENT: " + "; ".join(problems))
                 continue
             matched += 1
-            print(line + " -> rerun completed, results equal")
+            print(line + " -> rerun completed, results equal, no temp leftovers")
         print(f"kill/resume: {kills} SIGKILLs in {args.kills} trials (landed: "
               + ", ".join(f"{p} {landed_at[p]}" for p in (*PHASES, "finished") if p in landed_at)
               + f"); {reruns} reruns completed with the reference exit code; {matched}/{args.kills} equal to the "
-              "uninterrupted run (verdict, LOSO folds, corpus)")
+              "uninterrupted run (verdict, LOSO folds, corpus) with no .tmp file or temp folder left")
         for f in failures:
             print("FAIL", f)
         return 0 if not failures and matched == args.kills and kills >= 10 else 1

@@ -43,7 +43,7 @@ from kit.env import fingerprint as env_fingerprint
 from kit.env import platform as kit_platform
 from kit.env import prereqs
 from kit.results import bundle, export, gate, report
-from kit.results.thresholds import GATE_DEFAULTS, PROMOTE
+from kit.results.thresholds import GATE_DEFAULTS, PROMOTE, Thresholds
 from kit.train import loso
 from kit.train.config import DEFAULT_SEEDS, TrainConfig
 from kit.train.data import MIN_SOURCES, load_corpus
@@ -72,6 +72,7 @@ class PipelineOptions:
     scorer: str = "auto"  # kit.corpus.vmaf_cli.SCORERS
     fresh: bool = False
     quiet: bool = False
+    max_memory: int | None = None  # training memory limit in bytes (None: most of this box's); not a result
     demo_frames: int = demo.DEMO_FRAMES
     demo_size: tuple[int, int] = demo.DEMO_SIZE
 
@@ -269,6 +270,7 @@ def check_options(options: PipelineOptions) -> None:
     unknown = set(options.gate_overrides) - set(GATE_DEFAULTS)
     if unknown:
         raise BadInput(f"unknown gate threshold(s): {', '.join(sorted(unknown))}", hint=f"use {', '.join(GATE_DEFAULTS)}")
+    Thresholds(**{**GATE_DEFAULTS, **{k: v for k, v in options.gate_overrides.items() if v is not None}})
     if not options.seeds:
         raise BadInput("--seeds is empty", hint="e.g. --seeds 0,1,2,3,4")
 
@@ -335,7 +337,7 @@ def step_corpus(ctx: Context) -> StepReport:
                   "scorer": ctx.resolved["scorer"]})
     if ctx.rd.step_done("corpus", key):
         return StepReport("corpus", "reused", "corpus.parquet from the earlier run")
-    with _progress(ctx, "corpus") as bar:  # run_corpus kills its tools itself when interrupted
+    with _progress(ctx, "corpus", "cells") as bar:  # run_corpus kills its tools itself when interrupted
         summary = engine.run_corpus(ctx.rd, ctx.sources, ctx.encoders, ctx.cqs, ff=ctx.ff, jobs=ctx.options.jobs,
                                     vmaf_cli=ctx.vmaf_cli, progress=engine.progress_callback(bar), on_plan=bar.plan)
     summary.raise_if_failed(ctx.rd.failures,
@@ -355,10 +357,10 @@ def step_train(ctx: Context) -> StepReport:
     ctx.rd.clear_marker("train")
     df = load_corpus(ctx.rd.corpus)
     n_models = len(ctx.options.seeds) * df["src_sha256"].nunique()
-    with _progress(ctx, f"train {n_models} models") as bar:
+    with _progress(ctx, f"train {n_models} models", "epochs") as bar:
         bar.plan(ctx.config.epochs)
         result = loso.run_loso(df, ctx.config, ctx.options.seeds, ctx.rd, progress=bar.tick,
-                               environment=ctx.fingerprint)
+                               environment=ctx.fingerprint, max_memory=ctx.options.max_memory)
     ctx.rd.mark_done("train", key, ctx.rd.loso_files(result.seeds))
     means = ", ".join(f"{s}: {v['mean']:.4f}" for s, v in result.per_seed().items())
     return StepReport("train", "done", f"{len(result.seeds)} seeds x {result.folds['fold_src_sha256'].nunique()} "
@@ -398,9 +400,9 @@ def step_export(ctx: Context) -> StepReport:
         return StepReport("export", "reused", "models from the earlier run")
     if ctx.rd.models_dir.exists():
         ctx.rd.move_aside(ctx.rd.models_dir, "models of older inputs")
-    with _progress(ctx, f"export {len(ctx.options.seeds)} models") as bar:
+    with _progress(ctx, f"export {len(ctx.options.seeds)} models", "epochs") as bar:
         bar.plan(ctx.config.epochs)
-        ensemble = export.export_run(ctx.root, progress=bar.tick)
+        ensemble = export.export_run(ctx.root, progress=bar.tick, max_memory=ctx.options.max_memory)
     outputs = ctx.rd.model_files(ensemble)
     ctx.rd.mark_done("export", key, outputs)
     n_onnx = sum(1 for p in outputs if p.suffix == ".onnx")
@@ -455,6 +457,7 @@ def run_pipeline(options: PipelineOptions) -> PipelineResult:
         fp, fp_id = env_fingerprint.current(ff, scorer=scorer_fingerprint(vmaf_cli, ff.libvmaf_version))
         with locked_run_dir(options):
             rd, resumed = prepare_run_dir(options, resolved, fp, fp_id)
+            rd.sweep_temp()  # what a SIGKILLed earlier attempt left half-written
             append_line(rd.log_file, canonical_json(
                 {"utc": _utc(), "event": "resume" if resumed else "start", "jobs": options.jobs, "pid": os.getpid()},
                 indent=None))

@@ -210,3 +210,130 @@ def test_train_and_merge_refuse_broken_bundles(tmp_path, good_bundle):
         assert result.exit_code == ExitCode.BAD_INPUT, (argv, text)
         assert phrase in _one_error_line(text)
     assert not (tmp_path / "evil.txt").exists()
+
+
+# ---- issue 11: every awkward value a user can type or a file can hold is exit 2, one line, no crash -----
+
+def _unwritable_dir(tmp_path: Path) -> Path:
+    """A folder this process cannot write into: chmod for a normal user; root ignores modes, so for root a
+    kernel folder that refuses new entries (/sys/kernel) stands in for a read-only disk."""
+    if os.geteuid() != 0:
+        ro = tmp_path / "read-only"
+        ro.mkdir()
+        ro.chmod(0o555)
+        return ro
+    ro = Path("/sys/kernel")
+    try:
+        (ro / "ekit-probe").mkdir()
+    except OSError:
+        return ro
+    pytest.skip("running as root with a writable /sys: no read-only folder to test with")
+
+
+@pytest.fixture(scope="module")
+def synthetic_parquet(tmp_path_factory) -> Path:
+    from kit.train.synthetic import synthetic_corpus
+
+    path = tmp_path_factory.mktemp("synthetic") / "corpus.parquet"
+    synthetic_corpus(n_sources=3, frames=4, encoders=("libx264",), cqs=(20, 40)).to_parquet(path, index=False)
+    return path
+
+
+def _edge_cases(tmp: Path, refs: Path, corpus: Path, good: Path, fake_run) -> list[tuple[list[str], dict, str]]:
+    """(argv, environment, a phrase the one-line message must contain): each must exit 2."""
+    ro = _unwritable_dir(tmp)
+    a_file = tmp / "a_file"
+    a_file.write_text("x")
+    long_name = tmp / ("n" * 300)
+    refs_args = ["corpus", "--ref-dir", str(refs), "--encoders", "libx264", "--cqs", "30"]
+    # a Y4M whose header says W-96
+    bad_y4m = tmp / "bad_header"
+    bad_y4m.mkdir()
+    (bad_y4m / "neg.y4m").write_bytes(b"YUV4MPEG2 W-96 H48 F25:1 C420jpeg\nFRAME\n" + bytes(96 * 48 * 3 // 2))
+    # a 175x143 yuv420p clip: 4:2:0 encoders cannot take odd sizes
+    odd = tmp / "odd"
+    odd.mkdir()
+    (odd / "odd_175x143_25fps.yuv").write_bytes(bytes(2 * (175 * 143 + 2 * 88 * 72)))
+    # a geometry sidecar nested 100k deep, a verdict.json nested 100k deep
+    deep = "[" * 100_000 + "]" * 100_000
+    deep_refs = tmp / "deep_refs"
+    deep_refs.mkdir()
+    (deep_refs / "clip.yuv").write_bytes(bytes(64 * 48 * 3 // 2))
+    (deep_refs / "clip.json").write_text(deep)
+    deep_run = fake_run(tmp / "deep_run")
+    (deep_run / "verdict.json").write_text(deep)
+    # a verdict.json that is a symbolic link to a file elsewhere
+    linked_run = fake_run(tmp / "linked_run")
+    elsewhere = tmp / "elsewhere.json"
+    (linked_run / "verdict.json").rename(elsewhere)
+    (linked_run / "verdict.json").symlink_to(elsewhere)
+    # a parquet corpus whose cq column holds strings
+    import pandas as pd
+
+    df = pd.read_parquet(corpus)
+    df["cq"] = df["cq"].astype(str)
+    df.loc[0, "cq"] = "twenty"
+    string_cqs = tmp / "string_cqs.parquet"
+    df.to_parquet(string_cqs, index=False)
+    manifest_list = _edited_copy(good, tmp / "verdict_list.tar.gz", "manifest.json",
+                                 lambda m: m.update(verdict=["PROMOTE"]))
+    ro_home = {"HOME": str(ro), "XDG_CACHE_HOME": None, "ENSEMBLE_KIT_CACHE": None}
+    return [
+        *[([*refs_args, "--fps", v, "--out-dir", str(tmp / "o")], {}, "--fps") for v in ("nan", "inf", "0", "-25")],
+        (["score", str(refs / "tsrc.y4m"), str(refs / "tsrc.y4m"), "--fps", "nan"], {}, "--fps"),
+        (["refs", "pack", "--ref-dir", str(refs), "--out", str(tmp / "p"), "--fps", "0"], {}, "--fps"),
+        (["corpus", "--ref-dir", str(bad_y4m), "--encoders", "libx264", "--out-dir", str(tmp / "o")], {}, "W-96"),
+        (["corpus", "--ref-dir", str(odd), "--encoders", "libx264", "--out-dir", str(tmp / "o")], {}, "175x143"),
+        (["corpus", "--ref-dir", str(deep_refs), "--encoders", "libx264", "--out-dir", str(tmp / "o")], {},
+         "nested too deeply"),
+        ([*refs_args, "--cell-timeout", "0", "--out-dir", str(tmp / "o")], {}, "--cell-timeout"),
+        ([*refs_args[:-4], "--encoders", "", "--out-dir", str(tmp / "o")], {}, "--encoders '' is empty"),
+        ([*refs_args[:-2], "--cqs", "", "--out-dir", str(tmp / "o")], {}, "--cqs '' is empty"),
+        ([*refs_args[:-2], "--cqs", "22.7", "--out-dir", str(tmp / "o")], {}, "--cqs"),
+        ([*refs_args, "--jobs", "0", "--out-dir", str(tmp / "o")], {}, "--jobs"),
+        ([*refs_args, "--out-dir", str(long_name)], {}, "too long"),
+        (["corpus", "--demo", "--demo-size", "20000x20000", "--out-dir", str(tmp / "o")], {}, "--demo-size"),
+        (["corpus", "--demo", "--encoders", "libx264", "--out-dir", str(tmp / "o")], ro_home, "ENSEMBLE_KIT_CACHE"),
+        (["pipeline", "--gate-mean-plcc", "nan", "--out-dir", str(tmp / "o")], {}, "--gate-mean-plcc"),
+        (["pipeline", "--seeds", "99999999999999999999", "--out-dir", str(tmp / "o")], {}, "--seeds"),
+        (["pipeline", "--demo-size", "20000x20000", "--out-dir", str(tmp / "o")], {}, "--demo-size"),
+        (["verdict", "--out-dir", str(tmp / "o"), "--mean-plcc", "nan"], {}, "--mean-plcc"),
+        (["train", "--corpus", str(corpus), "--seeds", "99999999999999999999", "--out-dir", str(tmp / "t")], {},
+         "--seeds"),
+        (["train", "--corpus", str(corpus), "--seeds", "0-100000", "--out-dir", str(tmp / "t")], {}, "--seeds"),
+        (["train", "--corpus", str(corpus), "--batch-size", "100000000", "--out-dir", str(tmp / "t")], {},
+         "--max-memory"),
+        (["train", "--corpus", str(corpus), "--eps", "nan", "--out-dir", str(tmp / "t")], {}, "--eps"),
+        (["train", "--corpus", str(string_cqs), "--out-dir", str(tmp / "t")], {}, "column cq must hold integers"),
+        (["train", "--corpus", str(corpus), "--out-dir", str(a_file)], {}, "is a file"),
+        (["train", "--corpus", str(corpus), "--out-dir", str(ro / "t")], {}, "not writable"),
+        (["train", "--corpus", str(corpus), "--out-dir", str(long_name)], {}, "too long"),
+        (["merge", str(corpus), "--out", str(a_file / "m.parquet")], {}, "a_file"),
+        (["merge", str(corpus), "--out", str(ro / "m.parquet")], {}, str(ro)),
+        (["merge", str(string_cqs), "--out", str(tmp / "m.parquet")], {}, "column cq must hold integers"),
+        (["bundle", str(fake_run(tmp / "run_for_out")), "--out", str(a_file / "b.tar.gz")], {}, "a_file"),
+        (["bundle", str(fake_run(tmp / "run_for_ro")), "--out", str(ro) + "/"], {}, str(ro)),
+        (["bundle", str(linked_run)], {}, "symbolic link"),
+        (["bundle", str(deep_run)], {}, "nested too deeply"),
+        (["verify", str(manifest_list)], {}, "no verdict summary"),
+        (["dist", "--with-wheels", "windows-64"], {}, "--with-wheels"),
+    ]
+
+
+def test_awkward_values_battery(tmp_path, tiny_refs, synthetic_parquet, good_bundle, fake_run):
+    """Issue 11's list: each is exit 2 with one line naming the input, never an internal error or a traceback."""
+    cases = _edge_cases(tmp_path, tiny_refs, synthetic_parquet, good_bundle, fake_run)
+    failures = []
+    for argv, env, phrase in cases:
+        result = CliRunner().invoke(main, argv, env=env)
+        text = result.output
+        if result.exit_code != ExitCode.BAD_INPUT or phrase not in text or "Traceback" in text \
+                or "internal error" in text:
+            failures.append(f"{argv[:3]}...: exit {result.exit_code}, want 2 and {phrase!r}: {text[-400:]!r}")
+            continue
+        try:
+            _one_error_line(text)
+        except AssertionError:
+            failures.append(f"{argv[:3]}...: not one error line: {text!r}")
+    assert not failures, "\n".join(failures)
+    assert not (tmp_path / "o" / "corpus" / "cells").is_dir() or not any((tmp_path / "o" / "corpus" / "cells").glob("*.parquet"))

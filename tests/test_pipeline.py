@@ -120,12 +120,12 @@ def test_cli_flags_stay_in_step_with_the_gate_the_config_and_the_demo():
 
     from kit.corpus import demo
     from kit.results.thresholds import GATE_DEFAULTS
-    from kit.train.config import TrainConfig
+    from kit.train.config import TrainConfig, flag_of
 
     cmd, verdict_cmd = main.commands["pipeline"], main.commands["verdict"]
     flags = {opt for p in cmd.params for opt in p.opts}
     assert {f"--gate-{name.replace('_', '-')}" for name in GATE_DEFAULTS} <= flags
-    assert {f"--{f.name.replace('_', '-')}" for f in fields(TrainConfig)} <= flags
+    assert {flag_of(f.name) for f in fields(TrainConfig)} <= flags  # workers: the pipeline's -j/--jobs
     assert {p.name: p.default for p in verdict_cmd.params if p.name in GATE_DEFAULTS} == GATE_DEFAULTS
     help_text = " ".join(CliRunner().invoke(main, ["pipeline", "--help"]).output.split())  # unwrapped
     assert f"[default: {TrainConfig().epochs}; demo {demo.DEMO_TRAIN['epochs']}]" in help_text

@@ -20,3 +20,5 @@ def test_report_has_plots_and_verdict(tmp_path):
         data = (tmp_path / "report" / png).read_bytes()
         assert data.startswith(b"\x89PNG") and f'src="{png}"' in html
     assert "synthetic_00.y4m" in html  # the per-fold table names the held-out sources
+    # the config table shows each field as what it is (issue 11): not "2.0000" epochs or "0.0000" eps
+    assert "<td>epochs</td><td>2</td>" in html and "<td>eps</td><td>1e-08</td>" in html

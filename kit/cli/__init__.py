@@ -19,21 +19,34 @@ import click
 from kit import __version__
 from kit.cli import corpus, env, pipeline, refs, results, train
 from kit.cli.options import CONTEXT, EPILOG_EXIT_CODES
+from kit.core import proc
 from kit.core.console import err
-from kit.core.errors import INTERRUPTED_MESSAGE, ExitCode, KitError, from_os_error
+from kit.core.errors import INTERRUPTED_MESSAGE, BadInput, ExitCode, KitError, from_os_error
+from kit.core.fsio import sweep_temp_dirs
 
 
 class KitGroup(click.Group):
-    """Turns every expected failure into one line and its documented exit code (never a traceback)."""
+    """Turns every expected failure into one line and its documented exit code (never a traceback).
+
+    SIGTERM is Ctrl-C for every command (exit 130), so `finally` blocks remove the kit's temp folders;
+    folders a SIGKILLed run left in the temp dir are removed when the next command starts.
+    """
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
+        sweep_temp_dirs()
         try:
-            return super().invoke(ctx)
+            with proc.sigterm_as_interrupt():
+                return super().invoke(ctx)
         except KitError as exc:
             _fail(exc)
         except KeyboardInterrupt:
             err.print(INTERRUPTED_MESSAGE, markup=False)
             sys.exit(int(ExitCode.INTERRUPTED))
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:  # a bad flag value or an unknown option: the same one line as any bad input
+            where = exc.ctx.command_path if exc.ctx is not None else "ensemble-kit"
+            _fail(BadInput(exc.format_message().rstrip("."), hint=f"see `{where} --help`"))
         except (click.exceptions.Exit, click.ClickException):
             raise
         except OSError as exc:

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from kit.cli.options import (
     EPILOG_EXIT_CODES,
+    POSITIVE,
     demo_options,
     demo_settings,
     drop_invalid_option,
@@ -28,6 +29,7 @@ from kit.cli.options import (
 from kit.cli.output import emit, note
 from kit.core import proc
 from kit.core.console import Progress, warn
+from kit.core.fsio import out_target
 from kit.core.rundir import RunDir
 from kit.core.schema import FEATURES, LIBVMAF_KEYS
 from kit.corpus import ffmpeg, grid, inputs, scoring
@@ -45,9 +47,10 @@ from kit.results import bundle
 @click.option("--shard", help="Run only shard K/N of the grid (0-based: 0/4 .. 3/4), e.g. from a Slurm array index.")
 @out_dir_option(help="Run directory: corpus/cells/*.parquet, corpus/failures.jsonl, corpus.parquet.")
 @ffmpeg_option()
-@click.option("--vmaf-threads", type=click.IntRange(min=1), help="libvmaf n_threads per cell (default: cores / cells still running).")
+@click.option("--threads", "--vmaf-threads", "vmaf_threads", type=click.IntRange(min=1),
+              help="libvmaf threads per cell (default: cores / cells still running; --vmaf-threads: the old name).")
 @scorer_option()
-@click.option("--cell-timeout", type=float, help="Seconds before a hung encode/score is killed (default: scales with clip size).")
+@click.option("--cell-timeout", type=POSITIVE, help="Seconds before a hung encode/score is killed (default: scales with clip size).")
 @click.option("--format", "fmt", type=click.Choice(["parquet", "jsonl"]), default="parquet", show_default=True,
               help="jsonl also writes corpus.jsonl with the old kit's column names.")
 @quiet_option("No progress bar or per-cell lines.")
@@ -91,7 +94,7 @@ def corpus_cmd(ctx: click.Context, demo: bool, demo_frames: int | None, demo_siz
         if not quiet:
             note(f"{corpus.describe()}{f', shard {shard}' if shard else ''} -> {out_dir}; scored by "
                  f"{vmaf_cli.describe() if vmaf_cli else 'ffmpeg libvmaf filter'}")
-        with Progress("corpus", quiet=quiet) as bar:  # run_corpus kills its tools itself when interrupted
+        with Progress("corpus", quiet=quiet, unit="cells") as bar:  # run_corpus kills its tools itself when interrupted
             summary = engine.run_corpus(run_dir, corpus.sources, corpus.encoders, corpus.cqs, ff=ff, jobs=jobs,
                                         shard=shard_kn, vmaf_threads=vmaf_threads, timeout=cell_timeout,
                                         vmaf_cli=vmaf_cli, progress=engine.progress_callback(bar), on_plan=bar.plan)
@@ -132,8 +135,8 @@ def corpus_import_cmd(jsonl: tuple[Path, ...], out_dir: Path, drop_invalid: bool
 
 @corpus_cmd.command("export")
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), help="Output .jsonl (default RUN_DIR/corpus.jsonl).")
-def corpus_export_cmd(run_dir: Path, out: Path | None) -> None:
+@click.option("--out", type=click.Path(), help="Output .jsonl, or a folder for corpus.jsonl (default RUN_DIR/corpus.jsonl).")
+def corpus_export_cmd(run_dir: Path, out: str | None) -> None:
     """Export RUN_DIR/corpus.parquet as per-frame JSONL: every column (lossless: `corpus import` reads it
     back to the same corpus hash), the fork trainer's keys first, so the fork can train on it as is.
 
@@ -144,7 +147,7 @@ def corpus_export_cmd(run_dir: Path, out: Path | None) -> None:
     from kit.corpus import table  # heavy (pandas): imported when the command runs
 
     rd = RunDir(run_dir)
-    target = out or rd.corpus_jsonl
+    target = out_target(out, rd.corpus_jsonl.name) if out is not None else rd.corpus_jsonl
     n = table.export_jsonl(rd.corpus, target)
     note(f"wrote {n} rows -> {target}")
 
@@ -154,7 +157,7 @@ def corpus_export_cmd(run_dir: Path, out: Path | None) -> None:
 @click.argument("dis", type=click.Path(path_type=Path))
 @geometry_options("raw .yuv inputs whose name/sidecar does not say")
 @ffmpeg_option()
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="libvmaf n_threads (default: all cores).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="libvmaf threads (default: all cores).")
 @scorer_option()
 @json_option("Per-frame and pooled values as JSON on stdout.")
 def score_cmd(ref: Path, dis: Path, width: int | None, height: int | None, pix_fmt: str | None, fps: float | None,
@@ -187,11 +190,12 @@ def score_cmd(ref: Path, dis: Path, width: int | None, height: int | None, pix_f
 
 @click.command("merge", epilog=EPILOG_EXIT_CODES)
 @click.argument("inputs_", metavar="INPUTS", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", "out", type=click.Path(path_type=Path), required=True,
-              help="Output corpus (.parquet, or .jsonl: every column, the fork trainer's keys first).")
+@click.option("--out", "out", type=click.Path(), required=True,
+              help="Output corpus (.parquet, or .jsonl: every column, the fork trainer's keys first); a folder (an "
+                   "existing one, or a path ending in /) gets corpus.parquet.")
 @drop_invalid_option()
 @json_option("Print the merge report as JSON.")
-def merge_cmd(inputs_: tuple[Path, ...], out: Path, drop_invalid: bool, as_json: bool) -> None:
+def merge_cmd(inputs_: tuple[Path, ...], out: str, drop_invalid: bool, as_json: bool) -> None:
     """Combine corpora or shards from several boxes, de-duplicated on (src_sha256, encoder, cq, frame_index).
 
     Inputs are run directories, corpus .parquet files, results bundles (.tar.gz) or per-frame .jsonl files.
@@ -206,7 +210,8 @@ def merge_cmd(inputs_: tuple[Path, ...], out: Path, drop_invalid: bool, as_json:
     from kit.corpus import table  # heavy (pandas): imported when the command runs
 
     # results bundles are verified and safely extracted first
-    report = table.merge([bundle.corpus_from(p) if bundle.is_bundle(p) else p for p in inputs_], out,
+    target = out_target(out, "corpus.parquet")
+    report = table.merge([bundle.corpus_from(p) if bundle.is_bundle(p) else p for p in inputs_], target,
                          drop_invalid=drop_invalid)
     emit(report, as_json)
     if not as_json:

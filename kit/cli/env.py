@@ -155,11 +155,11 @@ def build_libvmaf_cmd(source: Path, backend: str, dest: Path | None, meson_args:
 
 
 @click.command("dist", epilog=EPILOG_EXIT_CODES)
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Tarball path or folder (default: dist/ in the checkout).")
-@click.option("--with-wheels", "with_wheels", metavar="PLATFORM", default=None,
-              help="Add the locked wheels for PLATFORM (linux-x86_64) for offline installs.")
-def dist_cmd(out: Path | None, with_wheels: str | None) -> None:
+@click.option("--out", type=click.Path(), default=None,
+              help="Tarball path, or a folder (an existing one, or a path ending in /); default: dist/ in the checkout.")
+@click.option("--with-wheels", "with_wheels", type=click.Choice(sorted(dist.PIP_PLATFORMS)), default=None,
+              help="Add the locked wheels for this platform, for offline installs.")
+def dist_cmd(out: str | None, with_wheels: str | None) -> None:
     """Build the distribution tarball a collaborator unpacks and runs with ./run (no clone needed).
 
     \b

@@ -8,6 +8,7 @@ every command's options.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
@@ -67,8 +68,79 @@ def drop_invalid_option() -> Decorator:
                              "non-integer cq, ...) and count them in the report, instead of stopping at the first.")
 
 
+# ---- value types: a bad value is one line naming the flag (kit.cli.KitGroup), never a crash later on ----
+
+
+class PositiveNumber(click.ParamType):
+    """A finite number above zero (a frame rate, a timeout): nan, inf, 0 and negatives are refused."""
+
+    name = "number"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number) or number <= 0:
+            self.fail(f"{value} is not a finite number above 0", param, ctx)
+        return number
+
+
+class BoundedNumber(click.ParamType):
+    """A finite number in [lo, hi] (gate thresholds: PLCCs and their spread)."""
+
+    name = "number"
+
+    def __init__(self, lo: float, hi: float) -> None:
+        self.lo, self.hi = lo, hi
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not (math.isfinite(number) and self.lo <= number <= self.hi):
+            bounds = f"from {self.lo:g} to {self.hi:g}" if math.isfinite(self.lo) and math.isfinite(self.hi) else "finite"
+            self.fail(f"{value} is not a number {bounds}" if "from" in bounds else f"{value} is not a finite number",
+                      param, ctx)
+        return number
+
+
+class ByteSize(click.ParamType):
+    """'64G', '512M', '1.5T' or plain bytes -> bytes."""
+
+    name = "size"
+    UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().upper().removesuffix("IB").removesuffix("B")
+        unit = text[-1:] if text[-1:] in self.UNITS else ""
+        try:
+            number = float(text[: len(text) - len(unit)])
+        except ValueError:
+            self.fail(f"{value!r} is not a size like 64G or 512M", param, ctx)
+        if not math.isfinite(number) or number <= 0:
+            self.fail(f"{value!r} is not a size above 0", param, ctx)
+        return int(number * self.UNITS[unit])
+
+
+POSITIVE = PositiveNumber()
+FINITE = BoundedNumber(-math.inf, math.inf)
+
+
+# Threads and jobs mean one thing on every command: -j/--jobs is how many units of work run side by side
+# (corpus cells, reference sources, model groups); --threads is the threads inside each unit (libvmaf per
+# cell or per score, torch per model group).
 def jobs_option(help: str = "Work in parallel (default: one per core).") -> Decorator:  # noqa: A002
     return click.option("--jobs", "-j", type=click.IntRange(min=1), default=None, help=help)
+
+
+def max_memory_option() -> Decorator:
+    return click.option("--max-memory", type=ByteSize(), default=None,
+                        help="Refuse training that needs more memory than this, e.g. 64G (default: 80% of this box's "
+                             "memory); it bounds seeds x folds x rows and the batch size.")
 
 
 def out_dir_option(default: Path | None = Path("runs/corpus"), help: str = RUN_DIR_HELP,  # noqa: A002
@@ -83,7 +155,9 @@ def geometry_options(what: str = ".yuv files whose name/sidecar does not say") -
         click.option("--width", type=int, default=None, help=f"Fallback width for {what}."),
         click.option("--height", type=int, default=None, help=f"Fallback height for {what}."),
         click.option("--pix-fmt", default=None, help=f"Fallback pixel format for {what} (default yuv420p)."),
-        click.option("--fps", type=float, default=None, help=f"Fallback frame rate for {what} (default 25)."),
+        click.option("--fps", type=POSITIVE, default=None,
+                     help=f"Fallback frame rate for {what} (default 25; a fraction like 30000/1001 is not "
+                          "needed: 29.97 is read as 30000/1001)."),
     )
 
 
@@ -101,8 +175,9 @@ def encoder_options(*, encoders_help: str) -> Decorator:
 
 
 def encoders_and_cqs(encoders: str | None, cqs: str | None) -> tuple[tuple[str, ...] | None, tuple[int, ...] | None]:
-    names = parse_encoders(encoders) if encoders else None
-    return names or None, parse_cqs(cqs) if cqs else None
+    """None when a flag is not given (the defaults); a given but empty list is bad input, never the defaults."""
+    return (parse_encoders(encoders) if encoders is not None else None,
+            parse_cqs(cqs) if cqs is not None else None)
 
 
 def demo_options(*, demo_help: str) -> Decorator:
@@ -110,23 +185,28 @@ def demo_options(*, demo_help: str) -> Decorator:
     w, h = demo.DEMO_SIZE
     return _stack(
         click.option("--demo", is_flag=True, help=demo_help),
-        click.option("--demo-frames", type=click.IntRange(min=2), default=None,
+        click.option("--demo-frames", type=click.IntRange(min=2, max=10_000), default=None,
                      help=f"Frames per demo clip (default {demo.DEMO_FRAMES})."),
         click.option("--demo-size", default=None, help=f"Demo clip size WxH (default {w}x{h})."),
     )
 
 
 def demo_settings(size: str | None, frames: int | None) -> tuple[tuple[int, int], int]:
-    return (parse_size(size) if size else demo.DEMO_SIZE), (frames or demo.DEMO_FRAMES)
+    return (parse_size(size) if size is not None else demo.DEMO_SIZE), (frames or demo.DEMO_FRAMES)
 
 
-def train_config_options(*, demo_note: bool = False) -> Decorator:
-    """One --flag per TrainConfig field (default None = the dataclass default, which --help shows)."""
+def train_config_options(*, demo_note: bool = False, skip: tuple[str, ...] = ()) -> Decorator:
+    """One --flag per TrainConfig field (default None = the dataclass default, which --help shows); the
+    fields in `skip` are set another way (the pipeline's -j/--jobs also sets the training workers)."""
     decorators = []
     for f in fields(TrainConfig):
+        if f.name in skip:
+            continue
         note = f"; demo {demo.DEMO_TRAIN[f.name]}" if demo_note and f.name in demo.DEMO_TRAIN else ""
-        kind = click.Choice(f.metadata["choices"]) if "choices" in f.metadata else type(f.default)
-        decorators.append(click.option(f"--{f.name.replace('_', '-')}", f.name, type=kind, default=None,
+        names = f.metadata.get("flag") or (f"--{f.name.replace('_', '-')}",)
+        kind = type(f.default)
+        kind = click.Choice(f.metadata["choices"]) if "choices" in f.metadata else FINITE if kind is float else kind
+        decorators.append(click.option(*names, f.name, type=kind, default=None,
                                        help=f"{f.metadata.get('help', f.name)} [default: {f.default}{note}]"))
     return _stack(*decorators)
 
@@ -143,11 +223,12 @@ def gate_options(*, with_short_flags: bool) -> Decorator:
     decorators = []
     for f in fields(Thresholds):
         long_flag = f"--gate-{f.name.replace('_', '-')}"
+        kind = BoundedNumber(*f.metadata["range"])
         if with_short_flags:
-            decorators.append(click.option(f.metadata["flag"], long_flag, f.name, type=float, default=f.default,
+            decorators.append(click.option(f.metadata["flag"], long_flag, f.name, type=kind, default=f.default,
                                            show_default=True, help=f.metadata["help"]))
         else:
-            decorators.append(click.option(long_flag, f"gate_{f.name}", type=float, default=None,
+            decorators.append(click.option(long_flag, f"gate_{f.name}", type=kind, default=None,
                                            help=f"Gate: {f.metadata['help'][0].lower()}{f.metadata['help'][1:-1]} "
                                                 f"(default {f.default})."))
     return _stack(*decorators)

@@ -18,6 +18,7 @@ from kit.cli.options import (
     gate_options,
     gate_overrides,
     jobs_option,
+    max_memory_option,
     out_dir_option,
     quiet_option,
     references,
@@ -38,16 +39,18 @@ from kit.train.config import parse_seeds
 @encoder_options(encoders_help="Comma-separated encoders (default: this box's encoders that pass a test encode).")
 @click.option("--seeds", default="0,1,2,3,4", show_default=True, help="Training seeds, e.g. 0,1,2,3,4 or 0-4.")
 @out_dir_option(default=None, help="Run directory (default runs/demo for the demo, runs/pipeline otherwise).")
-@jobs_option("Corpus cells in parallel (default: one per core).")
+@jobs_option("Corpus cells in parallel, and model groups trained side by side (default: one per core).")
 @ffmpeg_option()
 @scorer_option()
 @click.option("--fresh", is_flag=True, help="Move an existing run in --out-dir aside (<out-dir>.old-<utc>) and start anew.")
+@max_memory_option()
 @quiet_option("Only the result line.")
-@train_config_options(demo_note=True)
+@train_config_options(demo_note=True, skip=("workers",))
 @gate_options(with_short_flags=False)
 def pipeline_cmd(ref_dir: Path | None, demo: bool, demo_frames: int | None, demo_size: str | None,
                  encoders: str | None, cqs: str | None, seeds: str, out_dir: Path | None, jobs: int | None,
-                 ffmpeg_path: str | None, scorer: str, fresh: bool, quiet: bool, **overrides: Any) -> None:
+                 ffmpeg_path: str | None, scorer: str, fresh: bool, max_memory: int | None, quiet: bool,
+                 **overrides: Any) -> None:
     """The whole job: prereqs, corpus, train, verdict, export (on PROMOTE), report, bundle.
 
     A rerun with the same options resumes (finished cells and steps are not redone); other options
@@ -71,12 +74,13 @@ def pipeline_cmd(ref_dir: Path | None, demo: bool, demo_frames: int | None, demo
         cqs=cq_values,
         seeds=parse_seeds(seeds),
         jobs=jobs,
-        train_overrides=train_overrides(overrides),
+        train_overrides=train_overrides({**overrides, "workers": jobs}),
         gate_overrides=gate_overrides(overrides),
         ffmpeg=ffmpeg_path,
         scorer=scorer,
         fresh=fresh,
         quiet=quiet,
+        max_memory=max_memory,
         demo_frames=frames,
         demo_size=size,
     )

@@ -7,10 +7,18 @@ from pathlib import Path
 
 import click
 
-from kit.cli.options import EPILOG_EXIT_CODES, gate_options, json_option, out_dir_option, quiet_option
+from kit.cli.options import (
+    EPILOG_EXIT_CODES,
+    gate_options,
+    json_option,
+    max_memory_option,
+    out_dir_option,
+    quiet_option,
+)
 from kit.cli.output import emit, note
 from kit.core.console import Progress
 from kit.core.errors import ExitCode
+from kit.core.fsio import out_target
 from kit.core.rundir import RunDir
 from kit.results import bundle
 from kit.results.thresholds import PROMOTE
@@ -31,6 +39,7 @@ def verdict_cmd(out_dir: Path, mean_plcc: float, plcc_spread_max: float, per_see
     """
     from kit.results import gate  # heavy (pandas): imported when the command runs
 
+    RunDir(out_dir).sweep_temp()
     doc = gate.write_verdict(out_dir, mean_plcc=mean_plcc, plcc_spread_max=plcc_spread_max, per_seed_min=per_seed_min)
     emit(doc, as_json, text=doc["recommendation"])
     sys.exit(int(ExitCode.OK if doc["verdict"] == PROMOTE else ExitCode.HOLD))
@@ -46,9 +55,10 @@ def verdict_cmd(out_dir: Path, mean_plcc: float, plcc_spread_max: float, per_see
               "the production id, on a PROMOTE in vocab v2; otherwise a name that says why not].")
 @click.option("--external-data", is_flag=True, help="Write each member as the fork ships them: NAME_seed<N>.onnx + "
               ".onnx.data (both hashed in ensemble.json) [default: one self-contained .onnx].")
+@max_memory_option()
 @quiet_option()
 def export_cmd(out_dir: Path, force: bool, corpus_path: Path | None, name: str | None, external_data: bool,
-               quiet: bool) -> None:
+               max_memory: int | None, quiet: bool) -> None:
     """Fit each seed on the whole corpus and write fork-ready members to OUT_DIR/models/.
 
     Only on PROMOTE (or --force). Per member: the .onnx (inputs features [N,6], standardised by the caller,
@@ -63,9 +73,10 @@ def export_cmd(out_dir: Path, force: bool, corpus_path: Path | None, name: str |
     """
     from kit.results import export  # heavy (torch, onnx): imported when the command runs
 
+    RunDir(out_dir).sweep_temp()
     with Progress("export", quiet=quiet, unit="epochs") as bar:
         ensemble = export.export_run(out_dir, force=force, corpus=corpus_path, name=name, external_data=external_data,
-                                     progress=bar.tick)
+                                     progress=bar.tick, max_memory=max_memory)
     emit(ensemble, text=[f"{RunDir(out_dir).models_dir / m['onnx']}  sha256 {m['sha256']}" for m in ensemble["members"]])
 
 
@@ -74,9 +85,9 @@ def export_cmd(out_dir: Path, force: bool, corpus_path: Path | None, name: str |
               help="Folder of fr_regressor_v2 members: ours (with ensemble.json, e.g. runs/demo/models) or the "
                    "fork's (each <id>.onnx with its <id>.json sidecar, and .onnx.data if any).")
 @click.argument("corpus_path", metavar="CORPUS", type=click.Path(path_type=Path))
-@click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("predictions.parquet"), show_default=True,
-              help="Where to write per-row predictions (.parquet or .csv).")
-def predict_cmd(models_dir: Path, corpus_path: Path, output: Path) -> None:
+@click.option("--output", "-o", type=click.Path(), default="predictions.parquet", show_default=True,
+              help="Where to write per-row predictions (.parquet or .csv; a folder gets predictions.parquet).")
+def predict_cmd(models_dir: Path, corpus_path: Path, output: str) -> None:
     """Score every row of CORPUS with the ensemble (onnxruntime): mean, std (ddof=1), 95% interval.
 
     Each member gets what the fork feeds it: features standardised with its sidecar's feature_mean/std,
@@ -93,8 +104,9 @@ def predict_cmd(models_dir: Path, corpus_path: Path, output: Path) -> None:
     from kit.train.data import load_corpus
 
     df = predict.predict_ensemble(models_dir, load_corpus(corpus_path))
-    predict.write_predictions(df, output)
-    note(f"{len(df)} rows -> {output}")
+    target = out_target(output, "predictions.parquet")
+    predict.write_predictions(df, target)
+    note(f"{len(df)} rows -> {target}")
 
 
 @click.command("report", epilog=EPILOG_EXIT_CODES)
@@ -112,15 +124,17 @@ def report_cmd(out_dir: Path, corpus_path: Path | None) -> None:
     from kit.results import report
     from kit.train.data import load_corpus
 
+    RunDir(out_dir).sweep_temp()
     path = report.build_report(out_dir, load_corpus(corpus_path) if corpus_path else None)
     note(f"report: {path}")
 
 
 @click.command("bundle", epilog=EPILOG_EXIT_CODES)
 @click.argument("run_dir", type=click.Path(path_type=Path), default=Path("runs/demo"))
-@click.option("--out", "out", type=click.Path(path_type=Path), default=None,
-              help="Where to write the tarball (a file or a folder); default: inside RUN_DIR.")
-def bundle_cmd(run_dir: Path, out: Path | None) -> None:
+@click.option("--out", "out", type=click.Path(), default=None,
+              help="Where to write the tarball: a file, or a folder (an existing one, or a path ending in /); "
+                   "default: inside RUN_DIR.")
+def bundle_cmd(run_dir: Path, out: str | None) -> None:
     """Pack this run's results into ensemble-results-<platform>-<box>-<utc>.tar.gz.
 
     Only files this run wrote go in, hashed in manifest.json; the same run always gives the same bytes.
@@ -129,6 +143,7 @@ def bundle_cmd(run_dir: Path, out: Path | None) -> None:
     Example:
       ensemble-kit bundle runs/demo
     """
+    RunDir(run_dir).sweep_temp()
     result = bundle.make_bundle(run_dir, out)
     note(f"bundle: {len(result.manifest['files'])} files, verdict {result.manifest['verdict']['verdict']}")
     note(f"sha256: {result.sha256}")

@@ -76,7 +76,7 @@ class Progress:
             pct = int(100 * done / total) // 20 * 20
             if pct != self._last_pct:
                 self._last_pct = pct
-                err.print(f"      {self.label}: {done}/{total}", markup=False)
+                err.print(f"      {self.label}: {done}/{total}{' ' + self.unit if self.unit else ''}", markup=False)
 
     def advance(self, amount: int, item: str = "") -> None:
         """`item` finished, worth `amount` (e.g. its bytes) of the planned total."""

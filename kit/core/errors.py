@@ -77,9 +77,26 @@ def is_out_of_space(exc: BaseException) -> bool:
     return any(t in text for t in DISK_ERROR_TEXTS)
 
 
+# errno -> (what is wrong with the path, what to do): paths a user chose (--out-dir, --out, $HOME, the
+# cache) that cannot be written or are not what they must be. Bad input naming the path, never a kit bug.
+PATH_ERRNOS: dict[int, tuple[str, str]] = {
+    errno.EACCES: ("permission denied", "pick a path you can write to, or fix its permissions"),
+    errno.EPERM: ("operation not permitted", "pick a path you can write to, or fix its permissions"),
+    errno.ENOTDIR: ("a part of this path is a file, not a folder", "pick another path"),
+    errno.EISDIR: ("is a folder where a file is expected", "name a file, or remove the folder"),
+    errno.ENAMETOOLONG: ("a name in this path is too long (at most 255 bytes per name)", "use a shorter name"),
+    errno.ELOOP: ("too many levels of symbolic links", "pass the real path"),
+    errno.EEXIST: ("already exists", "pick another path, or remove it"),
+}
+
+
 def from_os_error(exc: OSError) -> KitError | None:
-    """The KitError an expected OSError stands for (a full disk: bad input), or None for a bug."""
-    if exc.errno not in DISK_ERRNOS:
-        return None
-    what, fix = DISK_ERRNOS[exc.errno]
-    return BadInput(f"{what} while writing {exc.filename or ''}: {fix}")
+    """The KitError an expected OSError stands for (a full disk, an unwritable or impossible path: bad
+    input naming the path), or None for a bug."""
+    if exc.errno in DISK_ERRNOS:
+        what, fix = DISK_ERRNOS[exc.errno]
+        return BadInput(f"{what} while writing {exc.filename or ''}: {fix}")
+    if exc.errno in PATH_ERRNOS and exc.filename:
+        what, fix = PATH_ERRNOS[exc.errno]
+        return BadInput(f"{exc.filename}: {what}", hint=fix)
+    return None

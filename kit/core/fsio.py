@@ -10,8 +10,11 @@ import hashlib
 import json
 import math
 import os
+import re
+import shutil
+import socket
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -36,12 +39,97 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+# ---- temp files and folders carry their owner, so a later run can tell a dead run's leftovers ----------
+#
+# A SIGKILL (power cut, OOM kill) leaves temp files behind that no `finally` can remove. Every temp name
+# the kit makes holds `<host>-p<pid>`; `is_stale` says whether that process is gone (same host, pid not
+# running), and the sweeps below remove exactly those, never another live run's files.
+
+_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:16] or "host"
+_OWNER_RE = re.compile(r"(?:^|[.\-])([A-Za-z0-9]{1,16})-p(\d{1,10})(?=[.\-])")
+TEMP_PREFIX = "ekit-"  # the kit's folders in the system temp dir: ekit-<what>-<host>-p<pid>-<random>
+
+
+def owner_tag() -> str:
+    """`<host>-p<pid>` of this process: part of every temp name the kit makes."""
+    return f"{_HOST}-p{os.getpid()}"
+
+
+def _pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # someone else's process (or an absurd pid): never ours to clean up
+    return True
+
+
+def is_stale(name: str) -> bool:
+    """True for a temp name made by a process of this host that is no longer running."""
+    m = _OWNER_RE.search(name)
+    return bool(m) and m.group(1) == _HOST and not _pid_running(int(m.group(2)))
+
+
+def remove_stale(paths: Iterable[Path]) -> int:
+    """Remove the stale temp files/folders among `paths`; -> how many."""
+    removed = 0
+    for p in paths:
+        if not is_stale(p.name):
+            continue
+        try:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+            removed += 1
+        except FileNotFoundError:
+            pass
+        except OSError:
+            pass  # unremovable leftovers are not worth failing a run over
+    return removed
+
+
+def sweep_temp_dirs(base: str | os.PathLike[str] | None = None) -> int:
+    """Remove the system temp dir's `ekit-*` folders of runs that died (SIGKILL) before cleaning up."""
+    try:
+        return remove_stale(Path(base or tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*"))
+    except OSError:
+        return 0
+
+
+def make_temp_dir(what: str, *, parent: str | os.PathLike[str] | None = None) -> Path:
+    """A new folder `ekit-<what>-<host>-p<pid>-<random>` (in the system temp dir unless `parent`)."""
+    return Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{what}-{owner_tag()}-", dir=parent))
+
+
+@contextmanager
+def temp_dir(what: str, *, parent: str | os.PathLike[str] | None = None) -> Iterator[Path]:
+    """`make_temp_dir`, removed when the block ends (also on Ctrl-C/SIGTERM, which the CLI turns into an exception)."""
+    path = make_temp_dir(what, parent=parent)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def sweep_temp_files(directory: str | os.PathLike[str], *, recursive: bool = True) -> int:
+    """Remove `.<name>.<owner>.<random>.tmp` files that a dead run's atomic writes left in `directory`."""
+    root = Path(directory)
+    if not root.is_dir():
+        return 0
+    try:
+        return remove_stale(root.rglob(".*.tmp") if recursive else root.glob(".*.tmp"))
+    except OSError:
+        return 0
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temp path beside `path`; on clean exit fsync it and rename it over `path`."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{owner_tag()}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -62,6 +150,33 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[An
     with atomic_path(path) as tmp, open(tmp, mode, encoding=None if "b" in mode else "utf-8") as fh:
         yield fh
         fh.flush()
+
+
+def writable_dir(path: str | os.PathLike[str], flag: str = "--out-dir") -> Path:
+    """Create `path` if needed and prove it takes a file, before any work: bad input naming the flag otherwise
+    (a file in the way, a read-only or full disk, a name too long, no permission)."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise BadInput(f"{flag} {p} is a file", hint="pass a folder; it is created if missing")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".write-test.{owner_tag()}.", suffix=".tmp", dir=p)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise BadInput(f"{flag} {p} is not writable: {exc.strerror or exc}",
+                       hint="pick a folder you can write to, with free space") from None
+    return p
+
+
+def out_target(out: str | os.PathLike[str], default_name: str) -> Path:
+    """An `--out` as users mean it: an existing folder, or a path ending in '/', is a folder to write
+    `default_name` into (never a file named like the folder); anything else is the file itself."""
+    text = os.fspath(out)
+    path = Path(text)
+    if text.endswith(("/", os.sep)) or path.is_dir():
+        return path / default_name
+    return path
 
 
 def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -133,5 +248,12 @@ def read_json(path: str | os.PathLike[str], *, what: str = "file") -> Any:
         return json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise BadInput(f"{what} not found: {p}", hint="check the path") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except IsADirectoryError:
+        raise BadInput(f"{what} {p} is a folder, not a file", hint="pass the file itself") from None
+    except OSError as exc:
+        raise BadInput(f"cannot read {what} {p}: {exc.strerror or exc}", hint="check the path and its permissions") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadInput(f"{what} is not valid JSON: {p}: {exc}", hint="regenerate it or pass another file") from None
+    except RecursionError:  # e.g. 100k nested brackets: hostile or broken, never a kit bug
+        raise BadInput(f"{what} is not valid JSON: {p}: nested too deeply",
+                       hint="regenerate it or pass another file") from None

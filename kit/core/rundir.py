@@ -27,7 +27,7 @@ from typing import Any
 
 from kit.core.console import warn
 from kit.core.errors import BadInput
-from kit.core.fsio import read_json, sha256_file, write_json
+from kit.core.fsio import read_json, remove_stale, sha256_file, sweep_temp_files, write_json
 from kit.core.ids import digest
 
 PIPELINE_DIR = ".pipeline"
@@ -279,6 +279,14 @@ class RunDir:
         shown = _rel(self.root, path) if path.is_relative_to(self.root) else str(path)
         warn(f"{shown}: {why}; moved to {_rel(self.root, dest)}")
         return dest
+
+    def sweep_temp(self) -> int:
+        """Remove what a dead (SIGKILLed) run left here: atomic writes' `.*.tmp` files and in-flight cell
+        folders whose process is gone (never a live run's). Every command that writes a run calls it first."""
+        removed = sweep_temp_files(self.root)
+        if self.cells_work_dir.is_dir():
+            removed += remove_stale(self.cells_work_dir.iterdir())
+        return removed
 
     def relative(self, path: Path) -> str:
         return _rel(self.root, path)

@@ -13,9 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from kit.core import proc
-from kit.core.errors import PrereqError
-from kit.core.fsio import atomic_path
-from kit.corpus.ffmpeg import FFmpeg, cache_dir
+from kit.core.errors import BadInput, PrereqError
+from kit.core.fsio import atomic_path, writable_dir
+from kit.corpus.ffmpeg import CACHE_ENV, FFmpeg, cache_dir
 
 # name -> lavfi graph; {s} = WxH, {r} = frame rate. Every random generator has a fixed seed (`gradients`
 # is left out: it differs run to run even with a seed).
@@ -73,4 +73,9 @@ def demo_sources(ff: FFmpeg, size: tuple[int, int] = DEMO_SIZE, frames: int = DE
     w, h = size
     names = demo_clip_names()
     dest = cache_dir() / "demo-refs" / f"{w}x{h}-{frames}f-{len(names)}clips"
+    if not all((dest / f"{n}.y4m").is_file() for n in names):
+        try:
+            writable_dir(dest, "the demo clips' cache folder")
+        except BadInput as exc:
+            raise BadInput(exc.message, hint=f"set {CACHE_ENV} to a writable folder, e.g. {CACHE_ENV}=/tmp/ekit-cache") from None
     return make_demo_sources(dest, ff, width=w, height=h, frames=frames, names=names)

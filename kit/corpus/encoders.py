@@ -16,7 +16,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+from kit.core.console import warn
 from kit.core.errors import BadInput
 
 DEFAULT_CQS: tuple[int, ...] = (19, 25, 31, 37)
@@ -144,23 +146,35 @@ def get(name: str) -> Encoder:
         ) from None
 
 
+def _once(flag: str, values: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Each value once, in the order given; a repeat is said, never silently doubled or dropped."""
+    unique = tuple(dict.fromkeys(values))
+    if len(unique) < len(values):
+        twice = sorted({str(v) for v in values if values.count(v) > 1})
+        warn(f"{flag}: {', '.join(twice)} given more than once; using each once")
+    return unique
+
+
 def parse_encoders(text: str) -> tuple[str, ...]:
-    """'libx264,libx265' -> ('libx264', 'libx265'); an unknown name is bad input naming --encoders."""
+    """'libx264,libx265' -> ('libx264', 'libx265'); an unknown name or an empty list is bad input naming --encoders."""
     names = tuple(e.strip() for e in text.split(",") if e.strip())
+    if not names:
+        raise BadInput(f"--encoders {text!r} is empty",
+                       hint=f"name one or more of {', '.join(ENCODERS)}, or leave --encoders out for this box's default")
     for name in names:
         get(name)
-    return names
+    return _once("--encoders", names)
 
 
 def parse_cqs(text: str) -> tuple[int, ...]:
-    """'19,25,31' -> (19, 25, 31); a bad value is bad input naming the flag."""
+    """'19,25,31' -> (19, 25, 31); a non-integer, an empty list is bad input naming the flag."""
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise BadInput(f"--cqs: {text!r} is not a comma-separated list of integers", hint="e.g. --cqs 19,25,31,37") from None
     if not values:
-        raise BadInput("--cqs is empty", hint="e.g. --cqs 19,25,31,37")
-    return tuple(sorted(set(values)))
+        raise BadInput(f"--cqs {text!r} is empty", hint="e.g. --cqs 19,25,31,37, or leave --cqs out for the default")
+    return tuple(sorted(_once("--cqs", values)))
 
 
 # Bitstream each encoder produces, and the raw elementary-stream muxer/demuxer we write it with: raw streams

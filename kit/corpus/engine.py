@@ -22,13 +22,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
 from kit.core import proc
 from kit.core.console import Progress, warn
 from kit.core.errors import BadInput, WorkFailed, is_out_of_space
-from kit.core.fsio import append_line, canonical_json, write_json, write_with
+from kit.core.fsio import append_line, canonical_json, owner_tag, write_json, write_with
 from kit.core.proc import STDERR_TAIL, ToolFailed
 from kit.core.rundir import RunDir
 from kit.core.schema import CORPUS_COLUMNS, DEFAULT_VMAF_MODEL, FEATURES, TARGET
@@ -71,7 +72,7 @@ def run_cell(cell: Cell, ctx: RunContext, run_dir: RunDir, *, vmaf_threads: int 
     s, ff = cell.source, ctx.ff
     limit = timeout if timeout is not None else cell.timeout
     run_dir.cells_work_dir.mkdir(parents=True, exist_ok=True)
-    wd = Path(tempfile.mkdtemp(prefix=f"{cell.cell_id}.", dir=run_dir.cells_work_dir))
+    wd = Path(tempfile.mkdtemp(prefix=f"{cell.cell_id}.{owner_tag()}.", dir=run_dir.cells_work_dir))
     try:
         stream = wd / f"encoded.{cell.stream_format}"
         with hw_gate or contextlib.nullcontext():
@@ -90,6 +91,8 @@ def run_cell(cell: Cell, ctx: RunContext, run_dir: RunDir, *, vmaf_threads: int 
                                model=ctx.model, expected_frames=s.n_frames, timeout=limit, workdir=wd,
                                vmaf_cli=ctx.vmaf_cli)
         df = _rows(cell, ctx, result, enc_bytes, encoded_run.ms)
+        if bad := non_finite(df):
+            raise ToolFailed("score", f"libvmaf gave a non-finite value: {bad}", result_tail(result))
         write_with(run_dir.cell_path(cell.cell_id), lambda tmp: df.to_parquet(tmp, index=False))
         return len(df)
     finally:
@@ -106,8 +109,22 @@ def cell_file_ok(path: Path, cell: Cell) -> bool:
         return False
     if set(df["cell_id"]) != {cell.cell_id} or list(df["frame_index"]) != list(range(cell.source.n_frames)):
         return False
-    values = df[[TARGET, *FEATURES]]
-    return bool(values.notna().all().all())
+    return non_finite(df) is None
+
+
+def non_finite(df: pd.DataFrame) -> str | None:
+    """'frame 3 adm2=inf' for the first NaN/inf VMAF or feature value of a cell's rows, else None.
+    Such a cell is a failed cell (never written, never reused): training would drop its rows silently."""
+    values = df[[TARGET, *FEATURES]].to_numpy(dtype=float)
+    bad = ~np.isfinite(values)
+    if not bad.any():
+        return None
+    row, col = (int(i[0]) for i in np.nonzero(bad))
+    return f"frame {int(df['frame_index'].iloc[row])} {[TARGET, *FEATURES][col]}={values[row, col]}"
+
+
+def result_tail(result: scoring.ScoreResult) -> str:
+    return f"{len(result.frames)} frames scored with {result.backend} ({result.model})"
 
 
 # ---- the run -------------------------------------------------------------------------------------------
@@ -304,7 +321,7 @@ def prepare_run_dir(out_dir: Path) -> RunDir:
 def _check_writable(run_dir: RunDir) -> None:
     try:
         run_dir.cells_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=run_dir.cells_dir, prefix=".probe-"):
+        with tempfile.NamedTemporaryFile(dir=run_dir.cells_dir, prefix=f".probe.{owner_tag()}.", suffix=".tmp"):
             pass
     except OSError as exc:
         raise BadInput(f"--out-dir {run_dir.root} is not writable: {exc.strerror}",

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -24,7 +23,7 @@ import imageio_ffmpeg
 
 from kit.core import proc
 from kit.core.errors import PrereqError
-from kit.core.fsio import write_json
+from kit.core.fsio import temp_dir, write_json
 from kit.core.ids import KEY_LEN, sha256_hex, short_id
 from kit.corpus import encoders as enc_table
 from kit.env import platform
@@ -34,9 +33,13 @@ PROBE_TIMEOUT_S = 60
 PROBE_CACHE_VERSION = 1
 
 
+CACHE_ENV = "ENSEMBLE_KIT_CACHE"
+
+
 def cache_dir() -> Path:
-    """Where probe caches live: $ENSEMBLE_KIT_CACHE, else $XDG_CACHE_HOME/ensemble-kit, else ~/.cache."""
-    if env := os.environ.get("ENSEMBLE_KIT_CACHE"):
+    """Where probe caches live: $ENSEMBLE_KIT_CACHE, else $XDG_CACHE_HOME/ensemble-kit, else ~/.cache.
+    Probe caches are best effort (an unwritable cache only costs time); the demo clips need it writable."""
+    if env := os.environ.get(CACHE_ENV):
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "ensemble-kit"
@@ -80,7 +83,7 @@ def _listing(path: Path, what: str) -> frozenset[str]:
 
 def _libvmaf_version(path: Path) -> str:
     """libvmaf writes its version into the JSON log: score one tiny frame and read it."""
-    with tempfile.TemporaryDirectory(prefix="ekit-vmafprobe-") as tmp:
+    with temp_dir("vmafprobe") as tmp:
         done = _run([str(path), "-nostdin", "-hide_banner", "-v", "error",
                      "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=1:duration=1",
                      "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=1:duration=1",

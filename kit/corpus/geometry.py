@@ -40,6 +40,19 @@ VMAF_PIX_FMTS = frozenset({"yuv420p", "yuv422p", "yuv444p", "yuv420p10le", "yuv4
                            "yuv420p12le", "yuv422p12le", "yuv444p12le", "yuv420p16le", "yuv422p16le", "yuv444p16le"})
 
 
+def chroma_shift(pix_fmt: str) -> tuple[int, int]:
+    """(x, y) chroma subsampling shifts of a pixel format: (1, 1) for 4:2:0, (1, 0) for 4:2:2, (0, 0) for 4:4:4/grey."""
+    if pix_fmt in RAW_PIX_FMTS:
+        return RAW_PIX_FMTS[pix_fmt][0] or (0, 0)
+    if re.search(r"420|nv12|nv21|p010|p016|p012", pix_fmt):
+        return (1, 1)
+    if re.search(r"411", pix_fmt):
+        return (2, 0)
+    if re.search(r"422|yuyv|uyvy|nv16|y210", pix_fmt):
+        return (1, 0)
+    return (0, 0)
+
+
 def frame_bytes(width: int, height: int, pix_fmt: str) -> int:
     """Bytes of one raw planar frame."""
     try:
@@ -103,14 +116,15 @@ def geometry_from_name(name: str) -> dict[str, object]:
     return out
 
 
-def parse_size(text: str, *, flag: str = "--demo-size", minimum: int = 64) -> tuple[int, int]:
-    """'192x108' -> (192, 108); even sizes from `minimum` up (yuv420p and libvmaf's smallest filter windows)."""
+def parse_size(text: str, *, flag: str = "--demo-size", minimum: int = 64, maximum: int = 3840) -> tuple[int, int]:
+    """'192x108' -> (192, 108); even sizes from `minimum` (yuv420p and libvmaf's smallest filter windows) to
+    `maximum` (the demo's clips are generated in memory: 4K is plenty, 20000x20000 would exhaust it)."""
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise BadInput(f"{flag} {text!r} is not WxH", hint=f"e.g. {flag} 192x108") from None
-    if w < minimum or h < minimum or w % 2 or h % 2:
-        raise BadInput(f"{flag} {text}: width and height must be even and at least {minimum}",
+    if not (minimum <= w <= maximum and minimum <= h <= maximum) or w % 2 or h % 2:
+        raise BadInput(f"{flag} {text}: width and height must be even, from {minimum} to {maximum}",
                        hint=f"e.g. {flag} 128x72")
     return w, h
 

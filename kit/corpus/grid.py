@@ -22,6 +22,7 @@ from kit.core.rundir import RunDir
 from kit.core.schema import DEFAULT_VMAF_MODEL
 from kit.corpus import encoders as enc_table
 from kit.corpus.ffmpeg import EncoderProbe, FFmpeg, probe_encoder
+from kit.corpus.geometry import chroma_shift
 from kit.corpus.sources import Source
 from kit.corpus.vmaf_cli import VmafCli, scorer_fingerprint, scorer_identity
 from kit.env import fingerprint as env_fingerprint
@@ -107,6 +108,26 @@ def check_encoders(ff: FFmpeg, names: Sequence[str]) -> dict[str, EncoderProbe]:
     return probes
 
 
+# Encoders that always encode 4:2:0 (ffmpeg converts other layouts for them): SVT-AV1 and the hardware families.
+FOUR_TWO_ZERO_ONLY = frozenset({"libsvtav1"})
+
+
+def check_encodable(sources: Sequence[Source], encoder_names: Sequence[str]) -> None:
+    """Odd frame sizes that an encoder's chroma subsampling cannot take are refused before any encode
+    (libx264 fails every cell of a 175x143 yuv420p clip), naming the clip and how to fix it. No silent
+    crop or pad: the frames VMAF compares are always the reference's own."""
+    for source in sources:
+        for name in encoder_names:
+            enc = enc_table.get(name)
+            sx, sy = (1, 1) if enc.hw or name in FOUR_TWO_ZERO_ONLY else chroma_shift(source.pix_fmt)
+            if source.width % (1 << sx) or source.height % (1 << sy):
+                w, h = source.width - source.width % (1 << sx), source.height - source.height % (1 << sy)
+                raise BadInput(
+                    f"{source.path.name} is {source.width}x{source.height}, but {name} subsamples chroma and needs "
+                    f"the width a multiple of {1 << sx} and the height of {1 << sy}; nothing was encoded",
+                    hint=f"crop it to {w}x{h} (ffmpeg ... -vf crop={w}:{h}:0:0) or pad it, and use that file")
+
+
 def check_cqs(encoder_names: Sequence[str], cqs: Sequence[int]) -> None:
     for name in encoder_names:
         for cq in cqs:
@@ -117,6 +138,7 @@ def plan_grid(sources: Sequence[Source], encoder_names: Sequence[str], cqs: Sequ
               probes: dict[str, EncoderProbe] | None = None) -> list[Cell]:
     """The full grid in its canonical order (src, encoder, cq); each cell's cq turned into its ffmpeg argv."""
     check_cqs(encoder_names, cqs)
+    check_encodable(sources, encoder_names)
     cells = []
     for source in sorted(sources, key=lambda s: (s.src, s.src_sha256)):
         for name in encoder_names:

@@ -18,6 +18,7 @@ from kit.core.errors import BadInput, PrereqError
 from kit.corpus import demo
 from kit.corpus import encoders as enc_table
 from kit.corpus.ffmpeg import FFmpeg, default_encoders
+from kit.corpus.grid import check_encodable
 from kit.corpus.sources import Source, discover
 
 
@@ -86,6 +87,7 @@ def resolve(request: CorpusRequest, ff: FFmpeg, *, default_encoders: Callable[[]
             raise BadInput(f"--ref-dir {ref_dir} does not exist", hint="pass the folder holding your reference clips")
         clips = None
     sources = discover(ref_dir, ff=ff, **request.raw_geometry)
+    check_encodable(sources, encoders)  # before any encode (and before the pipeline's run directory)
     return ResolvedCorpus(ref_dir=ref_dir, sources=sources, encoders=encoders, cqs=cqs, demo_clips=clips)
 
 

@@ -21,7 +21,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -30,6 +29,7 @@ from pathlib import Path
 
 from kit.core import proc
 from kit.core.errors import BadInput, WorkFailed
+from kit.core.fsio import temp_dir
 from kit.core.proc import STDERR_TAIL, ToolFailed
 from kit.core.schema import DEFAULT_VMAF_MODEL, LIBVMAF_KEYS
 from kit.corpus.ffmpeg import FFmpeg
@@ -115,7 +115,7 @@ def score(ff: FFmpeg, ref: Source, dis_input_args: Sequence[str], *, n_threads: 
     """
     expected = ref.n_frames if expected_frames is None else expected_frames
     with contextlib.ExitStack() as stack:
-        wd = workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ekit-score-")))
+        wd = workdir or Path(stack.enter_context(temp_dir("score")))
         log = wd / "vmaf.json"
         log.unlink(missing_ok=True)
         overfed: list[str] = []

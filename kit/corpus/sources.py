@@ -19,7 +19,7 @@ from pathlib import Path
 from kit.core import proc
 from kit.core.console import warn
 from kit.core.errors import BadInput
-from kit.core.fsio import sha256_file, write_json
+from kit.core.fsio import read_json, sha256_file, write_json
 from kit.core.ids import KEY_LEN, short_id
 from kit.corpus.ffmpeg import FFmpeg, cache_dir
 from kit.corpus.geometry import Y4M_COLORSPACES, bit_depth, fps_arg, frame_bytes, geometry_from_name
@@ -31,6 +31,7 @@ CONTAINER_EXTS = frozenset({".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".t
                             ".flv", ".mpg", ".mpeg", ".nut", ".264", ".h264", ".265", ".hevc", ".ivf", ".obu"})
 SOURCE_CACHE_VERSION = 1
 DEFAULT_RAW_FPS = 25.0
+MAX_FPS = 1000.0  # above this a "frame rate" is a typo or a broken header
 
 
 @dataclass(frozen=True)
@@ -71,11 +72,7 @@ class Source:
 def _sidecar(path: Path) -> dict[str, object]:
     for cand in (path.with_suffix(".json"), path.with_name(path.name + ".json")):
         if cand.is_file():
-            try:
-                data = json.loads(cand.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
-                raise BadInput(f"geometry sidecar {cand} is not valid JSON: {exc}",
-                               hint='write e.g. {"width": 1920, "height": 1080, "pix_fmt": "yuv420p", "fps": 25}') from None
+            data = read_json(cand, what="geometry sidecar")
             if not isinstance(data, dict):
                 raise BadInput(f"geometry sidecar {cand} must hold a JSON object",
                                hint='e.g. {"width": 1920, "height": 1080, "pix_fmt": "yuv420p", "fps": 25}')
@@ -100,6 +97,8 @@ def _raw_source(path: Path, size: int, fallback: dict[str, object]) -> dict[str,
         raise BadInput(f"{path}: geometry {geo} is not numeric", hint="fix the sidecar or the flags") from None
     if width <= 0 or height <= 0:
         raise BadInput(f"{path}: frame size {width}x{height} is not positive", hint="fix the name, sidecar or flags")
+    if fps is not None and not (math.isfinite(fps) and 0 < fps <= MAX_FPS):
+        raise BadInput(f"{path}: frame rate {fps} is not a number from 0 to {MAX_FPS:g}", hint="fix the name, sidecar or --fps")
     pix_fmt = str(geo.get("pix_fmt") or "yuv420p")
     if fps is None:
         warn(f"{path.name}: no frame rate in its name, sidecar or --fps; assuming {DEFAULT_RAW_FPS:g} fps")
@@ -124,6 +123,9 @@ def _y4m_source(path: Path, size: int) -> dict[str, object]:
             fps = num / den
         except (KeyError, ValueError, ZeroDivisionError):
             raise BadInput(f"{path}: Y4M header {header[:80]!r} lacks a valid W/H/F", hint="re-export the clip") from None
+        if width <= 0 or height <= 0 or not 0 < fps <= MAX_FPS:
+            raise BadInput(f"{path}: Y4M header {header[:80]!r} has an impossible frame size or rate "
+                           f"(W{width} H{height} F{tags.get('F', '25:1')})", hint="re-export the clip")
         cs = tags.get("C", "420jpeg")
         if cs not in Y4M_COLORSPACES:
             raise BadInput(f"{path}: Y4M colourspace C{cs} is not supported",

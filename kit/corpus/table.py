@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from kit.core.console import warn
 from kit.core.errors import BadInput
-from kit.core.fsio import read_json, write_json, write_with
+from kit.core.fsio import read_json, writable_dir, write_json, write_with
 from kit.core.rundir import RunDir
 from kit.core.schema import CONTENT_COLUMNS, CORPUS_COLUMNS, FEATURES, ROW_KEY, SORT_KEY, TARGET
 from kit.corpus import legacy
@@ -92,29 +92,57 @@ def load_corpus_input(path: Path, *, drop_invalid: bool = False, invalid: legacy
     if missing:
         raise BadInput(f"{path} is not an ensemble-kit corpus (missing {', '.join(missing[:5])})",
                        hint="old-kit JSONL goes through `ensemble-kit corpus import`")
-    return df[list(CORPUS_COLUMNS)]
+    return check_types(df[list(CORPUS_COLUMNS)], path)
+
+
+def check_types(df: pd.DataFrame, where: Path | str) -> pd.DataFrame:
+    """A corpus file is untrusted: every number column must hold numbers (integers where CORPUS_COLUMNS
+    says int64, no gaps there); else bad input naming the file, the column and a bad value. -> typed frame."""
+    for col, dtype in CORPUS_COLUMNS.items():
+        if dtype not in ("int64", "float64"):
+            continue
+        raw = df[col]
+        values = pd.to_numeric(raw, errors="coerce")
+        bad = values.isna() & raw.notna()
+        if dtype == "int64":
+            bad |= values.isna() | (values.notna() & (values != values.round()))
+        if bad.any():
+            first = raw[bad].iloc[0]
+            raise BadInput(f"{where}: column {col} must hold {'integers' if dtype == 'int64' else 'numbers'}, "
+                           f"but {int(bad.sum())} row(s) hold e.g. {first!r}",
+                           hint="regenerate the corpus with `ensemble-kit corpus`, or fix that column")
+        df = df.assign(**{col: values})
+    return df.astype(CORPUS_COLUMNS)
 
 
 def merge(inputs: Sequence[Path], out: Path, *, drop_invalid: bool = False) -> dict[str, Any]:
     """`ensemble-kit merge`: concatenate inputs in order, de-duplicate on ROW_KEY, write canonical order."""
     if not inputs:
         raise BadInput("merge needs at least one input", hint="pass run directories or corpus files")
+    out = Path(out)
+    if out.is_dir():
+        raise BadInput(f"--out {out} is a folder", hint="name the corpus file, e.g. --out merged/corpus.parquet")
+    writable_dir(out.parent, "--out: the folder")
     invalid = legacy.InvalidRows()
     frames = [load_corpus_input(p, drop_invalid=drop_invalid, invalid=invalid).astype(CORPUS_COLUMNS) for p in inputs]
     kept, dropped, conflicts = dedupe(pd.concat(frames, ignore_index=True))
-    out = Path(out)
+    # The conflicts file belongs to the corpus beside it: an older one never stays next to a new result.
+    cpath = conflicts_path(out)
+    cpath.unlink(missing_ok=True)
     if out.suffix == ".jsonl":
         legacy.write_jsonl(canonical_order(kept), out)
     else:
         write_corpus(kept, out)
-    report: dict[str, Any] = {"inputs": len(inputs), "rows": len(kept), "duplicates_dropped": dropped,
-                              "conflicts": int(conflicts[list(ROW_KEY)].drop_duplicates().shape[0]),
-                              "out": str(out), "conflicts_file": None, **invalid.to_dict()}
     if len(conflicts):
-        cpath = out.with_name(out.stem + ".conflicts.parquet")
         write_with(cpath, lambda tmp: conflicts.to_parquet(tmp, index=False))
-        report["conflicts_file"] = str(cpath)
-    return report
+    return {"inputs": len(inputs), "rows": len(kept), "duplicates_dropped": dropped,
+            "conflicts": int(conflicts[list(ROW_KEY)].drop_duplicates().shape[0]),
+            "out": str(out), "conflicts_file": str(cpath) if len(conflicts) else None, **invalid.to_dict()}
+
+
+def conflicts_path(out: Path) -> Path:
+    """Where `merge` writes every version of conflicting rows: OUT.conflicts.parquet beside OUT."""
+    return out.with_name(out.stem + ".conflicts.parquet")
 
 
 def _count_invalid(path: Path, skipped: legacy.InvalidRows, into: legacy.InvalidRows | None) -> None:

@@ -9,7 +9,6 @@ The bytes are reproducible (kit.core.archive), so the same checkout gives the sa
 from __future__ import annotations
 
 import sys
-import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -18,7 +17,7 @@ from kit import __version__
 from kit.core import proc
 from kit.core.archive import write_reproducible_tar
 from kit.core.errors import BadInput, PrereqError, WorkFailed
-from kit.core.fsio import canonical_json, sha256_file, write_text
+from kit.core.fsio import canonical_json, out_target, sha256_file, temp_dir, write_text
 from kit.env.platform import INTEL_PCI_VENDOR, PIXI_ENVS
 
 # Top-level files and folders of a checkout that go in (when present); everything else stays out.
@@ -217,18 +216,16 @@ def dist_name(with_wheels: str | None) -> str:
     return f"ensemble-kit-{__version__}{suffix}.tar.gz"
 
 
-def make_dist(out: Path | None = None, *, with_wheels: str | None = None, root: Path | None = None) -> DistResult:
+def make_dist(out: str | Path | None = None, *, with_wheels: str | None = None, root: Path | None = None) -> DistResult:
     """Write the distribution tarball (default `dist/ensemble-kit-<version>.tar.gz` in the checkout)."""
     root = Path(root) if root is not None else source_root()
     name = dist_name(with_wheels)
-    target = Path(out) if out is not None else root / "dist" / name
-    if target.is_dir():
-        target = target / name
+    target = out_target(out, name) if out is not None else root / "dist" / name
     stem = f"ensemble-kit-{__version__}"
     files = source_files(root)
     if not any(rel == "pyproject.toml" for rel, _ in files):
         raise BadInput(f"{root}: no pyproject.toml", hint="run dist from the kit's checkout")
-    with tempfile.TemporaryDirectory(prefix="ekit-dist-") as tmp:
+    with temp_dir("dist") as tmp:
         staging = Path(tmp)
         extra: list[tuple[str, Path]] = []
         if with_wheels:

@@ -24,7 +24,6 @@ import dataclasses
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,7 +32,7 @@ from typing import Any
 
 from kit.core import proc
 from kit.core.errors import BadInput, PrereqError, WorkFailed
-from kit.core.fsio import atomic_path, canonical_json, sha256_file, write_text
+from kit.core.fsio import atomic_path, canonical_json, sha256_file, temp_dir, write_text
 from kit.core.schema import LIBVMAF_KEYS
 from kit.corpus import scoring, sources
 from kit.corpus.ffmpeg import FFmpeg, find_ffmpeg
@@ -219,7 +218,7 @@ def _agree(cli: VmafCli, ff: FFmpeg, ref: sources.Source, dis_args: list[str],
 
 def prove(cli: VmafCli, backend: str, ff: FFmpeg) -> tuple[str, dict[str, Any]]:
     """Score a generated pair with the CLI's CPU path and then its backend; -> (evidence, proof record)."""
-    with tempfile.TemporaryDirectory(prefix="ekit-vmafproof-") as tmp_name:
+    with temp_dir("vmafproof") as tmp_name:
         ref, dis_args = _proof_pair(ff, Path(tmp_name))
         reference = scoring.score(ff, ref, dis_args, n_threads=2)
         cpu = dataclasses.replace(cli, backend="cpu", run_flags=())

@@ -20,6 +20,7 @@ from typing import Any
 
 from kit.core import proc
 from kit.core.errors import BadInput, KitError, PrereqError
+from kit.core.fsio import owner_tag, temp_dir
 from kit.core.schema import LIBVMAF_KEYS
 from kit.corpus import encoders as encoder_table
 from kit.corpus import ffmpeg as tools
@@ -90,7 +91,7 @@ def check_libvmaf(ff: Any | None) -> Check:
     if not ff.has_libvmaf:
         return Check("libvmaf", FAIL, f"{ff.path} has no libvmaf filter",
                      "use the bundled ffmpeg (pip install imageio-ffmpeg) or one built with --enable-libvmaf")
-    with tempfile.TemporaryDirectory(prefix="ekit-prereq-vmaf-") as tmp:
+    with temp_dir("prereq-vmaf") as tmp:
         src = "testsrc2=size=160x90:rate=25:duration=0.08"
         argv = [str(ff.path), "-nostdin", "-hide_banner", "-v", "error", "-f", "lavfi", "-i", src,
                 "-f", "lavfi", "-i", src, "-lavfi", "[0:v]gblur=sigma=1.5[d];[d][1:v]libvmaf=log_fmt=json:log_path=s.json",
@@ -238,7 +239,7 @@ def check_writable(out_dir: Path) -> Check:
     if where.exists() and not where.is_dir():
         return Check("write permission", FAIL, f"{where} is a file, not a directory", "pass another --out-dir")
     try:
-        fd, name = tempfile.mkstemp(prefix=".ekit-write-test-", dir=where)
+        fd, name = tempfile.mkstemp(prefix=f".ekit-write-test.{owner_tag()}.", suffix=".tmp", dir=where)
         os.close(fd)
         os.unlink(name)
     except OSError as exc:

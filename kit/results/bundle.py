@@ -11,7 +11,6 @@ from __future__ import annotations
 import atexit
 import re
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,7 +21,16 @@ from typing import Any
 from kit import __version__
 from kit.core.archive import safe_extract, write_reproducible_tar
 from kit.core.errors import BadInput
-from kit.core.fsio import canonical_json, read_json, sha256_file, write_text
+from kit.core.fsio import (
+    canonical_json,
+    make_temp_dir,
+    out_target,
+    read_json,
+    sha256_file,
+    temp_dir,
+    writable_dir,
+    write_text,
+)
 from kit.core.ids import shorten
 from kit.core.rundir import RunDir
 from kit.env import platform as kit_platform
@@ -135,6 +143,9 @@ def run_files(run_root: Path) -> list[tuple[str, Path]]:
         candidates = [p for p in candidates if p.resolve() in allowed]
     out: dict[str, Path] = {}
     for p in candidates:
+        if p.is_symlink():  # a bundle holds the run's own files, never what a link points at
+            raise BadInput(f"{p} is a symbolic link (to {p.readlink()}), not a file this run wrote",
+                           hint=f"replace it with the run's own file (e.g. rerun the step that writes {p.name})")
         rel = _rel(p.resolve(), root.resolve())
         if rel == MANIFEST_NAME:
             continue
@@ -219,7 +230,7 @@ class BundleResult:
     sha256: str
 
 
-def make_bundle(run_root: Path, out: Path | None = None) -> BundleResult:
+def make_bundle(run_root: Path, out: str | Path | None = None) -> BundleResult:
     """Write `ensemble-results-<platform>-<box>-<utc>.tar.gz` for this run (into the run dir by default)."""
     root = Path(run_root)
     if not root.is_dir():
@@ -227,10 +238,11 @@ def make_bundle(run_root: Path, out: Path | None = None) -> BundleResult:
     files = run_files(root)
     manifest = build_manifest(root, files)
     stem = manifest["name"][: -len(BUNDLE_SUFFIX)]
-    target = Path(out) if out is not None else root / manifest["name"]
-    if target.is_dir():
-        target = target / manifest["name"]
-    with tempfile.TemporaryDirectory(prefix="ekit-manifest-") as tmp:
+    target = out_target(out, manifest["name"]) if out is not None else root / manifest["name"]
+    if target.exists() and not target.is_file():
+        raise BadInput(f"--out {target} exists and is not a file", hint="name a new file or a folder")
+    writable_dir(target.parent, "--out: the folder")
+    with temp_dir("manifest") as tmp:
         manifest_path = Path(tmp) / MANIFEST_NAME
         write_text(manifest_path, canonical_json(manifest))
         members = [(f"{stem}/{rel}", p) for rel, p in files] + [(f"{stem}/{MANIFEST_NAME}", manifest_path)]
@@ -277,6 +289,11 @@ def _load_manifest(root: Path, bundle: Path) -> dict[str, Any]:
         )
     if not isinstance(manifest.get("files"), list):
         raise BadInput(f"{bundle}: {MANIFEST_NAME} has no file list", hint="ask the sender for a fresh bundle")
+    summary = manifest.get("verdict")
+    if not isinstance(summary, dict) or summary.get("verdict") not in VERDICTS:
+        raise BadInput(f"{bundle}: {MANIFEST_NAME} has no verdict summary (its 'verdict' is "
+                       f"{type(summary).__name__}, not an object naming PROMOTE or HOLD)",
+                       hint="ask the sender for the file `ensemble-kit bundle` wrote")
     return manifest
 
 
@@ -333,7 +350,7 @@ def opened_bundle(bundle: Path, *, max_total_bytes: int = DEFAULT_MAX_BUNDLE_BYT
     if dest is not None:
         Path(dest).mkdir(parents=True, exist_ok=True)
     # Always a fresh, empty folder: whatever else sits in `dest` is never mistaken for bundle content.
-    work = Path(tempfile.mkdtemp(prefix="ekit-bundle-", dir=dest))
+    work = make_temp_dir("bundle", parent=dest)
     try:
         safe_extract(bundle, work, max_total_bytes=max_total_bytes)
         tops = [p for p in work.iterdir()]
@@ -356,7 +373,7 @@ def verify(bundle: Path, *, max_total_bytes: int = DEFAULT_MAX_BUNDLE_BYTES) -> 
 
 
 def _persistent_tmp() -> Path:
-    path = Path(tempfile.mkdtemp(prefix="ekit-bundle-"))
+    path = make_temp_dir("bundle")
     atexit.register(shutil.rmtree, path, True)
     return path
 

@@ -37,7 +37,7 @@ from kit.corpus.table import corpus_sha256, corpus_summary, jsonl_sha256
 from kit.env import fingerprint as env_fingerprint
 from kit.results import contract, predict
 from kit.results.thresholds import PROMOTE
-from kit.train.batched import Job, deterministic_torch, train_models
+from kit.train.batched import Job, check_memory, deterministic_torch, train_models
 from kit.train.config import TrainConfig
 from kit.train.data import (
     Scaler,
@@ -108,6 +108,7 @@ def export_ensemble(
     external_data: bool = False,
     progress: Callable[[int, int], None] | None = None,
     environment: tuple[dict[str, Any], str] | None = None,
+    max_memory: int | None = None,
 ) -> dict[str, Any]:
     """Fit one model per seed on the whole corpus, export and verify each, write sidecars, registry rows
     and ensemble.json (last).
@@ -131,6 +132,7 @@ def export_ensemble(
     summary = corpus_summary(full)
     df = check_trainable(full)
     codec = corpus_codec(df, config.codec_vocab)
+    check_memory([len(df)], [0] * len(seeds), len(FEATURES) + codec.vocab.width, config, max_memory)
     scaler = Scaler.fit(features(df))
     x, y = model_inputs(df, scaler, codec), target(df).astype(np.float32)
     jobs = [Job(block=0, key=(seed, FULL_TAG)) for seed in seeds]
@@ -241,7 +243,7 @@ def _check_written(models_dir: Path, df: pd.DataFrame, expected: list[np.ndarray
 def export_run(run_dir: str | Path, *, force: bool = False, corpus: str | Path | None = None,
                name: str | None = None, external_data: bool = False,
                progress: Callable[[int, int], None] | None = None,
-               environment: tuple[dict[str, Any], str] | None = None) -> dict[str, Any]:
+               environment: tuple[dict[str, Any], str] | None = None, max_memory: int | None = None) -> dict[str, Any]:
     """`ensemble-kit export`: the run's corpus, seeds and config -> run_dir/models/ (PROMOTE or force).
 
     The corpus must be the one the verdict was computed on (same content sha256), so models never
@@ -262,5 +264,6 @@ def export_run(run_dir: str | Path, *, force: bool = False, corpus: str | Path |
     snapshot = {"verdict": verdict.get("verdict"), "gate": verdict.get("gate"),
                 "generated_at_utc": verdict.get("generated_at_utc"), "recommendation": verdict.get("recommendation")}
     return export_ensemble(df, loso.config, loso.seeds, snapshot, rd.models_dir, force, name=name,
-                           external_data=external_data, progress=progress, environment=environment)
+                           external_data=external_data, progress=progress, environment=environment,
+                           max_memory=max_memory)
 

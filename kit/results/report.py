@@ -107,11 +107,34 @@ def plot_rate_quality(corpus: pd.DataFrame, path: Path) -> None:
     _save(fig, path)
 
 
-def _table(df: pd.DataFrame) -> str:
+# Measured correlations and errors read best at 4 decimals; every other number (a learning rate, Adam's
+# eps, a threshold, an epoch count) is shown as what it is: 1e-08, not 0.0000; 100, not 100.0000.
+METRIC_FIELDS = frozenset({"plcc", "srocc", "krocc", "rmse", "encode_plcc", "encode_srocc", "mean_plcc", "plcc_spread"})
+
+
+def format_value(value: Any, field: str = "") -> str:
+    """One table cell: integers as integers, metrics to 4 decimals, other numbers in their shortest exact-enough form."""
+    if isinstance(value, bool | str) or value is None:
+        return str(value)
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    if isinstance(value, float | np.floating):
+        v = float(value)
+        if not math.isfinite(v):
+            return "NaN" if math.isnan(v) else str(v)
+        if v.is_integer() and field not in METRIC_FIELDS:
+            return str(int(v))
+        return f"{v:.4f}" if field in METRIC_FIELDS else f"{v:.6g}"
+    return str(value)
+
+
+def _table(df: pd.DataFrame, *, name_column: str | None = None) -> str:
+    """An HTML table; each cell formatted for its column (or, with `name_column`, for the row's name)."""
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
     rows = []
-    for row in df.itertuples(index=False):
-        cells = "".join(f"<td>{html.escape(f'{v:.4f}' if isinstance(v, float) else str(v))}</td>" for v in row)
+    for row in df.to_dict("records"):
+        cells = "".join(f"<td>{html.escape(format_value(v, str(row[name_column]) if name_column else str(c)))}</td>"
+                        for c, v in row.items())
         rows.append(f"<tr>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
@@ -149,7 +172,7 @@ def build_report(run_dir: str | Path, corpus_df: pd.DataFrame | None = None) -> 
     colour = {PROMOTE: "#1a7f37", HOLD: "#b35900"}.get(name, "#555")
     gate_rows = pd.DataFrame(
         [(k, gate[k]) for k in ("mean_plcc", "mean_plcc_threshold", "plcc_spread", "plcc_spread_max", "per_seed_min",
-                                "failing_seeds") if k in gate], columns=["gate", "value"])
+                                "failing_seeds") if k in gate], columns=["gate", "value"], dtype=object)
     fold_cols = [c for c in ("seed", "fold_src", "plcc", "srocc", "krocc", "rmse", "encode_plcc", "encode_srocc", "n_frames")
                  if c in loso.folds.columns]
     body = f"""<!doctype html>
@@ -164,12 +187,12 @@ img{{max-width:100%;border:1px solid #eee;margin:0.5em 0}}</style></head><body>
 <p>Corpus sha256 <code>{html.escape(str(loso.corpus.get("sha256", "")))}</code>: {loso.corpus.get("n_rows")} rows,
 {loso.corpus.get("n_sources")} sources, {loso.corpus.get("n_encoders")} encoders; seeds {", ".join(map(str, loso.seeds))};
 environment <code>{html.escape(loso.fingerprint_id)}</code>.</p>
-{_table(gate_rows) if len(gate_rows) else ""}
+{_table(gate_rows, name_column="gate") if len(gate_rows) else ""}
 {"".join(f'<h2>{html.escape(t)}</h2><img src="{f}" alt="{html.escape(t)}">' for f, t in images)}
 <h2>Per-fold metrics</h2>
 {_table(loso.folds[fold_cols])}
 <h2>Training config</h2>
-{_table(pd.DataFrame(sorted(loso.config.to_dict().items()), columns=["field", "value"]))}
+{_table(pd.DataFrame(sorted(loso.config.to_dict().items()), columns=["field", "value"], dtype=object), name_column="field")}
 </body></html>
 """
     write_text(rd.report_index, body)

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from kit.core.errors import WorkFailed
+from kit.core.errors import BadInput, WorkFailed
 from kit.train import kernels
 from kit.train.config import TrainConfig
 from kit.train.model import (
@@ -279,6 +279,55 @@ class Trainer:
     def diverged(self) -> list[int]:
         finite = torch.isfinite(self.net.P).all(dim=1)
         return [int(m) for m in torch.nonzero(~finite).flatten()]
+
+
+# ---- memory: seeds x folds x rows and the batch size decide it; refuse before allocating, not after -------
+
+MEMORY_SHARE = 0.8  # of this box's memory, the default limit (`--max-memory` overrides it)
+PREFETCH_DEPTH = 2  # chunks drawn ahead by `_prefetch` (plus the one in use and the one being drawn)
+
+
+def physical_memory() -> int | None:
+    """This box's memory in bytes (None where the OS does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def default_memory_limit() -> int:
+    total = physical_memory()
+    return int(total * MEMORY_SHARE) if total else 16 << 30
+
+
+def estimate_memory(block_rows: Sequence[int], job_blocks: Sequence[int], n_in: int, config: TrainConfig) -> int:
+    """Bytes a training of these jobs needs at its peak, roughly (within ~2x; it exists to stop a typo
+    from asking for 20 GiB, not to budget tightly): the blocks' inputs (built once, copied into each
+    worker group), and per model its loss weights and the prefetched batches + dropout masks."""
+    groups = max(1, min(len(job_blocks), config.workers or default_workers()))
+    B, W = config.batch_size, HIDDEN_LAYERS * config.hidden
+    data = sum(block_rows) * (n_in + 1) * 4 * (3 + groups)
+    steps = [-(-max(1, block_rows[b]) // B) for b in job_blocks]
+    chunk = min(max(steps, default=1), STEP_CHUNK)
+    per_model = sum(s * B * 4 for s in steps) + len(job_blocks) * (PREFETCH_DEPTH + 2) * chunk * B * (8 + 4 * W)
+    return data + per_model
+
+
+def check_memory(block_rows: Sequence[int], job_blocks: Sequence[int], n_in: int, config: TrainConfig,
+                 max_memory: int | None = None) -> None:
+    """Bad input, before anything is allocated, when training would need more than the limit."""
+    need = estimate_memory(block_rows, job_blocks, n_in, config)
+    limit = max_memory if max_memory is not None else default_memory_limit()
+    if need > limit:
+        raise BadInput(
+            f"training {len(job_blocks)} models ({len(block_rows)} data blocks, up to {max(block_rows, default=0)} rows "
+            f"each, --batch-size {config.batch_size}) needs about {_gib(need)}, more than the limit {_gib(limit)}"
+            + ("" if max_memory is not None else f" ({MEMORY_SHARE:.0%} of this box's memory)"),
+            hint="use fewer --seeds or a smaller --batch-size, or raise the limit with --max-memory SIZE (e.g. 64G)")
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB"
 
 
 def default_workers() -> int:

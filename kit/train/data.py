@@ -16,7 +16,7 @@ import pandas as pd
 from kit.core.console import warn
 from kit.core.errors import BadInput
 from kit.core.ids import sha256_hex, shorten
-from kit.core.schema import CORPUS_COLUMNS, FEATURES, SORT_KEY, TARGET
+from kit.core.schema import CORPUS_COLUMNS, FEATURES, ROW_KEY, SORT_KEY, TARGET
 from kit.corpus import table
 from kit.corpus.legacy import InvalidRows
 from kit.train.codec import CodecSpec
@@ -67,10 +67,27 @@ def load_corpus(path: str | Path, *, drop_invalid: bool = False, invalid: Invali
     if not p.exists():
         raise BadInput(f"corpus not found: {p}", hint="run `ensemble-kit corpus` first or pass --corpus PATH")
     df = table.load_corpus_input(p, drop_invalid=drop_invalid, invalid=invalid)
-    df, dropped, _ = table.dedupe(df)
+    df, dropped, conflicts = table.dedupe(df)
     if dropped:
         warn(f"{p}: dropped {dropped} exact duplicate row(s)")
-    return canonical_order(normalise(df))
+    n_keys = int(conflicts[list(ROW_KEY)].drop_duplicates().shape[0]) if len(conflicts) else 0
+    if n_keys:
+        warn(f"{p}: {n_keys} row key(s) (source, encoder, cq, frame) hold conflicting values: kept the first row of "
+             f"each, left out {len(conflicts) - n_keys} (`ensemble-kit merge` writes every version to a conflicts file)")
+    out = canonical_order(normalise(df))
+    out.attrs[LOAD_ATTR] = {"exact_duplicates": int(dropped), "conflicting_keys": n_keys,
+                            "conflicting_rows": int(len(conflicts) - n_keys)}
+    return out
+
+
+LOAD_ATTR = "corpus_load"  # DataFrame.attrs key: what load_corpus left out, for the run's records
+
+
+def dropped_rows(df: pd.DataFrame, used: int) -> dict[str, int]:
+    """What was left out between the corpus file and training: `load_corpus`'s duplicates plus the rows
+    with a NaN/inf value. Recorded in loso/summary.json and verdict.json under corpus.dropped."""
+    return {**{"exact_duplicates": 0, "conflicting_keys": 0, "conflicting_rows": 0}, **df.attrs.get(LOAD_ATTR, {}),
+            "non_finite": int(len(df) - used)}
 
 
 def canonical_order(df: pd.DataFrame) -> pd.DataFrame:
@@ -99,6 +116,10 @@ def check_trainable(df: pd.DataFrame) -> pd.DataFrame:
             f"source(s) {', '.join(names)} have no usable frames (vmaf or features missing/NaN)",
             hint="rescore those sources or remove them from the corpus",
         )
+    n_bad = int((~ok).sum())
+    if n_bad:
+        warn(f"{n_bad} of {len(df)} corpus rows have a NaN/inf VMAF or feature value: left out of training "
+             "(recorded as corpus.dropped.non_finite)")
     return df.loc[ok].reset_index(drop=True)
 
 

@@ -20,8 +20,9 @@ import pandas as pd
 from kit.core.errors import BadInput
 from kit.core.ids import int_key
 from kit.core.rundir import RunDir
+from kit.core.schema import FEATURES
 from kit.corpus.table import corpus_summary
-from kit.train.batched import Job, predict, train_models
+from kit.train.batched import Job, check_memory, predict, train_models
 from kit.train.codec import CodecSpec
 from kit.train.config import TrainConfig
 from kit.train.data import (
@@ -29,6 +30,7 @@ from kit.train.data import (
     canonical_order,
     check_trainable,
     corpus_codec,
+    dropped_rows,
     features,
     model_inputs,
     normalise,
@@ -72,12 +74,14 @@ def run_loso(
     progress: Callable[[int, int], None] | None = None,
     environment: tuple[dict[str, Any], str] = ({}, ""),
     corpus_notes: dict[str, Any] | None = None,
+    max_memory: int | None = None,
 ) -> LosoResult:
     """Train seeds x folds together, evaluate each on its held-out source, write run_dir/loso/ (if given).
 
     `environment` is the (fingerprint, id) the results record: the caller's `kit.env.fingerprint.current()`
     (the trainer does not look for the tools the fingerprint describes). `corpus_notes` (e.g. invalid rows
-    skipped on input) are recorded with the corpus summary, so the verdict carries them.
+    skipped on input) are recorded with the corpus summary, so the verdict carries them. Training that would
+    need more than `max_memory` bytes (default: most of this box's memory) is refused before it starts.
     """
     seeds = tuple(sorted({int(s) for s in seeds}))
     if not seeds:
@@ -85,7 +89,11 @@ def run_loso(
     full = canonical_order(normalise(corpus_df))
     summary = {**corpus_summary(full), **(corpus_notes or {})}
     df = check_trainable(full)
+    summary["dropped"] = dropped_rows(corpus_df, len(df))
     codec = corpus_codec(df, config.codec_vocab)
+    fold_rows = df.groupby("src_sha256").size()
+    check_memory([len(df) - int(n) for n in fold_rows], [f for _ in seeds for f in range(len(fold_rows))],
+                 len(FEATURES) + codec.vocab.width, config, max_memory)
     folds, blocks, tests = prepare_folds(df, codec)
     jobs = [Job(block=f, key=(seed, LOSO_TAG, source_key(sha))) for seed in seeds for f, sha in enumerate(folds)]
     src_name = dict(zip(df["src_sha256"], df["src"], strict=False))
