@@ -172,21 +172,33 @@ def verify_cmd(bundle_path: Path, max_bytes: int | None) -> None:
 @click.argument("lead", type=click.Path(path_type=Path))
 @click.argument("collab", type=click.Path(path_type=Path))
 @click.option("--plcc-tol", type=float, default=0.0, show_default=True,
-              help="Largest |PLCC difference| per seed and per fold still counted as reproduced (0 = exact).")
+              help="Largest |PLCC difference| per seed and per fold still counted as reproduced (0 = exact; run vs run only).")
 @json_option("Print the comparison as JSON on stdout.")
 @click.option("-v", "--verbose", is_flag=True, help="List every fold's PLCC.")
 def compare_cmd(lead: Path, collab: Path, plcc_tol: float, as_json: bool, verbose: bool) -> None:
-    """Does COLLAB reproduce LEAD? Bundles or run directories; exit 0 REPRODUCED, 1 DIVERGED.
+    """Does COLLAB reproduce LEAD, or confirm the lead's fork verdict?
 
-    Compares verdicts, per-seed and per-fold PLCCs, shared sources and environments.
+    LEAD is a run directory or bundle (exit 0 REPRODUCED, 1 DIVERGED: verdicts, per-seed and per-fold
+    PLCCs, sources, environments), or the VMAF fork's PROMOTE.json / HOLD.json, or a folder holding one
+    (e.g. the fork's model/tiny/ with the members' sidecars): then exit 0 CONFIRMS, 1 REFUTES, with the
+    reasons first and both gates' numbers side by side.
 
     \b
     Examples:
       ensemble-kit compare runs/lead ensemble-results-linux-cpu-x86_64-ab12cd34ef56-20261125T101500Z.tar.gz
       ensemble-kit compare lead.tar.gz collab.tar.gz --plcc-tol 0.005   # different hardware
+      ensemble-kit compare vmaf/model/tiny runs/mybox                     # confirm the lead's fork verdict
     """
-    from kit.results import compare  # heavy (pandas): imported when the command runs
+    # heavy (pandas): imported when the command runs
+    from kit.results import compare, confirm
 
+    fork_lead = confirm.fork_verdict_file(lead)
+    if fork_lead is not None:
+        result = confirm.confirm(fork_lead, collab)
+        emit(result.to_dict(), as_json, text=confirm.confirmation_lines(result))
+        if not result.confirmed:
+            sys.exit(int(ExitCode.HOLD))
+        return
     cmp = compare.compare(lead, collab, plcc_tol=plcc_tol)
     emit(cmp.to_dict(), as_json, text=compare.comparison_lines(cmp, verbose=verbose))
     if not cmp.reproduced:

@@ -12,8 +12,8 @@ from enum import IntEnum
 
 
 class ExitCode(IntEnum):
-    OK = 0  # success; verdict/pipeline: PROMOTE; compare: REPRODUCED
-    HOLD = 1  # verdict/pipeline: HOLD; compare: DIVERGED. Never a crash.
+    OK = 0  # success; verdict/pipeline: PROMOTE; compare: REPRODUCED or CONFIRMS
+    HOLD = 1  # verdict/pipeline: HOLD; compare: DIVERGED or REFUTES. Never a crash.
     BAD_INPUT = 2  # usage error or bad input
     PREREQS = 3  # prerequisites not met
     WORK_FAILED = 4  # cells failed, training diverged, export parity failed; partial results kept
@@ -21,8 +21,8 @@ class ExitCode(IntEnum):
 
 
 EXIT_MEANINGS: dict[ExitCode, str] = {
-    ExitCode.OK: "success (verdict/pipeline: PROMOTE; compare: REPRODUCED)",
-    ExitCode.HOLD: "HOLD (verdict/pipeline) or DIVERGED (compare); never a crash",
+    ExitCode.OK: "success (verdict/pipeline: PROMOTE; compare: REPRODUCED/CONFIRMS)",
+    ExitCode.HOLD: "HOLD (verdict/pipeline) or DIVERGED/REFUTES (compare); never a crash",
     ExitCode.BAD_INPUT: "usage error or bad input; the message names the file/flag and the fix",
     ExitCode.PREREQS: "prerequisites not met; `ensemble-kit prereqs` says which",
     ExitCode.WORK_FAILED: "work failed (cells, training, export parity); partial results kept",

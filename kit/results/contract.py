@@ -187,6 +187,36 @@ MANIFEST_SCHEMA: dict[str, Any] = {
 }
 
 
+_NUMBER_OR_NULL = {"type": ["number", "null"]}
+
+# The fork's PROMOTE.json / HOLD.json (validate_ensemble_seeds.py, schema_version 1), as `compare` reads a lead's.
+FORK_VERDICT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["schema_version", "verdict", "seeds", "gate"],
+    "properties": {
+        "schema_version": {"const": 1},
+        "verdict": {"enum": ["PROMOTE", "HOLD"]},
+        "generated_at_utc": {"type": "string"},
+        "seeds": {"type": "array", "items": {"type": "integer"}},
+        "gate": {
+            "type": "object",
+            "required": ["passed", "mean_plcc", "mean_plcc_threshold", "mean_plcc_pass", "plcc_spread",
+                         "plcc_spread_max", "plcc_spread_pass", "per_seed_plccs", "per_seed_min", "per_seed_pass",
+                         "failing_seeds"],
+            "properties": {
+                "passed": {"type": "boolean"}, "mean_plcc": _NUMBER_OR_NULL, "mean_plcc_threshold": {"type": "number"},
+                "mean_plcc_pass": {"type": "boolean"}, "plcc_spread": _NUMBER_OR_NULL,
+                "plcc_spread_max": {"type": "number"}, "plcc_spread_pass": {"type": "boolean"},
+                "per_seed_plccs": {"type": "object", "propertyNames": {"pattern": "^[0-9]+$"},
+                                   "additionalProperties": _NUMBER_OR_NULL},
+                "per_seed_min": {"type": "number"}, "per_seed_pass": {"type": "boolean"},
+                "failing_seeds": {"type": "array", "items": {"type": "integer"}},
+            },
+        },
+    },
+}
+
+
 def check(doc: Any, schema: dict[str, Any], *, where: str, hint: str) -> None:
     """Validate untrusted JSON: the first problem as one line naming the file and the key."""
     try:

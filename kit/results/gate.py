@@ -158,6 +158,19 @@ FORK_PROMOTE_TEXT = ("flip seeds smoke->false in model/tiny/registry.json (ADR-0
                      "follow-up PR; DO NOT flip during a rebase or in the same PR as this verdict file)")
 
 
+def fork_gate_passes(per_seed: Mapping[str, float], thresholds: Thresholds) -> bool:
+    """The fork's own rule (ensemble_prod_gate.evaluate_gate): a plain sum in the order given, exact
+    comparisons with no tolerance, and NaN failing every comparison. Used to say what the fork's gate
+    would decide on a run's numbers, where ours (1e-12 tolerance) could differ at a float boundary."""
+    values = [float(v) for v in per_seed.values()]
+    if not values:
+        return False
+    mean = sum(values) / len(values)
+    spread = max(values) - min(values)
+    return (mean >= thresholds.mean_plcc and spread <= thresholds.plcc_spread_max
+            and all(v >= thresholds.per_seed_min for v in values))
+
+
 def _fork_recommendation(gate: dict[str, Any]) -> str:
     """validate_ensemble_seeds.py's wording, so the fork's readers see what they expect."""
     if gate["passed"]:
