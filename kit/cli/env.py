@@ -142,7 +142,9 @@ def build_libvmaf_cmd(source: Path, backend: str, dest: Path | None, meson_args:
       ensemble-kit build-libvmaf --source vmaf                  # a checkout of the lusoris fork
       ensemble-kit build-libvmaf --source vmaf --backend cuda   # on an NVIDIA box
     """
-    note(f"building libvmaf ({backend}) from {source} with meson + ninja ...")
+    note(f"building libvmaf ({backend}) from {source} with meson + ninja (the fork's CPU build: 1-2 min on 2 cores, "
+         "CUDA several more); it is staged only once it agrees with ffmpeg's libvmaf filter"
+         + (f" and ran on this box's {backend} GPU" if backend != "cpu" else "") + " ...")
     built = libvmaf_build.build_libvmaf(source, backend=backend, dest=dest, meson_args=meson_args)
     cli = built.cli
     doc = {"vmaf": str(cli.path), "record": str(built.record), "sha256": cli.sha256, "version": cli.version,
