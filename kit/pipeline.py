@@ -28,7 +28,7 @@ from typing import Any
 
 from kit import __version__
 from kit.core import proc
-from kit.core.console import Progress, err, warn
+from kit.core.console import Progress, err, printable, warn
 from kit.core.errors import BadInput
 from kit.core.fsio import append_line, canonical_json, read_json, sha256_file, write_json
 from kit.core.ids import digest
@@ -45,7 +45,7 @@ from kit.env import prereqs
 from kit.results import bundle, export, gate, report
 from kit.results.thresholds import GATE_DEFAULTS, PROMOTE, Thresholds
 from kit.train import loso
-from kit.train.config import DEFAULT_SEEDS, TrainConfig
+from kit.train.config import DEFAULT_SEEDS, TrainConfig, result_train_config
 from kit.train.data import MIN_SOURCES, load_corpus
 
 RUN_SCHEMA = "ensemble-kit/pipeline-run"
@@ -88,14 +88,6 @@ class PipelineOptions:
 # Options that change results: a rerun that differs in any of these would mix two runs in one directory.
 RESULT_KEYS: tuple[str, ...] = ("demo", "ref_sources", "encoders", "cqs", "seeds", "train", "gate", "vmaf_model",
                                 "demo_clips", "scorer")
-# Training settings that change speed, not results (the trainer guarantees it): a resume may change them.
-RESULT_NEUTRAL_TRAIN: tuple[str, ...] = ("workers",)
-
-
-def result_train_config(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k not in RESULT_NEUTRAL_TRAIN}
-
-
 @dataclass
 class StepReport:
     name: str
@@ -121,7 +113,7 @@ def _utc() -> str:
 
 def _say(options: PipelineOptions, text: str) -> None:
     if not options.quiet:
-        err.print(text, markup=False)
+        err.print(printable(text), markup=False)
 
 
 # ---- the run directory: one run, never two mixed -------------------------------------------------------
@@ -284,7 +276,8 @@ def check_prereqs(options: PipelineOptions) -> prereqs.PrereqReport:
         if check.status == "WARN":
             warn(f"{check.name}: {check.detail}" + (f" ({check.hint})" if check.hint else ""))
         elif check.status == "FAIL" and not options.quiet:
-            err.print(f"FAIL {check.name}: {check.detail}" + (f" ({check.hint})" if check.hint else ""), markup=False)
+            err.print(printable(f"FAIL {check.name}: {check.detail}" + (f" ({check.hint})" if check.hint else "")),
+                      markup=False)
     prereqs.require(report_)
     return report_
 

@@ -10,6 +10,7 @@ Adding a command: write it in its family module (or a new one) and list it in th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import traceback
@@ -20,7 +21,7 @@ from kit import __version__
 from kit.cli import corpus, env, pipeline, refs, results, train
 from kit.cli.options import CONTEXT, EPILOG_EXIT_CODES
 from kit.core import proc
-from kit.core.console import err
+from kit.core.console import err, printable
 from kit.core.errors import INTERRUPTED_MESSAGE, BadInput, ExitCode, KitError, from_os_error
 from kit.core.fsio import sweep_temp_dirs
 
@@ -30,13 +31,21 @@ class KitGroup(click.Group):
 
     SIGTERM is Ctrl-C for every command (exit 130), so `finally` blocks remove the kit's temp folders;
     folders a SIGKILLed run left in the temp dir are removed when the next command starts.
+
+    A reader that goes away (`ensemble-kit compare a b | head -1`) ends any command quietly with
+    ExitCode.PIPE_CLOSED, after its `finally` blocks ran (temp folders removed).
     """
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         sweep_temp_dirs()
         try:
             with proc.sigterm_as_interrupt():
-                return super().invoke(ctx)
+                try:
+                    return super().invoke(ctx)
+                finally:
+                    sys.stdout.flush()  # output still buffered meets a closed pipe here, not at exit
+        except BrokenPipeError:
+            _reader_gone()
         except KitError as exc:
             _fail(exc)
         except KeyboardInterrupt:
@@ -60,8 +69,16 @@ class KitGroup(click.Group):
 
 def _fail(exc: KitError) -> None:
     err.print("[red]error:[/red] ", end="")
-    err.print(str(exc), markup=False)
+    err.print(printable(exc), markup=False)  # messages quote file names and values from untrusted files
     sys.exit(int(exc.exit_code))
+
+
+def _reader_gone() -> None:
+    """stdout's reader closed it: stop quietly (no traceback, nothing more written anywhere)."""
+    with contextlib.suppress(OSError, ValueError):  # a test runner's stdout has no file descriptor
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush at exit now goes nowhere
+    sys.exit(int(ExitCode.PIPE_CLOSED))
 
 
 def _internal(exc: BaseException) -> SystemExit:
@@ -69,8 +86,8 @@ def _internal(exc: BaseException) -> SystemExit:
         traceback.print_exception(exc)
     else:
         err.print("[red]internal error:[/red] ", end="")
-        err.print(f"{type(exc).__name__}: {exc} (a bug in ensemble-kit; rerun with ENSEMBLE_KIT_DEBUG=1 for the "
-                  "traceback and report it)", markup=False)
+        err.print(printable(f"{type(exc).__name__}: {exc} (a bug in ensemble-kit; rerun with ENSEMBLE_KIT_DEBUG=1 "
+                            "for the traceback and report it)"), markup=False)
     return SystemExit(int(ExitCode.WORK_FAILED))
 
 

@@ -27,7 +27,8 @@ from kit.train.config import TrainConfig
 F = TypeVar("F", bound=Callable[..., Any])
 Decorator = Callable[[F], F]
 
-EPILOG_EXIT_CODES = "Exit codes: 0 ok/PROMOTE, 1 HOLD/DIVERGED/REFUTES, 2 bad input, 3 prerequisites, 4 work failed, 130 interrupted."
+EPILOG_EXIT_CODES = ("Exit codes: 0 ok/PROMOTE, 1 HOLD/DIVERGED/REFUTES, 2 bad input, 3 prerequisites, 4 work failed, "
+                     "130 interrupted, 141 output pipe closed.")
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 FFMPEG_HELP = "ffmpeg binary with libvmaf (default: $ENSEMBLE_KIT_FFMPEG, binaries/, PATH, imageio-ffmpeg)."
 RUN_DIR_HELP = "Run directory (the one `ensemble-kit corpus` wrote)."

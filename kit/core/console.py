@@ -2,12 +2,17 @@
 
 `Progress` is the one progress display of every long step (corpus cells, training epochs, export
 fits, reference bytes): a rich bar with ETA for a person at a terminal, plain lines otherwise.
+
+`printable` is the one escaping of text the kit did not write itself (member names, source and encoder
+names, values from a bundle's JSON, error messages that quote them): every line the kit prints passes
+through it, so no control character reaches a terminal and nothing splits a line.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import unicodedata
 from types import TracebackType
 
 from rich import progress as rp
@@ -17,6 +22,33 @@ from rich.markup import escape
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 
+# Controls (C0, DEL, C1: ESC starts a terminal escape, CSI 0x9b is one on its own), format characters
+# (bidi overrides that reorder what is shown, zero-width characters), unpaired surrogates (bytes that
+# were not UTF-8) and line/paragraph separators.
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def _escape_char(c: str) -> str:
+    code = ord(c)
+    if code > 0xFFFF:  # a surrogate pair, so the escape is also valid inside a JSON string
+        code -= 0x10000
+        return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+    return f"\\u{code:04x}"
+
+
+def printable(text: object, *, keep_newlines: bool = False) -> str:
+    """`text` with every control, format or separator character written as a `\\uXXXX` escape.
+
+    One line stays one line, and nothing in it can recolour, move or clear the terminal. The escapes
+    are valid inside JSON strings too, so `--json` output goes through here with `keep_newlines=True`
+    (json.dumps has already escaped the newlines inside strings; the ones left are its layout).
+    """
+    text = str(text)
+    if text.isprintable() and text.isascii():
+        return text
+    return "".join(c if (keep_newlines and c == "\n") or unicodedata.category(c) not in _UNSAFE_CATEGORIES
+                   else _escape_char(c) for c in text)
+
 
 def progress_enabled(quiet: bool = False) -> bool:
     """Progress bars only for a person at a terminal (not CI logs, not --quiet)."""
@@ -24,11 +56,11 @@ def progress_enabled(quiet: bool = False) -> bool:
 
 
 def warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/yellow] {escape(message)}")
+    err.print(f"[yellow]warning:[/yellow] {escape(printable(message))}")
 
 
 def info(message: str) -> None:
-    err.print(message, markup=False)
+    err.print(printable(message), markup=False)
 
 
 class Progress:
@@ -76,7 +108,7 @@ class Progress:
             pct = int(100 * done / total) // 20 * 20
             if pct != self._last_pct:
                 self._last_pct = pct
-                err.print(f"      {self.label}: {done}/{total}{' ' + self.unit if self.unit else ''}", markup=False)
+                err.print(printable(f"      {self.label}: {done}/{total}{' ' + self.unit if self.unit else ''}"), markup=False)
 
     def advance(self, amount: int, item: str = "") -> None:
         """`item` finished, worth `amount` (e.g. its bytes) of the planned total."""
@@ -84,14 +116,14 @@ class Progress:
         if self._task is None and self._bar is not None:
             self.plan(self.total)
         if self._bar is not None and self._task is not None:
-            self._bar.update(self._task, advance=amount, description=f"{self.label} {item}".rstrip())
+            self._bar.update(self._task, advance=amount, description=escape(printable(f"{self.label} {item}".rstrip())))
         elif not self.quiet and item:
-            err.print(f"  {self.label}: {item} done", markup=False)
+            err.print(printable(f"  {self.label}: {item} done"), markup=False)
 
     def note(self, text: str) -> None:
         """A line of its own above the bar (e.g. a failed cell), unless quiet."""
         if not self.quiet:
-            err.print(text, markup=False)
+            err.print(printable(text), markup=False)
 
     def close(self) -> None:
         if self._bar is not None:

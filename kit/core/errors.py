@@ -18,6 +18,7 @@ class ExitCode(IntEnum):
     PREREQS = 3  # prerequisites not met
     WORK_FAILED = 4  # cells failed, training diverged, export parity failed; partial results kept
     INTERRUPTED = 130  # Ctrl-C / SIGTERM; rerun resumes
+    PIPE_CLOSED = 141  # stdout's reader went away (`| head`): stopped quietly; 128 + SIGPIPE, as a shell reports it
 
 
 EXIT_MEANINGS: dict[ExitCode, str] = {
@@ -27,6 +28,7 @@ EXIT_MEANINGS: dict[ExitCode, str] = {
     ExitCode.PREREQS: "prerequisites not met; `ensemble-kit prereqs` says which",
     ExitCode.WORK_FAILED: "work failed (cells, training, export parity); partial results kept",
     ExitCode.INTERRUPTED: "interrupted; rerun the same command to resume",
+    ExitCode.PIPE_CLOSED: "the reader of stdout went away (e.g. `| head`); output stopped quietly",
 }
 
 INTERRUPTED_MESSAGE = "interrupted: finished work is kept; rerun the same command to resume"
