@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -124,6 +125,29 @@ def test_tar_pack_is_reproducible_and_unpacks_to_y4m(ref_dir, ff, tmp_path):
         assert s.kind == "y4m" and s.pix_fmt == pix_fmt and s.n_frames == 5
         assert _raw_frames(ff, s.path, pix_fmt) == _raw_frames(ff, ref_dir / file, pix_fmt)
     assert refs_verify.verify(out, ff=ff).ok
+
+
+def test_verify_takes_a_pack_tarball_directly_or_as_refs_json(ref_dir, ff, tmp_path, monkeypatch):
+    """refs issue item: `refs verify PACK.tar` and `--refs-json PACK.tar|PACKDIR`, nothing left in the temp dir."""
+    tar = tmp_path / "refs.tar"
+    refs_pack.pack(ref_dir, tar, ff=ff, jobs=2)
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    report = refs_verify.verify(tar, ff=ff)
+    assert report.ok and report.ref_dir == tar and {r.status for r in report.rows} == {"ok"}
+    assert list(temp.iterdir()) == []
+    copy = tmp_path / "copy"
+    refs_unpack.unpack(tar, copy, ff=ff)
+    (copy / "refs.json").unlink()
+    assert refs_verify.verify(copy, refs_json=tar, ff=ff).ok  # refs.json read from inside the tarball
+    result = CliRunner().invoke(main, ["refs", "verify", str(copy), "--refs-json", str(tar)])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, ["refs", "verify", str(tar)])
+    assert result.exit_code == 0 and result.output.count("ok ") == len(CLIPS), result.output
+    (copy / "gfull.yuv").write_bytes(b"\x00" * (copy / "gfull.yuv").stat().st_size)  # same size, other frames
+    result = CliRunner().invoke(main, ["refs", "verify", str(copy), "--refs-json", str(tar)])
+    assert result.exit_code == 2 and "gfull.yuv (mismatch)" in result.output
 
 
 @pytest.mark.parametrize("codec", ["x265-lossless", "av1-lossless"])

@@ -103,18 +103,19 @@ def refs_unpack_cmd(pack_path: Path, out: Path, y4m: bool, jobs: int | None, ffm
 
 
 @refs_group.command("verify")
-@click.argument("ref_dir", metavar="DIR", type=click.Path(path_type=Path, exists=True, file_okay=False))
-@click.option("--refs-json", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
-              help="refs.json to check against (default: DIR/refs.json).")
+@click.argument("ref_dir", metavar="DIR|PACK", type=click.Path(path_type=Path, exists=True))
+@click.option("--refs-json", type=click.Path(path_type=Path, exists=True), default=None,
+              help="refs.json to check against: the file, a pack folder or a pack .tar (default: DIR/refs.json).")
 @jobs_option(JOBS_HELP)
 @ffmpeg_option(FFMPEG_HELP)
 def refs_verify_cmd(ref_dir: Path, refs_json: Path | None, jobs: int | None, ffmpeg_path: str | None) -> None:
-    """Check a reference directory against refs.json without unpacking (raw-frame sha256 + geometry).
+    """Check reference clips (a folder, a pack folder or a pack .tar) against refs.json (raw-frame sha256 + geometry).
 
     \b
     Examples:
       ensemble-kit refs verify refs/
-      ensemble-kit refs verify my-copy/ --refs-json refs-pack/refs.json
+      ensemble-kit refs verify refs-pack.tar
+      ensemble-kit refs verify my-copy/ --refs-json refs-pack.tar
     """
     ff = find_ffmpeg(ffmpeg_path, require_libvmaf=False)
     report = verify.verify(ref_dir, refs_json=refs_json, jobs=jobs, ff=ff)

@@ -110,6 +110,11 @@ def is_tarball(path: Path) -> bool:
     return path.name.endswith(TAR_SUFFIXES)
 
 
+def pack_bound(tar_path: Path) -> int:
+    """Bytes a pack tarball may hold once extracted: FFV1 barely compresses, so more than this is a bomb."""
+    return 4 * tar_path.stat().st_size + (16 << 20)
+
+
 def stat_key(path: Path) -> dict[str, int]:
     st = path.stat()
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}

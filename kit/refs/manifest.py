@@ -146,7 +146,11 @@ def read_manifest(path: str | os.PathLike[str]) -> RefsManifest:
     path = Path(path)
     if path.is_dir():
         path = path / REFS_JSON
-    doc = read_json(path, what="refs.json")
+    return manifest_from(read_json(path, what="refs.json"), path)
+
+
+def manifest_from(doc: Any, path: Path) -> RefsManifest:
+    """Validate an already-parsed refs.json; `path` names it in messages (e.g. `pack.tar/refs.json`)."""
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         raise _bad_manifest(path, f"schema is not {SCHEMA!r}")
     if doc.get("schema_version") != SCHEMA_VERSION:

@@ -26,6 +26,7 @@ from kit.refs.frames import (
     ProgressFn,
     default_jobs,
     is_tarball,
+    pack_bound,
     raw_output,
     run_parallel,
     stat_key,
@@ -100,8 +101,7 @@ def _extract_pack(tar_path: Path, out_dir: Path) -> Path:
     key = f"{tar_path.stat().st_size}:{tar_path.stat().st_mtime_ns}"
     if marker.is_file() and marker.read_text() == key:
         return staging
-    limit = 4 * tar_path.stat().st_size + (16 << 20)  # FFV1 barely compresses: more than this is a bomb
-    safe_extract(tar_path, staging, max_total_bytes=limit)
+    safe_extract(tar_path, staging, max_total_bytes=pack_bound(tar_path))
     write_text(marker, key)
     return staging
 
