@@ -8,11 +8,11 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from bundle_edit import edited
 from click.testing import CliRunner
 from conftest import fake_fingerprint
 
 from kit.cli import main
-from kit.core.archive import write_reproducible_tar
 from kit.core.errors import BadInput
 from kit.core.fsio import read_json, write_json
 from kit.results import bundle, compare
@@ -52,18 +52,11 @@ def test_bundle_holds_only_this_runs_files(tmp_path, fake_run):
 
 
 def test_models_included_only_when_they_belong_to_this_corpus(tmp_path, fake_run):
-    run = fake_run(tmp_path / "run")
-    models = run / "models"
-    models.mkdir()
-    (models / "ens_seed0.onnx").write_bytes(b"onnx-bytes")
-    write_json(models / "ens_seed0.json", {"seed": 0})
-    from kit.core.fsio import sha256_file
-
-    write_json(models / "ensemble.json", {"corpus_sha256": "c" * 64, "members": [
-        {"onnx": "ens_seed0.onnx", "sha256": sha256_file(models / "ens_seed0.onnx"), "sidecar": "ens_seed0.json"}]})
+    run = fake_run(tmp_path / "run", models=True)
     rels = [rel for rel, _ in bundle.run_files(run)]
-    assert {"models/ensemble.json", "models/ens_seed0.onnx", "models/ens_seed0.json"} <= set(rels)
-    (models / "ens_seed0.onnx").write_bytes(b"changed")  # no longer what ensemble.json hashed
+    assert {"models/ensemble.json", "models/ensemble_seed0.onnx", "models/ensemble_seed0.json"} <= set(rels)
+    assert bundle.verify(bundle.make_bundle(run).path).n_files == len(rels)
+    (run / "models" / "ensemble_seed0.onnx").write_bytes(b"changed")  # no longer what ensemble.json hashed
     with pytest.raises(BadInput, match="sha256 differs"):
         bundle.run_files(run)
 
@@ -93,23 +86,15 @@ def test_verify_accepts_a_good_bundle_and_reports_its_hash(tmp_path, fake_run):
 
 
 def _repack(bundle_path: Path, tmp_path: Path, edit) -> Path:
-    """Unpack a bundle, let `edit(root)` change it, pack it again (a tampered copy)."""
-    work = tmp_path / "repack"
-    shutil.rmtree(work, ignore_errors=True)
-    with tarfile.open(bundle_path) as tf:
-        tf.extractall(work, filter="data")
-    (top,) = list(work.iterdir())
-    edit(top)
-    out = tmp_path / f"tampered-{bundle_path.name}"
-    write_reproducible_tar([(f"{top.name}/{p.relative_to(top).as_posix()}", p) for p in sorted(top.rglob("*")) if p.is_file()], out)
-    return out
+    """Unpack a bundle, let `edit(root)` change it, pack it again (a tampered copy, manifest not rehashed)."""
+    return edited(bundle_path, tmp_path / f"tampered-{bundle_path.name}", edit)
 
 
 def _edit_verdict_plcc(top: Path) -> None:
     """Same size, different content: only the sha256 can catch it."""
     text = (top / "verdict.json").read_text()
-    assert '"mean_plcc": 0.971' in text
-    (top / "verdict.json").write_text(text.replace('"mean_plcc": 0.971', '"mean_plcc": 0.991', 1))
+    assert '"plcc": 0.971' in text
+    (top / "verdict.json").write_text(text.replace('"plcc": 0.971', '"plcc": 0.991', 1))
 
 
 def _grow_verdict(top: Path) -> None:
@@ -119,11 +104,11 @@ def _grow_verdict(top: Path) -> None:
 
 
 @pytest.mark.parametrize(("edit", "message"), [
-    (_edit_verdict_plcc, "verdict.json sha256 .* differs from the manifest"),
-    (_grow_verdict, "verdict.json is .* bytes, the manifest says"),
-    (lambda top: (top / "corpus.parquet").unlink(), "corpus.parquet is listed in the manifest but missing"),
-    (lambda top: (top / "extra.sh").write_text("rm -rf ~"), "extra.sh is in the bundle but not in its manifest"),
-    (lambda top: (top / "manifest.json").unlink(), "no manifest.json inside"),
+    (_edit_verdict_plcc, "verdict.json sha256 .* differs from manifest.json's"),
+    (_grow_verdict, "verdict.json is .* bytes in the archive, manifest.json says"),
+    (lambda top: (top / "corpus.parquet").unlink(), "corpus.parquet is listed in manifest.json but not in the archive"),
+    (lambda top: (top / "extra.sh").write_text("rm -rf ~"), "extra.sh is in the archive but not in its manifest.json"),
+    (lambda top: (top / "manifest.json").unlink(), "not an ensemble-kit results bundle .*not manifest.json"),
 ])
 def test_verify_rejects_a_tampered_bundle(tmp_path, fake_run, edit, message):
     made = bundle.make_bundle(fake_run(tmp_path / "run"))
@@ -144,7 +129,7 @@ def test_verify_rejects_another_schema_version(tmp_path, fake_run):
         (top / "manifest.json").write_text(json.dumps(m))
 
     bad = _repack(made.path, tmp_path, bump)
-    with pytest.raises(BadInput, match="bundle schema version 99, this ensemble-kit .* reads version 1"):
+    with pytest.raises(BadInput, match="bundle schema version 99, this ensemble-kit .* reads version 2"):
         bundle.verify(bad)
 
 
@@ -223,7 +208,7 @@ def test_merge_accepts_bundles(tmp_path, fake_run):
 
 def test_verify_bounds_the_extracted_size(tmp_path, fake_run):
     made = bundle.make_bundle(fake_run(tmp_path / "run"))
-    with pytest.raises(BadInput, match="size limit of 1000 bytes"):
+    with pytest.raises(BadInput, match="over the limit of 1000 bytes"):
         bundle.verify(made.path, max_total_bytes=1000)
     r = CliRunner().invoke(main, ["verify", str(made.path), "--max-bytes", "1000"])
-    assert r.exit_code == 2 and "size limit" in r.output
+    assert r.exit_code == 2 and "over the limit" in r.output

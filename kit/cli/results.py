@@ -154,8 +154,15 @@ def bundle_cmd(run_dir: Path, out: str | None) -> None:
 @click.argument("bundle_path", metavar="BUNDLE", type=click.Path(path_type=Path))
 @click.option("--max-bytes", type=click.IntRange(min=1), default=None,
               help="Refuse bundles whose content exceeds this many bytes (default 8 GiB).")
-def verify_cmd(bundle_path: Path, max_bytes: int | None) -> None:
-    """Check a returned bundle: safe extraction, every file's sha256, the manifest, the schema version.
+@json_option("Print the manifest, the checks that passed and the bundle's sha256 as JSON.")
+def verify_cmd(bundle_path: Path, max_bytes: int | None, as_json: bool) -> None:
+    """Check a returned bundle as untrusted input, and re-derive every claim it makes from its own files.
+
+    Safe, bounded extraction (the manifest first, then only the files it lists, each hashed); then the
+    verdict re-derived from the folds and thresholds, members' sha256 against ensemble.json and the
+    sidecars, the models' and the verdict's corpus hash against the bundled corpus, and the training
+    config and thresholds against run.json. Hashes detect changes after bundling; they are not a
+    signature: anyone can build a consistent bundle, so trust comes from the sender.
 
     \b
     Example:
@@ -163,9 +170,14 @@ def verify_cmd(bundle_path: Path, max_bytes: int | None) -> None:
     """
     result = bundle.verify(bundle_path, max_total_bytes=max_bytes or bundle.DEFAULT_MAX_BUNDLE_BYTES)
     m = result.manifest
-    emit(m, text=[f"OK {bundle_path}: {result.n_files} files, {result.total_bytes} bytes, verdict "
-                  f"{m['verdict']['verdict']}, platform {m.get('platform')}, box {m.get('box_id')}, kit {m.get('kit_version')}",
-                  f"sha256 {result.sha256}"])
+    gate = m.get("verdict") if isinstance(m.get("verdict"), dict) else {}
+    emit({"bundle": str(bundle_path), "sha256": result.sha256, "checks": list(result.checks), "manifest": m,
+          "note": bundle.NOT_A_SIGNATURE},
+         as_json, text=[f"OK {bundle_path}: {result.n_files} files, {result.total_bytes} bytes, verdict "
+                        f"{gate.get('verdict')}, platform {m.get('platform')}, box {m.get('box_id')}, kit {m.get('kit_version')}",
+                        f"sha256 {result.sha256}",
+                        f"re-derived: {', '.join(result.checks)}",
+                        f"note: {bundle.NOT_A_SIGNATURE}"])
 
 
 @click.command("compare", epilog=EPILOG_EXIT_CODES)

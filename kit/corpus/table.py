@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
@@ -205,13 +206,74 @@ def corpus_sha256(df: pd.DataFrame) -> str:
     h = hashlib.sha256()
     for col in [c for c in CONTENT_COLUMNS if c in df.columns]:
         h.update(f"\x1e{col}\x1e".encode())
-        values = df[col]
-        if CORPUS_COLUMNS[col] == "int64":
-            h.update(pd.to_numeric(values, errors="coerce").fillna(-1).to_numpy(dtype="<i8").tobytes())
-        elif CORPUS_COLUMNS[col] == "float64":
-            h.update(pd.to_numeric(values, errors="coerce").to_numpy(dtype="<f8").tobytes())
-        else:
-            h.update("\x1f".join("\x00" if pd.isna(v) else str(v) for v in values).encode())
+        _hash_values(h, col, df[col])
+    return h.hexdigest()
+
+
+# Rows per batch when a corpus file is streamed (one column at a time): memory stays a few MiB.
+STREAM_BATCH_ROWS = 1 << 16
+# Columns the loader rewrites (kit.train.data.normalise): a file streams only if they need no rewriting.
+_NORMALISED_TEXT = ("src", "src_sha256", "encoder", "preset")
+
+
+def _hash_values(h: Any, col: str, values: pd.Series) -> None:
+    """One column's values into the content hash, exactly as `corpus_sha256` encodes them."""
+    if CORPUS_COLUMNS[col] == "int64":
+        h.update(pd.to_numeric(values, errors="coerce").fillna(-1).to_numpy(dtype="<i8").tobytes())
+    elif CORPUS_COLUMNS[col] == "float64":
+        h.update(pd.to_numeric(values, errors="coerce").to_numpy(dtype="<f8").tobytes())
+    else:
+        h.update("\x1f".join("\x00" if pd.isna(v) else str(v) for v in values).encode())
+
+
+def _strictly_increasing(keys: list[np.ndarray]) -> bool:
+    """Rows (one array per SORT_KEY column) strictly increase lexicographically."""
+    less = np.zeros(len(keys[0]) - 1, dtype=bool)
+    equal = np.ones(len(keys[0]) - 1, dtype=bool)
+    for k in keys:
+        a, b = k[:-1], k[1:]
+        less |= equal & (a < b)
+        equal &= a == b
+    return bool(less.all())
+
+
+def streamed_corpus_sha256(path: Path) -> str | None:
+    """The content hash `corpus_sha256` gives the loaded corpus (kit.train.data.load_corpus), streamed
+    column by column in STREAM_BATCH_ROWS batches, so a corpus of any size hashes in a few MiB.
+
+    Only for a parquet file that is already what the loader makes of it: every corpus column present,
+    rows strictly in SORT_KEY order (so nothing is re-ordered or de-duplicated) and no blank source,
+    sha256, encoder, preset, cq or frame index (so nothing is filled in). Every corpus ensemble-kit
+    writes is; for anything else it returns None and the caller hashes the loaded frame.
+    """
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception:  # noqa: BLE001 - an unreadable file: the caller's loader names the problem
+        return None
+    if any(c not in pf.schema_arrow.names for c in CORPUS_COLUMNS):
+        return None
+    previous: list[np.ndarray] | None = None
+    checked = [*_NORMALISED_TEXT, "cq", "frame_index"]
+    for batch in pf.iter_batches(batch_size=STREAM_BATCH_ROWS, columns=list(dict.fromkeys([*SORT_KEY, *checked]))):
+        frame = batch.to_pandas()
+        if frame[checked].isna().to_numpy().any() or (frame["src_sha256"].astype(str) == "").any():
+            return None
+        keys = [frame[c].to_numpy(dtype=object) for c in SORT_KEY]
+        if previous is not None:
+            keys = [np.concatenate([p[-1:], k]) for p, k in zip(previous, keys, strict=True)]
+        if len(keys[0]) > 1 and not _strictly_increasing(keys):
+            return None
+        previous = keys
+    h = hashlib.sha256()
+    for col in CONTENT_COLUMNS:
+        h.update(f"\x1e{col}\x1e".encode())
+        first = True
+        for batch in pf.iter_batches(batch_size=STREAM_BATCH_ROWS, columns=[col]):
+            values = batch.column(0).to_pandas()
+            if CORPUS_COLUMNS[col] not in ("int64", "float64") and not first and len(values):
+                h.update(b"\x1f")  # the separator `corpus_sha256` puts between rows of one column
+            _hash_values(h, col, values)
+            first = first and not len(values)
     return h.hexdigest()
 
 

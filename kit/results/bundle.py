@@ -1,17 +1,20 @@
 """The results bundle a collaborator mails back: its files, manifest, reproducible tarball and verification.
 
 A bundle holds exactly one run's outputs (never files an earlier run left in the directory), hashed in
-`manifest.json`, in a reproducible tarball: the same run always gives the same name and the same bytes,
-so two people can compare a sha256 over the phone. A bundle from someone else is untrusted input:
-it is only ever opened through `kit.core.archive.safe_extract` and checked against its manifest.
+`manifest.json`, in a reproducible tarball whose first member is that manifest: the same run always
+gives the same name and the same bytes, so two people can compare a sha256 over the phone. A bundle
+from someone else is untrusted input: it is only ever opened through `kit.core.archive.extract_listed`
+(the manifest first, then only what it lists, bounded) and then re-checked claim by claim
+(`kit.results.bundle_checks`). Its hashes detect changes after bundling; they are not a signature.
 """
 
 from __future__ import annotations
 
 import atexit
+import json
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from kit import __version__
-from kit.core.archive import safe_extract, write_reproducible_tar
+from kit.core import proc
+from kit.core.archive import ArchiveMismatch, Listed, extract_listed, write_reproducible_tar
+from kit.core.console import printable
 from kit.core.errors import BadInput
 from kit.core.fsio import (
     canonical_json,
@@ -31,19 +36,25 @@ from kit.core.fsio import (
     writable_dir,
     write_text,
 )
-from kit.core.ids import shorten
 from kit.core.rundir import RunDir
 from kit.env import platform as kit_platform
 from kit.results.thresholds import VERDICTS
 
 BUNDLE_SCHEMA = "ensemble-kit/results-bundle"
-BUNDLE_SCHEMA_VERSION = 1
+BUNDLE_SCHEMA_VERSION = 2  # 2: manifest.json is the first member, and only what it lists may follow
 MANIFEST_NAME = "manifest.json"
 BUNDLE_PREFIX = "ensemble-results-"
 BUNDLE_SUFFIX = ".tar.gz"
 # A bundle is a corpus, a few small models and a report: far below this. The bound stops a hostile or
 # broken tarball from filling the disk when it is opened.
 DEFAULT_MAX_BUNDLE_BYTES = 8 << 30
+# What a bundle may declare per byte of tarball: its parquet, ONNX and PNG files barely compress (a demo
+# bundle is 1.3:1), so 50:1 is far above any honest bundle and far below a bomb's ~1000:1. Small
+# bundles may always declare RATIO_FLOOR_BYTES.
+MAX_COMPRESSION_RATIO = 50
+RATIO_FLOOR_BYTES = 8 << 20
+NOT_A_SIGNATURE = ("the sha256s detect changes made after bundling; they are not a signature: anyone can build a "
+                   "consistent bundle, so ask the sender to confirm the sha256 above")
 # Inputs that look like a corpus file rather than a run directory or a bundle.
 CORPUS_SUFFIXES = (".parquet", ".jsonl")
 
@@ -245,17 +256,19 @@ def make_bundle(run_root: Path, out: str | Path | None = None) -> BundleResult:
     with temp_dir("manifest") as tmp:
         manifest_path = Path(tmp) / MANIFEST_NAME
         write_text(manifest_path, canonical_json(manifest))
-        members = [(f"{stem}/{rel}", p) for rel, p in files] + [(f"{stem}/{MANIFEST_NAME}", manifest_path)]
-        write_reproducible_tar(sorted(members), target)
+        first = f"{stem}/{MANIFEST_NAME}"
+        members = [(f"{stem}/{rel}", p) for rel, p in files] + [(first, manifest_path)]
+        write_reproducible_tar(members, target, first=[first])
     return BundleResult(path=target, manifest=manifest, sha256=sha256_file(target))
 
 
 # ---- opening and verifying a bundle (untrusted input) -------------------------------------------------
 
 
-class TamperedBundle(BadInput):
-    """A well-formed bundle whose content no longer matches its manifest (edited or corrupted after
-    bundling). `verify` reports it as bad input; `compare` reports it as a reason for DIVERGED."""
+class TamperedBundle(ArchiveMismatch):
+    """A well-formed bundle whose content no longer matches its manifest, or whose files contradict each
+    other (edited or corrupted after bundling). `verify` reports it as bad input; `compare` reports it as
+    a reason for DIVERGED."""
 
 
 def is_bundle(path: Path) -> bool:
@@ -269,76 +282,50 @@ class VerifyResult:
     manifest: dict[str, Any]
     n_files: int
     total_bytes: int
+    checks: tuple[str, ...] = ()  # the re-derivation checks that passed (kit.results.bundle_checks)
 
 
-def _load_manifest(root: Path, bundle: Path) -> dict[str, Any]:
-    path = root / MANIFEST_NAME
-    if not path.is_file():
-        raise BadInput(f"{bundle}: no {MANIFEST_NAME} inside, so it is not an ensemble-kit results bundle",
-                       hint="ask the sender for the ensemble-results-*.tar.gz that `ensemble-kit bundle` wrote")
-    manifest = read_json(path, what=f"{bundle.name}: {MANIFEST_NAME}")
-    if not isinstance(manifest, dict) or manifest.get("schema") != BUNDLE_SCHEMA:
-        raise BadInput(f"{bundle}: {MANIFEST_NAME} is not an ensemble-kit bundle manifest",
-                       hint="ask the sender for the file `ensemble-kit bundle` wrote")
-    version = manifest.get("schema_version")
-    if version != BUNDLE_SCHEMA_VERSION:
-        raise BadInput(
-            f"{bundle}: bundle schema version {version!r}, this ensemble-kit {__version__} reads version "
-            f"{BUNDLE_SCHEMA_VERSION}",
-            hint="use the ensemble-kit release that wrote it (see kit_version in its manifest.json), or ask for a rebundle",
-        )
-    if not isinstance(manifest.get("files"), list):
-        raise BadInput(f"{bundle}: {MANIFEST_NAME} has no file list", hint="ask the sender for a fresh bundle")
-    summary = manifest.get("verdict")
-    if not isinstance(summary, dict) or summary.get("verdict") not in VERDICTS:
-        raise BadInput(f"{bundle}: {MANIFEST_NAME} has no verdict summary (its 'verdict' is "
-                       f"{type(summary).__name__}, not an object naming PROMOTE or HOLD)",
-                       hint="ask the sender for the file `ensemble-kit bundle` wrote")
-    return manifest
+def _manifest_reader(bundle: Path) -> Callable[[bytes], list[Listed]]:
+    """Parse manifest.json (already bounded in size) into the listing `extract_listed` enforces."""
+    label = f"{bundle}: {MANIFEST_NAME}"
 
+    def parse(data: bytes) -> list[Listed]:
+        try:
+            manifest = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BadInput(f"{label} is not valid JSON: {exc}", hint="ask the sender for a fresh bundle") from None
+        if not isinstance(manifest, dict) or manifest.get("schema") != BUNDLE_SCHEMA:
+            raise BadInput(f"{bundle}: not an ensemble-kit results bundle ({MANIFEST_NAME} is not a bundle manifest)",
+                           hint="ask the sender for the ensemble-results-*.tar.gz that `ensemble-kit bundle` wrote")
+        version = manifest.get("schema_version")
+        if version != BUNDLE_SCHEMA_VERSION:
+            raise BadInput(
+                f"{bundle}: bundle schema version {printable(repr(version))}, this ensemble-kit {__version__} reads "
+                f"version {BUNDLE_SCHEMA_VERSION}",
+                hint="use the ensemble-kit release that wrote it (see kit_version in its manifest.json), or ask for a rebundle",
+            )
+        files = manifest.get("files")
+        if not isinstance(files, list) or not all(isinstance(f, dict) for f in files):
+            raise BadInput(f"{label} has no file list", hint="ask the sender for a fresh bundle")
+        summary = manifest.get("verdict")
+        if not isinstance(summary, dict) or summary.get("verdict") not in VERDICTS:
+            raise BadInput(f"{label} has no verdict summary (its 'verdict' is {type(summary).__name__}, not an object "
+                           "naming PROMOTE or HOLD)", hint="ask the sender for the file `ensemble-kit bundle` wrote")
+        return [Listed(path=f.get("path"), size=f.get("size"), sha256=f.get("sha256")) for f in files]  # type: ignore[arg-type]
 
-def check_tree(root: Path, manifest: dict[str, Any], label: str) -> tuple[int, int]:
-    """Every manifest entry present with its size and sha256, nothing unlisted, verdict consistent."""
-    listed: set[str] = set()
-    total = 0
-    for entry in manifest["files"]:
-        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
-            raise TamperedBundle(f"{label}: malformed entry in {MANIFEST_NAME}: {entry!r}", hint="ask the sender for a fresh bundle")
-        rel = entry["path"]
-        p = root / rel
-        if not p.is_file():
-            raise TamperedBundle(f"{label}: {rel} is listed in the manifest but missing", hint="ask the sender for a fresh bundle")
-        size = p.stat().st_size
-        if size != entry.get("size"):
-            raise TamperedBundle(f"{label}: {rel} is {size} bytes, the manifest says {entry.get('size')}: it was changed after bundling",
-                           hint="ask the sender for a fresh bundle")
-        digest = sha256_file(p)
-        if digest != entry.get("sha256"):
-            raise TamperedBundle(f"{label}: {rel} sha256 {shorten(digest)}… differs from the manifest's {shorten(str(entry.get('sha256')))}…: "
-                           "it was changed after bundling", hint="ask the sender for a fresh bundle")
-        listed.add(rel)
-        total += size
-    present = {_rel(p, root) for p in root.rglob("*") if p.is_file()} - {MANIFEST_NAME}
-    extra = sorted(present - listed)
-    if extra:
-        raise TamperedBundle(f"{label}: {extra[0]} is in the bundle but not in its manifest ({len(extra)} unlisted file(s))",
-                       hint="the bundle was altered; ask the sender for a fresh bundle")
-    rd = RunDir(root)  # a bundle holds a run directory's files under their run-directory paths
-    for required in (rd.relative(rd.verdict), rd.relative(rd.corpus)):
-        if required not in listed:
-            raise TamperedBundle(f"{label}: the manifest lists no {required}", hint="ask the sender for a fresh bundle")
-    verdict = read_json(rd.verdict, what=f"{label}: verdict.json")
-    claimed = (manifest.get("verdict") or {}).get("verdict")
-    if not isinstance(verdict, dict) or verdict.get("verdict") != claimed:
-        raise TamperedBundle(f"{label}: manifest says {claimed}, verdict.json says {verdict.get('verdict') if isinstance(verdict, dict) else '?'}",
-                       hint="the bundle was altered; ask the sender for a fresh bundle")
-    return len(listed), total
+    return parse
 
 
 @contextmanager
 def opened_bundle(bundle: Path, *, max_total_bytes: int = DEFAULT_MAX_BUNDLE_BYTES,
                   dest: Path | None = None) -> Iterator[tuple[Path, VerifyResult]]:
-    """Safely extract and verify a bundle; yield (run root inside it, result). Temp files are removed after."""
+    """Extract a bundle under the untrusted-archive rules, check it, yield (run root inside it, result).
+
+    Reading order: manifest.json (the first member) is validated, its declared total bounded; then
+    only the files it lists are written, each hashed as it is written; then every claim the bundle
+    makes is re-derived from its own files (`kit.results.bundle_checks`). The temp folder is removed
+    after use, after any refusal, and on Ctrl-C or SIGTERM.
+    """
     bundle = Path(bundle)
     if not bundle.exists():
         raise BadInput(f"bundle not found: {bundle}", hint="check the path")
@@ -349,25 +336,36 @@ def opened_bundle(bundle: Path, *, max_total_bytes: int = DEFAULT_MAX_BUNDLE_BYT
     own_tmp = dest is None
     if dest is not None:
         Path(dest).mkdir(parents=True, exist_ok=True)
-    # Always a fresh, empty folder: whatever else sits in `dest` is never mistaken for bundle content.
-    work = make_temp_dir("bundle", parent=dest)
-    try:
-        safe_extract(bundle, work, max_total_bytes=max_total_bytes)
-        tops = [p for p in work.iterdir()]
-        if len(tops) != 1 or not tops[0].is_dir():
-            raise BadInput(f"{bundle}: expected one top-level folder inside, found {len(tops)} entries",
-                           hint="ask the sender for the file `ensemble-kit bundle` wrote")
-        root = tops[0]
-        manifest = _load_manifest(root, bundle)
-        n, total = check_tree(root, manifest, bundle.name)
-        yield root, VerifyResult(bundle=bundle, sha256=sha256_file(bundle), manifest=manifest, n_files=n, total_bytes=total)
-    finally:
-        if own_tmp:
-            shutil.rmtree(work, ignore_errors=True)
+    with proc.sigterm_as_interrupt():
+        # Always a fresh, empty folder: whatever else sits in `dest` is never mistaken for bundle content.
+        work = make_temp_dir("bundle", parent=dest)
+        try:
+            got = extract_listed(bundle, work, manifest_name=MANIFEST_NAME, parse_manifest=_manifest_reader(bundle),
+                                 max_total_bytes=max_total_bytes, max_ratio=MAX_COMPRESSION_RATIO,
+                                 ratio_floor=RATIO_FLOOR_BYTES, on_mismatch=TamperedBundle,
+                                 kind=f"ensemble-kit results bundle (schema version {BUNDLE_SCHEMA_VERSION})")
+            if not got.top:
+                raise BadInput(f"{bundle}: {MANIFEST_NAME} is not inside a top-level folder",
+                               hint="ask the sender for the file `ensemble-kit bundle` wrote")
+            manifest = json.loads(got.manifest)
+            from kit.results import (
+                bundle_checks,  # heavy (pandas, pyarrow): loaded only when a bundle is opened
+            )
+
+            passed = bundle_checks.run_checks(got.root, manifest, got.files, bundle.name)
+            yield got.root, VerifyResult(bundle=bundle, sha256=got.sha256, manifest=manifest, n_files=len(got.files),
+                                         total_bytes=got.total_bytes, checks=passed)
+        except BaseException:
+            if not own_tmp:  # the caller's dest keeps nothing of a refused bundle
+                shutil.rmtree(work, ignore_errors=True)
+            raise
+        finally:
+            if own_tmp:
+                shutil.rmtree(work, ignore_errors=True)
 
 
 def verify(bundle: Path, *, max_total_bytes: int = DEFAULT_MAX_BUNDLE_BYTES) -> VerifyResult:
-    """Check a bundle: safe extraction, every sha256 and size, no unlisted files, schema version."""
+    """Check a bundle: safe extraction against its manifest, then every claim re-derived from its files."""
     with opened_bundle(bundle, max_total_bytes=max_total_bytes) as (_root, result):
         return result
 
@@ -380,10 +378,18 @@ def _persistent_tmp() -> Path:
 
 def extract_bundle(bundle: Path, dest: Path | None = None, *,
                    max_total_bytes: int = DEFAULT_MAX_BUNDLE_BYTES) -> Path:
-    """Verify and extract a bundle; return the run root inside `dest` (a temp dir removed at exit if None)."""
+    """Verify and extract a bundle; return the run root inside `dest` (a temp dir removed at exit if None).
+
+    A refused bundle leaves nothing behind, in `dest` or in the temp dir.
+    """
     target = Path(dest) if dest is not None else _persistent_tmp()
-    with opened_bundle(bundle, max_total_bytes=max_total_bytes, dest=target) as (root, _):
-        return root
+    try:
+        with opened_bundle(bundle, max_total_bytes=max_total_bytes, dest=target) as (root, _):
+            return root
+    except BaseException:
+        if dest is None:
+            shutil.rmtree(target, ignore_errors=True)
+        raise
 
 
 def corpus_from(path: Path, dest: Path | None = None) -> Path:

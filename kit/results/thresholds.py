@@ -40,3 +40,12 @@ class Thresholds:
 
 
 GATE_DEFAULTS: dict[str, float] = asdict(Thresholds())
+
+# The key each threshold has in a recorded gate (verdict.json's `gate`, written by kit.results.gate.decide).
+RECORDED_AS: dict[str, str] = {"mean_plcc": "mean_plcc_threshold", "plcc_spread_max": "plcc_spread_max",
+                               "per_seed_min": "per_seed_min"}
+
+
+def recorded_thresholds(gate: dict[str, object]) -> dict[str, object]:
+    """{threshold name: value} as a recorded gate states them (values unchecked: it may be untrusted)."""
+    return {name: gate.get(key) for name, key in RECORDED_AS.items()}

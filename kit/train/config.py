@@ -98,6 +98,14 @@ MAX_SEED = 2**32 - 1
 # More seeds than this is a typo (0-100000), not an ensemble; what fits in memory is checked separately
 # (kit.train.batched.check_memory).
 MAX_SEEDS = 10_000
+# Training settings that change speed, not results (the trainer guarantees it): a resume may change
+# them, and two runs that differ only in them are the same training.
+RESULT_NEUTRAL_TRAIN: tuple[str, ...] = ("workers",)
+
+
+def result_train_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A recorded TrainConfig dict without the fields that cannot change a number."""
+    return {k: v for k, v in config.items() if k not in RESULT_NEUTRAL_TRAIN}
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:

@@ -1,0 +1,471 @@
+"""What `verify` proves about a bundle beyond its hashes: every claim re-derived from the bundle alone.
+
+The manifest's sha256s only say the files are the ones that were bundled; anyone can edit a file and
+rehash the manifest. So each claim a bundle makes is recomputed from the other files it holds:
+
+    verdict-file        verdict.json is a verdict (PROMOTE/HOLD, seeds, gate, folds, config, corpus)
+    manifest-agrees     the manifest's verdict, numbers, seeds and corpus hash are verdict.json's
+    folds-per-seed      the folds table gives the per-seed PLCCs (verdict.json, loso/folds.csv, loso/summary.json)
+    gate-reapplied      the gate, re-applied to those per-seed PLCCs with the recorded thresholds, gives the verdict
+    thresholds-recorded the thresholds are the ones run.json and the models' gate snapshot recorded
+    config-recorded     run.json's training config and seeds are the LOSO files', the verdict's and the models'
+    corpus-hash         the corpus content hash (recomputed, streamed) and row count are the ones recorded
+    members-sha256      every ONNX member's sha256 is the one ensemble.json and its sidecar record
+    models-corpus       the models' declared corpus hash is the bundled corpus's content hash
+    models-verdict      models ride only with a PROMOTE (or an export the sidecars mark as forced)
+    fork-files          issue 9's files (PROMOTE.json/HOLD.json, loso/loso_seed<N>.json), when present
+
+Each check is one row of `CHECKS`; a new file a run writes gets a new row. A failed check names the
+file and what disagrees; `run_checks` raises one TamperedBundle line naming every failed check.
+These checks make a bundle self-consistent, not authentic: a sender can still fabricate a whole,
+consistent run. Bundle hashes are a change detector, not a signature.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from kit.core.archive import Listed
+from kit.core.console import printable
+from kit.core.fsio import canonical_json, json_safe
+from kit.core.ids import shorten
+from kit.core.rundir import RunDir
+from kit.corpus.table import corpus_sha256, streamed_corpus_sha256
+from kit.results.bundle import MANIFEST_NAME, TamperedBundle, corpus_sha
+from kit.results.gate import decide
+from kit.results.thresholds import GATE_EPS, PROMOTE, VERDICTS, Thresholds, recorded_thresholds
+from kit.train.config import TrainConfig, result_train_config
+from kit.train.data import load_corpus
+from kit.train.metrics import nan_safe_summary
+
+# verdict.json, run.json, folds.csv, sidecars: small documents. Anything larger is not one of ours,
+# and is refused rather than parsed (parsing would hold it all in memory).
+MAX_PARSED_BYTES = 64 << 20
+HINT = "the bundle was altered after the run, or made by hand; ask the sender for a fresh bundle"
+THRESHOLD_NAMES = tuple(Thresholds.__dataclass_fields__)
+
+
+class Problem(Exception):
+    """One thing a check found wrong (its message names the file and the disagreement)."""
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal as JSON (NaN and null alike, exact float repr): how two recorded values are compared."""
+    return canonical_json(json_safe(a), indent=None) == canonical_json(json_safe(b), indent=None)
+
+
+def shown(value: Any) -> str:
+    """A recorded value in a message: short, one line, escaped."""
+    text = canonical_json(json_safe(value), indent=None).strip()
+    return printable(text if len(text) <= 80 else text[:77] + "...")
+
+
+@dataclass
+class BundleView:
+    """The extracted bundle as the checks see it: listed files only, JSON parsed once and bounded."""
+
+    root: Path
+    manifest: dict[str, Any]
+    listed: dict[str, Listed]
+    _docs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rd(self) -> RunDir:
+        return RunDir(self.root)
+
+    def rel(self, path: Path) -> str:
+        return self.rd.relative(path)
+
+    def has(self, path: Path) -> bool:
+        return self.rel(path) in self.listed
+
+    def text(self, path: Path) -> str:
+        rel = self.rel(path)
+        if self.listed[rel].size > MAX_PARSED_BYTES:
+            raise Problem(f"{rel} is {self.listed[rel].size} bytes, far more than such a file holds")
+        try:
+            return path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            raise Problem(f"{rel} is not UTF-8 text") from None
+
+    def doc(self, path: Path) -> dict[str, Any] | None:
+        """The JSON object at `path`, None when the bundle does not hold it."""
+        rel = self.rel(path)
+        if rel not in self.listed:
+            return None
+        if rel not in self._docs:
+            try:
+                value = json.loads(self.text(path))
+            except json.JSONDecodeError as exc:
+                raise Problem(f"{rel} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+            if not isinstance(value, dict):
+                raise Problem(f"{rel} is not a JSON object")
+            self._docs[rel] = value
+        return self._docs[rel]
+
+    def verdict(self) -> dict[str, Any]:
+        v = self.doc(self.rd.verdict)
+        if v is None:
+            raise Problem("the bundle holds no verdict.json")
+        return v
+
+    def corpus_sha256(self) -> str:
+        """The bundled corpus's content hash, recomputed (streamed when the file allows it)."""
+        if "corpus_sha256" not in self._docs:
+            path = self.rd.corpus
+            if not self.has(path):
+                raise Problem("the bundle holds no corpus.parquet")
+            try:
+                self._docs["corpus_sha256"] = streamed_corpus_sha256(path) or corpus_sha256(load_corpus(path))
+            except Exception as exc:  # noqa: BLE001 - a corrupt file from someone else: name it
+                raise Problem(f"corpus.parquet cannot be read: {type(exc).__name__}: {printable(exc)}") from None
+        return self._docs["corpus_sha256"]
+
+
+# ---- reading a verdict's numbers -----------------------------------------------------------------------
+
+
+def _number(value: Any) -> float:
+    """A recorded PLCC: a number, or null for an undefined one (NaN)."""
+    if value is None:
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise Problem(f"{shown(value)} is not a number")
+    return float(value)
+
+
+def _seed(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise Problem(f"seed {shown(value)} is not an integer")
+    return value
+
+
+def fold_plccs(verdict: dict[str, Any]) -> dict[tuple[int, str], float]:
+    """(seed, held-out source sha256) -> frame-level PLCC, from verdict.json's folds table."""
+    out: dict[tuple[int, str], float] = {}
+    for row in verdict["folds"]:
+        if not isinstance(row, dict) or not isinstance(row.get("fold_src_sha256"), str):
+            raise Problem(f"verdict.json: folds row {shown(row)} has no seed/fold_src_sha256/plcc")
+        key = (_seed(row.get("seed")), row["fold_src_sha256"])
+        if key in out:
+            raise Problem(f"verdict.json: fold (seed {key[0]}, {shorten(key[1])}) appears twice")
+        out[key] = _number(row.get("plcc"))
+    return out
+
+
+def per_seed_summaries(folds: dict[tuple[int, str], float]) -> dict[int, dict[str, float | int]]:
+    """The per-seed summary train computes (kit.train.metrics.nan_safe_summary) of each seed's folds."""
+    seeds = sorted({s for s, _ in folds})
+    return {s: nan_safe_summary([p for (seed, _), p in folds.items() if seed == s]) for s in seeds}
+
+
+# ---- the checks --------------------------------------------------------------------------------------------
+
+
+def check_verdict_file(b: BundleView) -> list[str]:
+    v = b.verdict()
+    wanted = {"verdict": str, "seeds": list, "gate": dict, "folds": list, "config": dict, "corpus": dict}
+    bad = [k for k, kind in wanted.items() if not isinstance(v.get(k), kind)]
+    if bad:
+        return [f"verdict.json lacks {', '.join(bad)} (or they have the wrong type)"]
+    if v["verdict"] not in VERDICTS:
+        return [f"verdict.json: verdict {shown(v['verdict'])} is neither PROMOTE nor HOLD"]
+    for s in v["seeds"]:
+        _seed(s)
+    fold_plccs(v)
+    return []
+
+
+def check_manifest_agrees(b: BundleView) -> list[str]:
+    v, m = b.verdict(), b.manifest.get("verdict")
+    if not isinstance(m, dict):
+        return [f"{MANIFEST_NAME} has no verdict block"]
+    gate = v["gate"]
+    pairs = {"verdict": (m.get("verdict"), v["verdict"]), "seeds": (m.get("seeds"), v["seeds"]),
+             "mean_plcc": (m.get("mean_plcc"), gate.get("mean_plcc")),
+             "plcc_spread": (m.get("plcc_spread"), gate.get("plcc_spread")),
+             "corpus_sha256": (b.manifest.get("corpus_sha256"), corpus_sha(v))}
+    return [f"{MANIFEST_NAME} says {key} {shown(a)}, verdict.json says {shown(c)}"
+            for key, (a, c) in pairs.items() if not same(a, c)]
+
+
+def check_folds_per_seed(b: BundleView) -> list[str]:
+    v = b.verdict()
+    folds = fold_plccs(v)
+    summaries = per_seed_summaries(folds)
+    problems = []
+    if sorted(summaries) != sorted(v["seeds"]):
+        problems.append(f"verdict.json: seeds {shown(v['seeds'])}, but its folds are of seeds {shown(sorted(summaries))}")
+    recorded = v["gate"].get("per_seed_plccs")
+    derived = {str(s): x["mean"] for s, x in summaries.items()}
+    if not same(recorded, derived):
+        problems.append(f"verdict.json: gate.per_seed_plccs {shown(recorded)}, but its folds give {shown(derived)}")
+    if "per_seed" in v and not same(v["per_seed"], {str(s): x for s, x in summaries.items()}):
+        problems.append("verdict.json: per_seed is not the summary of its folds")
+    if b.has(b.rd.loso_folds):
+        csv_folds = _csv_fold_plccs(b)
+        if not same(sorted(csv_folds.items()), sorted(folds.items())):
+            problems.append("loso/folds.csv and verdict.json's folds table give different PLCCs")
+    summary = b.doc(b.rd.loso_summary)
+    if summary is not None and not same(summary.get("per_seed"), {str(s): x for s, x in summaries.items()}):
+        problems.append("loso/summary.json: per_seed differs from the summary of verdict.json's folds")
+    return problems
+
+
+def _csv_fold_plccs(b: BundleView) -> dict[tuple[int, str], float]:
+    rows = csv.DictReader(io.StringIO(b.text(b.rd.loso_folds)))
+    out: dict[tuple[int, str], float] = {}
+    for row in rows:
+        try:
+            key = (int(row["seed"]), str(row["fold_src_sha256"]))
+            out[key] = float(row["plcc"]) if row["plcc"] not in ("", None) else math.nan
+        except (KeyError, TypeError, ValueError):
+            raise Problem(f"loso/folds.csv: row {shown(row)} has no seed/fold_src_sha256/plcc") from None
+    return out
+
+
+def _thresholds(b: BundleView) -> Thresholds:
+    values = recorded_thresholds(b.verdict()["gate"])
+    bad = [k for k, x in values.items() if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x)]
+    if bad:
+        raise Problem(f"verdict.json: gate threshold(s) {', '.join(bad)} missing or not numbers")
+    return Thresholds(**{k: float(x) for k, x in values.items()})  # type: ignore[arg-type]
+
+
+def check_gate_reapplied(b: BundleView) -> list[str]:
+    v = b.verdict()
+    folds = fold_plccs(v)
+    redone = decide({s: x["mean"] for s, x in per_seed_summaries(folds).items()}, _thresholds(b))
+    problems = []
+    if redone.verdict != v["verdict"]:
+        problems.append(f"verdict.json says {v['verdict']}, but the gate re-applied to its per-seed PLCCs gives "
+                        f"{redone.verdict} ({printable(redone.recommendation.split('. ')[0])})")
+    gate = v["gate"]
+    expected = {**redone.gate, "nan_folds": sum(1 for p in folds.values() if not math.isfinite(p))}
+    for key, value in expected.items():
+        if key in gate and not same(gate[key], value):
+            problems.append(f"verdict.json: gate.{key} is {shown(gate[key])}, re-derived {shown(value)}")
+    if not same(gate.get("comparison_epsilon", GATE_EPS), GATE_EPS):
+        problems.append(f"verdict.json: gate.comparison_epsilon {shown(gate.get('comparison_epsilon'))} is not {GATE_EPS}")
+    return problems
+
+
+def _gate_snapshots(b: BundleView) -> list[tuple[str, dict[str, Any]]]:
+    """(file, the gate snapshot it carries) for ensemble.json and every sidecar in the bundle."""
+    out = []
+    for rel, doc in _model_docs(b):
+        snap = doc.get("gate")
+        if isinstance(snap, dict):
+            out.append((rel, snap))
+    return out
+
+
+def check_thresholds_recorded(b: BundleView) -> list[str]:
+    v = b.verdict()
+    used = recorded_thresholds(v["gate"])
+    problems = []
+    run = b.doc(b.rd.run_json)
+    options = run.get("options") if run else None
+    if isinstance(options, dict) and "gate" in options:
+        wanted = options["gate"]
+        if not isinstance(wanted, dict) or not same({k: wanted.get(k) for k in THRESHOLD_NAMES}, used):
+            problems.append(f"verdict.json's gate thresholds {shown(used)} are not run.json's {shown(wanted)}")
+    for rel, snap in _gate_snapshots(b):
+        if not same(snap.get("gate"), v["gate"]) or snap.get("verdict") != v["verdict"]:
+            problems.append(f"{rel}: its gate snapshot is not verdict.json's gate ({shown(snap.get('verdict'))} vs "
+                            f"{v['verdict']})")
+    return problems
+
+
+def _model_docs(b: BundleView) -> list[tuple[str, dict[str, Any]]]:
+    """(file, document) for ensemble.json and each member sidecar it lists that the bundle holds."""
+    ensemble = b.doc(b.rd.ensemble_json)
+    if ensemble is None:
+        return []
+    docs = [(b.rel(b.rd.ensemble_json), ensemble)]
+    for member in _members(ensemble):
+        sidecar = member.get("sidecar")
+        if isinstance(sidecar, str) and f"models/{sidecar}" in b.listed:
+            doc = b.doc(b.rd.models_dir / sidecar)
+            if doc is not None:
+                docs.append((f"models/{sidecar}", doc))
+    return docs
+
+
+def _members(ensemble: dict[str, Any]) -> list[dict[str, Any]]:
+    members = ensemble.get("members")
+    if not isinstance(members, list) or not members or not all(isinstance(m, dict) for m in members):
+        raise Problem("models/ensemble.json lists no members")
+    return members
+
+
+def check_config_recorded(b: BundleView) -> list[str]:
+    v = b.verdict()
+    try:
+        TrainConfig.from_dict(v["config"])
+    except Exception as exc:  # noqa: BLE001 - out-of-range values from someone else's file
+        return [f"verdict.json: config is not a valid training config ({printable(exc)})"]
+    config, seeds = result_train_config(v["config"]), v["seeds"]
+    records: list[tuple[str, Any, Any]] = []
+    run = b.doc(b.rd.run_json)
+    options = run.get("options") if run else None
+    if isinstance(options, dict):
+        records.append(("run.json", options.get("train"), options.get("seeds")))
+    summary = b.doc(b.rd.loso_summary)
+    if summary is not None:
+        records.append(("loso/summary.json", summary.get("config"), summary.get("seeds")))
+    for rel, doc in _model_docs(b):
+        records.append((rel, doc.get("config"), doc.get("seeds")))
+    problems = []
+    for rel, other_config, other_seeds in records:
+        if other_config is not None and (not isinstance(other_config, dict)
+                                         or not same(result_train_config(other_config), config)):
+            diff = sorted(k for k in set(config) | set(other_config if isinstance(other_config, dict) else {})
+                          if not isinstance(other_config, dict) or not same(config.get(k), other_config.get(k)))
+            problems.append(f"{rel}: training config differs from verdict.json's ({', '.join(map(printable, diff[:5]))})")
+        if other_seeds is not None and not same(other_seeds, seeds):
+            problems.append(f"{rel}: seeds {shown(other_seeds)}, verdict.json says {shown(seeds)}")
+    if b.has(b.rd.loso_folds):
+        absent = [s for s in seeds if not b.has(b.rd.loso_predictions(int(s)))]
+        if absent:
+            problems.append(f"the bundle holds no loso/seed{absent[0]}/predictions.parquet though verdict.json has seed {absent[0]}")
+    return problems
+
+
+def check_corpus_hash(b: BundleView) -> list[str]:
+    v = b.verdict()
+    have = b.corpus_sha256()
+    problems = []
+    for rel, doc in [("verdict.json", v), ("loso/summary.json", b.doc(b.rd.loso_summary))]:
+        if doc is None:
+            continue
+        want = doc.get("corpus", {}).get("sha256") if isinstance(doc.get("corpus"), dict) else None
+        if want != have:
+            problems.append(f"{rel} records corpus sha256 {shorten(str(want))}…, the bundled corpus.parquet hashes to "
+                            f"{shorten(have)}…")
+        rows = doc.get("corpus", {}).get("n_rows") if isinstance(doc.get("corpus"), dict) else None
+        n_rows = pq.ParquetFile(b.rd.corpus).metadata.num_rows
+        if rows != n_rows:
+            problems.append(f"{rel} records {shown(rows)} corpus rows, corpus.parquet has {n_rows}")
+    return problems
+
+
+def check_members_sha256(b: BundleView) -> list[str]:
+    ensemble = b.doc(b.rd.ensemble_json)
+    if ensemble is None:
+        stray = sorted(rel for rel in b.listed if rel.startswith("models/"))
+        return [f"{stray[0]} is in the bundle without models/ensemble.json"] if stray else []
+    problems = []
+    owned = {b.rel(b.rd.ensemble_json)}
+    for member in _members(ensemble):
+        onnx, sidecar, want = member.get("onnx"), member.get("sidecar"), member.get("sha256")
+        if not isinstance(onnx, str) or not isinstance(sidecar, str):
+            problems.append(f"models/ensemble.json: member {shown(member)} names no onnx/sidecar file")
+            continue
+        onnx_rel, sidecar_rel = f"models/{onnx}", f"models/{sidecar}"
+        owned |= {onnx_rel, sidecar_rel}
+        for rel in (onnx_rel, sidecar_rel):
+            if rel not in b.listed:
+                problems.append(f"models/ensemble.json lists {printable(rel)}, which the bundle does not hold")
+        if onnx_rel not in b.listed or sidecar_rel not in b.listed:
+            continue
+        have = b.listed[onnx_rel].sha256  # hashed as it was extracted
+        if want != have:
+            problems.append(f"{printable(onnx_rel)} has sha256 {shorten(have)}…, models/ensemble.json records "
+                            f"{shorten(str(want))}…")
+        side = b.doc(b.rd.models_dir / sidecar) or {}
+        declared = side.get("onnx_sha256", side.get("sha256"))
+        if declared != have:
+            problems.append(f"{printable(onnx_rel)} has sha256 {shorten(have)}…, its sidecar {printable(sidecar_rel)} "
+                            f"records {shorten(str(declared))}…")
+        if "sidecar_sha256" in member and member["sidecar_sha256"] != b.listed[sidecar_rel].sha256:
+            problems.append(f"{printable(sidecar_rel)} is not the sidecar models/ensemble.json hashed")
+        if "seed" in side and "seed" in member and not same(side["seed"], member["seed"]):
+            problems.append(f"{printable(sidecar_rel)} is seed {shown(side['seed'])}, ensemble.json says {shown(member['seed'])}")
+    stray = sorted(rel for rel in b.listed if rel.startswith("models/") and rel not in owned)
+    if stray:
+        problems.append(f"{printable(stray[0])} is in models/ but not a member of models/ensemble.json")
+    return problems
+
+
+def check_models_corpus(b: BundleView) -> list[str]:
+    docs = _model_docs(b)
+    if not docs:
+        return []
+    have = b.corpus_sha256()
+    return [f"{rel} declares corpus sha256 {shorten(str(corpus_sha(doc)))}…, the bundled corpus hashes to {shorten(have)}…"
+            for rel, doc in docs if corpus_sha(doc) != have]
+
+
+def check_models_verdict(b: BundleView) -> list[str]:
+    ensemble = b.doc(b.rd.ensemble_json)
+    v = b.verdict()
+    if ensemble is None or v["verdict"] == PROMOTE or ensemble.get("forced") is True:
+        return []
+    return [f"models/ensemble.json ships models with a {v['verdict']} verdict and does not say they were forced"]
+
+
+def check_fork_files(b: BundleView) -> list[str]:
+    """Hook for issue 9's fork-contract files: the verdict views must agree with verdict.json."""
+    v = b.verdict()
+    views = [name for name in ("PROMOTE.json", "HOLD.json") if name in b.listed]
+    if views and views != [f"{v['verdict']}.json"]:
+        return [f"the bundle holds {', '.join(views)} beside a {v['verdict']} verdict.json"]
+    return []
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    run: Callable[[BundleView], list[str]]
+
+
+CHECKS: tuple[Check, ...] = (
+    Check("verdict-file", check_verdict_file),
+    Check("manifest-agrees", check_manifest_agrees),
+    Check("folds-per-seed", check_folds_per_seed),
+    Check("gate-reapplied", check_gate_reapplied),
+    Check("thresholds-recorded", check_thresholds_recorded),
+    Check("config-recorded", check_config_recorded),
+    Check("corpus-hash", check_corpus_hash),
+    Check("members-sha256", check_members_sha256),
+    Check("models-corpus", check_models_corpus),
+    Check("models-verdict", check_models_verdict),
+    Check("fork-files", check_fork_files),
+)
+
+
+def run_checks(root: Path, manifest: dict[str, Any], files: Sequence[Listed], label: str) -> tuple[str, ...]:
+    """Run every check on an extracted bundle; -> the names that passed, or TamperedBundle naming each failure.
+
+    `verdict-file` comes first: when verdict.json is not a verdict, nothing else can be judged.
+    """
+    view = BundleView(root=root, manifest=manifest, listed={f.path: f for f in files})
+    for required in (view.rd.verdict, view.rd.corpus):
+        if not view.has(required):
+            raise TamperedBundle(f"{label}: the manifest lists no {view.rel(required)}", hint=HINT)
+    failures: list[tuple[str, str]] = []
+    for check in CHECKS:
+        try:
+            problems = check.run(view)
+        except Problem as exc:
+            problems = [str(exc)]
+        failures += [(check.name, p) for p in problems]
+        if failures and check.name == "verdict-file":
+            break
+    if failures:
+        names = sorted({name for name, _ in failures}, key=[c.name for c in CHECKS].index)
+        detail = "; ".join(f"[{name}] {problem}" for name, problem in failures[:4])
+        more = f" (+{len(failures) - 4} more)" if len(failures) > 4 else ""
+        raise TamperedBundle(f"{label}: {len(failures)} claim(s) do not hold ({', '.join(names)}): {detail}{more}",
+                             hint=HINT)
+    return tuple(c.name for c in CHECKS)
