@@ -28,20 +28,24 @@ def fake_fingerprint(*, torch: str = "2.13.0", ffmpeg: str = "n9", host_platform
 
 def _write_fake_run(root: Path, *, seeds=(0, 1), plcc=0.97, verdict="PROMOTE", n_sources=3,
                     encoders=("libx264",), fingerprint=None, config=None, src_names=None, models=False) -> Path:
-    """A finished run's artefacts with made-up numbers that are consistent with each other, as a real run's
-    are: the verdict is the real gate applied to the folds, the corpus hash is the corpus file's, run.json
-    records the config, seeds and thresholds. For bundle/compare tests only (no training)."""
+    """A finished run with made-up fold PLCCs and everything else written by the kit's own code: the LOSO
+    files (write_loso), the decision (decide + write_decision: verdict.json and loso/PROMOTE|HOLD.json),
+    and with `models=True` a real export (a few epochs on the tiny corpus). So its files agree with each
+    other exactly as a real run's do. For bundle/compare tests (no LOSO training)."""
+    from datetime import UTC, datetime
+
     import pandas as pd
 
     from kit.core.fsio import sha256_bytes, write_json
     from kit.core.rundir import RunDir
     from kit.core.schema import CORPUS_COLUMNS
     from kit.corpus.table import corpus_summary
-    from kit.results.gate import decide
+    from kit.results import export
+    from kit.results.gate import decide, write_decision
     from kit.results.thresholds import Thresholds
     from kit.train.config import TrainConfig
     from kit.train.data import load_corpus
-    from kit.train.metrics import nan_safe_summary
+    from kit.train.loso_files import PREDICTION_COLUMNS, LosoResult, write_loso
 
     rd = RunDir(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -54,62 +58,38 @@ def _write_fake_run(root: Path, *, seeds=(0, 1), plcc=0.97, verdict="PROMOTE", n
                     row = {c: 0 for c in CORPUS_COLUMNS}
                     row.update(src=name, src_sha256=sha256_bytes(f"src{s}".encode()), width=64, height=48,
                                pix_fmt="yuv420p", fps=25.0, encoder=enc, cq=cq, quality_arg=f"-crf {cq}",
-                               preset="medium", frame_index=f, vmaf=90.0 - cq + f, platform="linux-cpu-x86_64",
-                               box_id="box0", ffmpeg_version="n9", libvmaf_version="3", vmaf_model="vmaf_v0.6.1",
-                               env_fingerprint="fp", cell_id=f"c{s}{enc}{cq}")
+                               preset="medium", frame_index=f, vmaf=90.0 - cq + f + s, adm2=0.9 - cq / 100 + s / 10,
+                               platform="linux-cpu-x86_64", box_id="box0", ffmpeg_version="n9", libvmaf_version="3",
+                               vmaf_model="vmaf_v0.6.1", env_fingerprint="fp", cell_id=f"c{s}{enc}{cq}")
                     rows.append(row)
     df = pd.DataFrame(rows).astype(CORPUS_COLUMNS).sort_values(["src_sha256", "encoder", "cq", "frame_index"])
     df.to_parquet(rd.corpus, index=False)
     corpus = corpus_summary(load_corpus(rd.corpus))
     srcs = [(s["src_sha256"], s["src"]) for s in corpus["sources"]]
     fp = fingerprint or fake_fingerprint()
-    train = (config or TrainConfig()).to_dict()
+    train = config or TrainConfig(epochs=3 if models else TrainConfig.epochs)
     # PROMOTE with the default thresholds; a HOLD run asks for more than its numbers give
     thresholds = Thresholds() if verdict == "PROMOTE" else Thresholds(mean_plcc=0.999)
-    folds = [{"seed": s, "fold_src": name, "fold_src_sha256": sha, "plcc": plcc + 0.001 * i}
-             for s in seeds for i, (sha, name) in enumerate(srcs)]
-    per_seed = {s: nan_safe_summary([f["plcc"] for f in folds if f["seed"] == s]) for s in seeds}
-    decided = decide({s: v["mean"] for s, v in per_seed.items()}, thresholds)
+    folds = pd.DataFrame([{"seed": s, "fold_src": name, "fold_src_sha256": sha, "plcc": plcc + 0.001 * i,
+                           "srocc": plcc, "krocc": plcc, "rmse": 1.0 + i, "n_frames": 6 * len(encoders),
+                           "n_encodes": 2 * len(encoders), "n_train": 6 * len(encoders) * (len(srcs) - 1)}
+                          for s in seeds for i, (sha, name) in enumerate(srcs)])
+    loso = LosoResult(seeds=tuple(seeds), config=train, folds=folds,
+                      predictions=pd.DataFrame({c: pd.Series(dtype="float64") for c in PREDICTION_COLUMNS}),
+                      corpus=corpus, fingerprint=fp, fingerprint_id="fp0123456789abcd", wall_time_s=1.0)
+    write_loso(loso, rd)
+    decided = decide(loso, thresholds)
     assert decided.verdict == verdict, "fake_run: these numbers do not give that verdict"
-    write_json(rd.verdict, {
-        "schema_version": 1, "verdict": verdict, "generated_at_utc": "2026-11-25T10:15:00Z", "seeds": list(seeds),
-        "gate": decided.gate, "per_seed": {str(s): v for s, v in per_seed.items()}, "folds": folds, "nan_folds": [],
-        "corpus": corpus, "config": train, "fingerprint": fp, "recommendation": decided.recommendation,
-    })
+    write_decision(rd, decided, loso, now=datetime(2026, 11, 25, 10, 15, tzinfo=UTC))
     write_json(rd.run_json, {"started_at_utc": "2026-11-25T10:00:00Z", "platform": "linux-cpu-x86_64",
                              "box_id": "0123456789ab", "fingerprint": fp,
-                             "options": {"seeds": list(seeds), "train": train, "gate": vars(thresholds)}})
-    rd.loso_dir.mkdir(exist_ok=True)
-    rd.loso_folds.write_text("seed,fold_src,fold_src_sha256,plcc\n"
-                             + "".join(f"{f['seed']},{f['fold_src']},{f['fold_src_sha256']},{f['plcc']!r}\n" for f in folds))
-    for s in seeds:
-        rd.loso_predictions(s).parent.mkdir(parents=True, exist_ok=True)
-        rd.loso_predictions(s).write_bytes(f"PAR1 fake predictions of seed {s}".encode())
+                             "options": {"seeds": list(seeds), "train": train.to_dict(), "gate": vars(thresholds)}})
     rd.report_dir.mkdir(exist_ok=True)
     rd.report_image("fold_plcc.png").write_bytes(b"\x89PNG fake")
     rd.report_index.write_text('<html><body><img src="fold_plcc.png"><a href="https://x.org">x</a></body></html>')
     if models:
-        _write_fake_models(rd, seeds, train, corpus["sha256"], {"verdict": verdict, "gate": decided.gate})
+        export.export_run(root, environment=(fp, "fp0123456789abcd"))
     return root
-
-
-def _write_fake_models(rd, seeds, train, corpus_sha256, snapshot) -> None:
-    """models/ as `export` lays it out (made-up ONNX bytes; hashes, seeds, config and gate consistent)."""
-    from kit.core.fsio import sha256_bytes, sha256_file, write_json
-
-    rd.models_dir.mkdir(exist_ok=True)
-    members = []
-    for s in seeds:
-        onnx = f"ensemble_seed{s}.onnx"
-        data = f"fake onnx of seed {s}".encode()
-        (rd.models_dir / onnx).write_bytes(data)
-        sidecar = f"ensemble_seed{s}.json"
-        write_json(rd.models_dir / sidecar, {"seed": s, "onnx": onnx, "onnx_sha256": sha256_bytes(data), "config": train,
-                                             "gate": snapshot, "corpus_sha256": corpus_sha256})
-        members.append({"seed": s, "onnx": onnx, "sidecar": sidecar, "sha256": sha256_bytes(data),
-                        "sidecar_sha256": sha256_file(rd.models_dir / sidecar)})
-    write_json(rd.ensemble_json, {"members": members, "seeds": list(seeds), "corpus_sha256": corpus_sha256,
-                                  "config": train, "gate": snapshot, "forced": False})
 
 
 @pytest.fixture

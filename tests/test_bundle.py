@@ -15,7 +15,7 @@ from conftest import fake_fingerprint
 from kit.cli import main
 from kit.core.errors import BadInput
 from kit.core.fsio import read_json, write_json
-from kit.results import bundle, compare
+from kit.results import bundle, compare, contract
 
 
 def _tar_names(path: Path) -> list[str]:
@@ -41,11 +41,14 @@ def test_bundle_holds_only_this_runs_files(tmp_path, fake_run):
     stem = result.path.name.removesuffix(".tar.gz")
     names = [n.removeprefix(stem + "/") for n in _tar_names(result.path)]
     assert names == sorted([
-        "corpus.parquet", "loso/folds.csv", "loso/seed0/predictions.parquet", "loso/seed1/predictions.parquet",
+        "corpus.parquet", "loso/PROMOTE.json", "loso/folds.csv", "loso/loso_seed0.json", "loso/loso_seed1.json",
+        "loso/seed0/predictions.parquet", "loso/seed1/predictions.parquet", "loso/summary.json",
         "manifest.json", "report/fold_plcc.png", "report/index.html", "run.json", "verdict.json",
     ])
     manifest = result.manifest
     assert [f["path"] for f in manifest["files"]] == [n for n in names if n != "manifest.json"]
+    with tarfile.open(result.path) as tf:
+        assert tf.next().name == f"{stem}/manifest.json"  # first: a reader checks it before anything else
     assert manifest["verdict"]["verdict"] == "PROMOTE"
     assert manifest["fingerprint"]["result_env"]["packages"]["torch"]["version"] == "2.13.0"
     assert all(len(f["sha256"]) == 64 and f["size"] > 0 for f in manifest["files"])
@@ -54,9 +57,10 @@ def test_bundle_holds_only_this_runs_files(tmp_path, fake_run):
 def test_models_included_only_when_they_belong_to_this_corpus(tmp_path, fake_run):
     run = fake_run(tmp_path / "run", models=True)
     rels = [rel for rel, _ in bundle.run_files(run)]
-    assert {"models/ensemble.json", "models/ensemble_seed0.onnx", "models/ensemble_seed0.json"} <= set(rels)
+    member = contract.member_id(contract.PRODUCTION_NAME, 0)
+    assert {"models/ensemble.json", f"models/{member}.onnx", f"models/{member}.json"} <= set(rels)
     assert bundle.verify(bundle.make_bundle(run).path).n_files == len(rels)
-    (run / "models" / "ensemble_seed0.onnx").write_bytes(b"changed")  # no longer what ensemble.json hashed
+    (run / "models" / f"{member}.onnx").write_bytes(b"changed")  # no longer what ensemble.json hashed
     with pytest.raises(BadInput, match="sha256 differs"):
         bundle.run_files(run)
 

@@ -26,7 +26,7 @@ from click.testing import CliRunner
 from kit.cli import main
 from kit.core.errors import ExitCode
 from kit.core.fsio import sha256_file
-from kit.results import bundle
+from kit.results import bundle, contract
 
 ESC = "\x1b"
 
@@ -90,7 +90,9 @@ def hold(tmp_path, fake_run) -> Path:
 
 
 def _refused(argv: list[str], names: str, temp_dir: Path) -> str:
-    """Run the CLI; assert exit 2 and one escaped error line naming `names`; -> that line."""
+    """Run the CLI; assert exit 2 and one escaped error line naming `names`, nothing new in the temp dir;
+    -> that line."""
+    before = sorted(temp_dir.iterdir())  # e.g. torch's own cache from building the fixture's models
     result = CliRunner().invoke(main, argv)
     text = result.output
     assert result.exit_code == ExitCode.BAD_INPUT, text
@@ -98,7 +100,7 @@ def _refused(argv: list[str], names: str, temp_dir: Path) -> str:
     assert len(lines) == 1 and lines[0].startswith("error: "), text
     assert ESC not in text and "\r" not in text, repr(text)
     assert names in lines[0], (names, lines[0])
-    assert list(temp_dir.iterdir()) == [], list(temp_dir.rglob("*"))
+    assert sorted(temp_dir.iterdir()) == before, list(temp_dir.rglob("*"))
     return lines[0]
 
 
@@ -214,8 +216,11 @@ def _flip_to_promote(top: Path) -> None:
     edit_json("manifest.json", lambda m: m["verdict"].update(verdict="PROMOTE"))(top)
 
 
+MEMBER0 = f"models/{contract.member_id(contract.PRODUCTION_NAME, 0)}.onnx"
+
+
 def _swap_member(top: Path) -> None:
-    (top / "models" / "ensemble_seed0.onnx").write_bytes(b"not the model ensemble.json hashed")
+    (top / MEMBER0).write_bytes(b"not the model ensemble.json hashed")
 
 
 def _lower_thresholds(top: Path) -> None:
@@ -229,7 +234,7 @@ def _lower_thresholds(top: Path) -> None:
 
 @pytest.mark.parametrize(("which", "edit", "phrases"), [
     ("hold", _flip_to_promote, ["gate-reapplied", "verdict.json says PROMOTE", "gives HOLD"]),
-    ("good", _swap_member, ["members-sha256", "models/ensemble_seed0.onnx has sha256"]),
+    ("good", _swap_member, ["members-sha256", f"{MEMBER0} has sha256"]),
     ("hold", _lower_thresholds, ["thresholds-recorded", "run.json"]),
     ("good", edit_json("verdict.json", lambda v: v["config"].update(epochs=100)), ["config-recorded", "run.json", "epochs"]),
     ("good", edit_json("run.json", lambda r: r["options"]["train"].update(lr=0.1)), ["config-recorded", "lr"]),
@@ -238,6 +243,12 @@ def _lower_thresholds(top: Path) -> None:
     ("good", edit_json("models/ensemble.json", lambda e: e.update(corpus_sha256="b" * 64)),
      ["models-corpus", "models/ensemble.json declares corpus sha256"]),
     ("good", edit_json("manifest.json", lambda m: m["verdict"].update(mean_plcc=0.99)), ["manifest-agrees", "mean_plcc"]),
+    ("hold", lambda top: (top / "loso" / "HOLD.json").rename(top / "loso" / "PROMOTE.json"),
+     ["fork-files", "loso/PROMOTE.json beside a HOLD verdict.json"]),
+    ("good", edit_json("loso/loso_seed1.json", lambda f: f.update(mean_plcc=0.999)), ["fork-files", "loso/loso_seed1.json"]),
+    ("good", edit_json(f"models/{contract.member_id(contract.PRODUCTION_NAME, 1)}.json",
+                       lambda side: side["gate"].update(mean_plcc_threshold=0.5)),
+     ["thresholds-recorded", "its gate block is not verdict.json's gate", "members-sha256"]),
 ])
 def test_rehashed_edits_are_caught_by_re_deriving_the_claims(request, tmp_path, temp_dir, which, edit, phrases):
     """Every edit here rehashes the manifest, so the sha256s all match: only re-derivation catches it."""
@@ -247,10 +258,11 @@ def test_rehashed_edits_are_caught_by_re_deriving_the_claims(request, tmp_path, 
     for phrase in phrases[1:]:
         assert phrase in line, line
     # compare: a forged bundle confirms nothing (DIVERGED, the failed check named first)
+    before = sorted(temp_dir.iterdir())
     result = CliRunner().invoke(main, ["compare", str(source), str(bad)])
     assert result.exit_code == ExitCode.HOLD, result.output
     assert phrases[0] in result.output.splitlines()[1]
-    assert list(temp_dir.iterdir()) == []
+    assert sorted(temp_dir.iterdir()) == before
 
 
 def test_bomb_is_refused_having_written_at_most_the_declared_bytes(tmp_path, good, temp_dir, monkeypatch):
@@ -300,6 +312,6 @@ def test_honest_bundle_still_verifies_and_leaves_nothing(tmp_path, good, temp_di
     result = CliRunner().invoke(main, ["verify", str(good), "--json"])
     doc = json.loads(result.output)
     assert doc["sha256"] == sha256_file(good) and "gate-reapplied" in doc["checks"]
-    assert list(temp_dir.iterdir()) == []
+    assert not list(temp_dir.glob("ekit-*"))
     root = unpack(good, tmp_path / "plain")
     assert (root / "manifest.json").is_file()

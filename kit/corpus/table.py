@@ -8,7 +8,7 @@ JSONL (the fork's and the old kit's, via `kit.corpus.legacy`), and the training 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -237,15 +237,11 @@ def _strictly_increasing(keys: list[np.ndarray]) -> bool:
     return bool(less.all())
 
 
-def streamed_corpus_sha256(path: Path) -> str | None:
-    """The content hash `corpus_sha256` gives the loaded corpus (kit.train.data.load_corpus), streamed
-    column by column in STREAM_BATCH_ROWS batches, so a corpus of any size hashes in a few MiB.
-
-    Only for a parquet file that is already what the loader makes of it: every corpus column present,
-    rows strictly in SORT_KEY order (so nothing is re-ordered or de-duplicated) and no blank source,
-    sha256, encoder, preset, cq or frame index (so nothing is filled in). Every corpus ensemble-kit
-    writes is; for anything else it returns None and the caller hashes the loaded frame.
-    """
+def _streamable(path: Path) -> pq.ParquetFile | None:
+    """The parquet file, if it is already what the loader (kit.train.data.load_corpus) makes of it: every
+    corpus column present, rows strictly in SORT_KEY order (nothing to re-order or de-duplicate) and no
+    blank source, sha256, encoder, preset, cq or frame index (nothing to fill in). Every corpus
+    ensemble-kit writes is. Checked in STREAM_BATCH_ROWS batches of the key columns; else None."""
     try:
         pf = pq.ParquetFile(path)
     except Exception:  # noqa: BLE001 - an unreadable file: the caller's loader names the problem
@@ -264,6 +260,16 @@ def streamed_corpus_sha256(path: Path) -> str | None:
         if len(keys[0]) > 1 and not _strictly_increasing(keys):
             return None
         previous = keys
+    return pf
+
+
+def streamed_corpus_sha256(path: Path) -> str | None:
+    """`corpus_sha256` of the loaded corpus, streamed column by column in STREAM_BATCH_ROWS batches, so a
+    corpus of any size hashes in a few MiB; None when the file is not streamable (`_streamable`) and the
+    caller must hash the loaded frame instead."""
+    pf = _streamable(path)
+    if pf is None:
+        return None
     h = hashlib.sha256()
     for col in CONTENT_COLUMNS:
         h.update(f"\x1e{col}\x1e".encode())
@@ -275,6 +281,22 @@ def streamed_corpus_sha256(path: Path) -> str | None:
             _hash_values(h, col, values)
             first = first and not len(values)
     return h.hexdigest()
+
+
+def streamed_jsonl_sha256(path: Path, keep: Callable[[pd.DataFrame], pd.Series]) -> tuple[str, int] | None:
+    """(`jsonl_sha256`, rows) of the loaded corpus's rows that `keep` selects, streamed in batches; None
+    when the file is not streamable. What a member sidecar's corpus block names (`keep`: the usable rows)."""
+    pf = _streamable(path)
+    if pf is None:
+        return None
+    h, rows = hashlib.sha256(), 0
+    for batch in pf.iter_batches(batch_size=STREAM_BATCH_ROWS, columns=list(CORPUS_COLUMNS)):
+        frame = batch.to_pandas().astype(CORPUS_COLUMNS)
+        frame = frame[keep(frame)]
+        rows += len(frame)
+        for line in legacy.jsonl_lines(frame):
+            h.update(line.encode("utf-8"))
+    return h.hexdigest(), rows
 
 
 def corpus_summary(df: pd.DataFrame) -> dict[str, Any]:

@@ -12,13 +12,17 @@ rehash the manifest. So each claim a bundle makes is recomputed from the other f
     corpus-hash         the corpus content hash (recomputed, streamed) and row count are the ones recorded
     members-sha256      every ONNX member's sha256 is the one ensemble.json and its sidecar record
     models-corpus       the models' declared corpus hash is the bundled corpus's content hash
-    models-verdict      models ride only with a PROMOTE (or an export the sidecars mark as forced)
-    fork-files          issue 9's files (PROMOTE.json/HOLD.json, loso/loso_seed<N>.json), when present
+    models-verdict      models ride only with a PROMOTE (or an export marked forced), promoted as the verdict says
+    fork-files          the fork's views of the same decision: loso/PROMOTE.json or loso/HOLD.json (exactly
+                        one, beside verdict.json) and loso/loso_seed<N>.json per seed, numbers and all
 
 Each check is one row of `CHECKS`; a new file a run writes gets a new row. A failed check names the
 file and what disagrees; `run_checks` raises one TamperedBundle line naming every failed check.
 These checks make a bundle self-consistent, not authentic: a sender can still fabricate a whole,
 consistent run. Bundle hashes are a change detector, not a signature.
+
+This module is over 500 lines because every claim `verify` checks sits in this one table, beside the
+bounded view of the bundle the checks share: a reviewer reads what verify proves in one place.
 """
 
 from __future__ import annotations
@@ -38,13 +42,14 @@ from kit.core.archive import Listed
 from kit.core.console import printable
 from kit.core.fsio import canonical_json, json_safe
 from kit.core.ids import shorten
-from kit.core.rundir import RunDir
-from kit.corpus.table import corpus_sha256, streamed_corpus_sha256
+from kit.core.rundir import MEMBER_FILE_KEYS, RunDir
+from kit.corpus.table import corpus_sha256, jsonl_sha256, streamed_corpus_sha256, streamed_jsonl_sha256
+from kit.results import contract
 from kit.results.bundle import MANIFEST_NAME, TamperedBundle, corpus_sha
-from kit.results.gate import decide
+from kit.results.gate import FORK_GATE_KEYS, decide
 from kit.results.thresholds import GATE_EPS, PROMOTE, VERDICTS, Thresholds, recorded_thresholds
 from kit.train.config import TrainConfig, result_train_config
-from kit.train.data import load_corpus
+from kit.train.data import check_trainable, load_corpus, usable
 from kit.train.metrics import nan_safe_summary
 
 # verdict.json, run.json, folds.csv, sidecars: small documents. Anything larger is not one of ours,
@@ -52,6 +57,8 @@ from kit.train.metrics import nan_safe_summary
 MAX_PARSED_BYTES = 64 << 20
 HINT = "the bundle was altered after the run, or made by hand; ask the sender for a fresh bundle"
 THRESHOLD_NAMES = tuple(Thresholds.__dataclass_fields__)
+# The training settings the fork's loso_seed<N>.json repeats (kit.train.loso_files.fork_seed_file).
+FORK_SEED_CONFIG_KEYS = ("epochs", "batch_size", "lr", "weight_decay")
 
 
 class Problem(Exception):
@@ -129,6 +136,21 @@ class BundleView:
             except Exception as exc:  # noqa: BLE001 - a corrupt file from someone else: name it
                 raise Problem(f"corpus.parquet cannot be read: {type(exc).__name__}: {printable(exc)}") from None
         return self._docs["corpus_sha256"]
+
+
+    def trained_rows_sha256(self) -> tuple[str, int]:
+        """(JSONL sha256, rows) of the corpus rows a full-corpus fit trains on: what a member's corpus block names."""
+        if "trained_rows" not in self._docs:
+            path = self.rd.corpus
+            try:
+                got = streamed_jsonl_sha256(path, usable)
+                if got is None:
+                    rows = check_trainable(load_corpus(path))
+                    got = (jsonl_sha256(rows), len(rows))
+            except Exception as exc:  # noqa: BLE001 - a corrupt file from someone else: name it
+                raise Problem(f"corpus.parquet cannot be read: {type(exc).__name__}: {printable(exc)}") from None
+            self._docs["trained_rows"] = got
+        return self._docs["trained_rows"]
 
 
 # ---- reading a verdict's numbers -----------------------------------------------------------------------
@@ -259,16 +281,6 @@ def check_gate_reapplied(b: BundleView) -> list[str]:
     return problems
 
 
-def _gate_snapshots(b: BundleView) -> list[tuple[str, dict[str, Any]]]:
-    """(file, the gate snapshot it carries) for ensemble.json and every sidecar in the bundle."""
-    out = []
-    for rel, doc in _model_docs(b):
-        snap = doc.get("gate")
-        if isinstance(snap, dict):
-            out.append((rel, snap))
-    return out
-
-
 def check_thresholds_recorded(b: BundleView) -> list[str]:
     v = b.verdict()
     used = recorded_thresholds(v["gate"])
@@ -279,26 +291,19 @@ def check_thresholds_recorded(b: BundleView) -> list[str]:
         wanted = options["gate"]
         if not isinstance(wanted, dict) or not same({k: wanted.get(k) for k in THRESHOLD_NAMES}, used):
             problems.append(f"verdict.json's gate thresholds {shown(used)} are not run.json's {shown(wanted)}")
-    for rel, snap in _gate_snapshots(b):
-        if not same(snap.get("gate"), v["gate"]) or snap.get("verdict") != v["verdict"]:
-            problems.append(f"{rel}: its gate snapshot is not verdict.json's gate ({shown(snap.get('verdict'))} vs "
-                            f"{v['verdict']})")
-    return problems
-
-
-def _model_docs(b: BundleView) -> list[tuple[str, dict[str, Any]]]:
-    """(file, document) for ensemble.json and each member sidecar it lists that the bundle holds."""
     ensemble = b.doc(b.rd.ensemble_json)
-    if ensemble is None:
-        return []
-    docs = [(b.rel(b.rd.ensemble_json), ensemble)]
-    for member in _members(ensemble):
-        sidecar = member.get("sidecar")
-        if isinstance(sidecar, str) and f"models/{sidecar}" in b.listed:
-            doc = b.doc(b.rd.models_dir / sidecar)
-            if doc is not None:
-                docs.append((f"models/{sidecar}", doc))
-    return docs
+    if ensemble is not None:
+        snap = ensemble.get("gate") if isinstance(ensemble.get("gate"), dict) else {}
+        if not same(snap.get("gate"), v["gate"]) or snap.get("verdict") != v["verdict"]:
+            problems.append(f"models/ensemble.json: its gate snapshot ({shown(snap.get('verdict'))}) is not verdict.json's gate")
+    snapshot = {"verdict": v["verdict"], "gate": v["gate"]}
+    for rel, side in _sidecars(b):
+        if not same(side.get("gate"), contract.sidecar_gate(snapshot, side.get("seed"))):  # type: ignore[arg-type]
+            problems.append(f"{rel}: its gate block is not verdict.json's gate")
+    for rel, fork in _fork_verdicts(b):
+        if not same(fork.get("gate"), {k: v["gate"].get(k) for k in FORK_GATE_KEYS}):
+            problems.append(f"{rel}: its gate is not verdict.json's gate")
+    return problems
 
 
 def _members(ensemble: dict[str, Any]) -> list[dict[str, Any]]:
@@ -306,6 +311,35 @@ def _members(ensemble: dict[str, Any]) -> list[dict[str, Any]]:
     if not isinstance(members, list) or not members or not all(isinstance(m, dict) for m in members):
         raise Problem("models/ensemble.json lists no members")
     return members
+
+
+def _sidecars(b: BundleView) -> list[tuple[str, dict[str, Any]]]:
+    """(file, document) for every member sidecar models/ensemble.json lists that the bundle holds."""
+    ensemble = b.doc(b.rd.ensemble_json)
+    out = []
+    for member in _members(ensemble) if ensemble is not None else []:
+        sidecar = member.get("sidecar")
+        if isinstance(sidecar, str) and f"models/{sidecar}" in b.listed:
+            doc = b.doc(b.rd.models_dir / sidecar)
+            if doc is not None:
+                out.append((f"models/{sidecar}", doc))
+    return out
+
+
+def _extras(side: dict[str, Any]) -> dict[str, Any]:
+    """What only ensemble-kit records in a member sidecar (contract.EXTRAS_KEY)."""
+    extras = side.get(contract.EXTRAS_KEY)
+    return extras if isinstance(extras, dict) else {}
+
+
+def _fork_verdicts(b: BundleView) -> list[tuple[str, dict[str, Any]]]:
+    """(file, document) for the fork's loso/PROMOTE.json / loso/HOLD.json the bundle holds."""
+    out = []
+    for path in b.rd.fork_verdicts():
+        doc = b.doc(path)
+        if doc is not None:
+            out.append((b.rel(path), doc))
+    return out
 
 
 def check_config_recorded(b: BundleView) -> list[str]:
@@ -323,17 +357,26 @@ def check_config_recorded(b: BundleView) -> list[str]:
     summary = b.doc(b.rd.loso_summary)
     if summary is not None:
         records.append(("loso/summary.json", summary.get("config"), summary.get("seeds")))
-    for rel, doc in _model_docs(b):
-        records.append((rel, doc.get("config"), doc.get("seeds")))
+    ensemble = b.doc(b.rd.ensemble_json)
+    if ensemble is not None:
+        records.append(("models/ensemble.json", ensemble.get("config"), ensemble.get("seeds")))
+    records += [(rel, _extras(side).get("config"), None) for rel, side in _sidecars(b)]
+    records += [(rel, None, fork.get("seeds")) for rel, fork in _fork_verdicts(b)]
     problems = []
     for rel, other_config, other_seeds in records:
         if other_config is not None and (not isinstance(other_config, dict)
                                          or not same(result_train_config(other_config), config)):
-            diff = sorted(k for k in set(config) | set(other_config if isinstance(other_config, dict) else {})
-                          if not isinstance(other_config, dict) or not same(config.get(k), other_config.get(k)))
+            theirs = other_config if isinstance(other_config, dict) else {}
+            diff = sorted(k for k in set(config) | set(theirs) if not same(config.get(k), theirs.get(k)))
             problems.append(f"{rel}: training config differs from verdict.json's ({', '.join(map(printable, diff[:5]))})")
         if other_seeds is not None and not same(other_seeds, seeds):
             problems.append(f"{rel}: seeds {shown(other_seeds)}, verdict.json says {shown(seeds)}")
+    for seed in seeds:
+        fork = b.doc(b.rd.loso_seed_json(int(seed)))
+        for key in FORK_SEED_CONFIG_KEYS if fork is not None else ():
+            if not same(fork.get(key), v["config"].get(key)):
+                problems.append(f"loso/loso_seed{seed}.json: {key} {shown(fork.get(key))}, verdict.json's config says "
+                                f"{shown(v['config'].get(key))}")
     if b.has(b.rd.loso_folds):
         absent = [s for s in seeds if not b.has(b.rd.loso_predictions(int(s)))]
         if absent:
@@ -359,68 +402,129 @@ def check_corpus_hash(b: BundleView) -> list[str]:
     return problems
 
 
+def _listed_sha(b: BundleView, rel: str, want: Any, what: str, problems: list[str]) -> None:
+    """`rel` must be in the bundle with the sha256 `what` records (`want`)."""
+    if rel not in b.listed:
+        problems.append(f"{what} names {printable(rel)}, which the bundle does not hold")
+    elif b.listed[rel].sha256 != want:  # the listed sha256 is the one the file was extracted with
+        problems.append(f"{printable(rel)} has sha256 {shorten(b.listed[rel].sha256)}…, {what} records "
+                        f"{shorten(str(want))}…")
+
+
 def check_members_sha256(b: BundleView) -> list[str]:
     ensemble = b.doc(b.rd.ensemble_json)
     if ensemble is None:
         stray = sorted(rel for rel in b.listed if rel.startswith("models/"))
         return [f"{stray[0]} is in the bundle without models/ensemble.json"] if stray else []
-    problems = []
+    problems: list[str] = []
     owned = {b.rel(b.rd.ensemble_json)}
+    registry = ensemble.get("registry")
+    if isinstance(registry, str):
+        owned.add(f"models/{registry}")
+        _listed_sha(b, f"models/{registry}", ensemble.get("registry_sha256"), "models/ensemble.json", problems)
     for member in _members(ensemble):
-        onnx, sidecar, want = member.get("onnx"), member.get("sidecar"), member.get("sha256")
-        if not isinstance(onnx, str) or not isinstance(sidecar, str):
+        names = {k: member.get(k) for k in MEMBER_FILE_KEYS if member.get(k) is not None}
+        if not all(isinstance(n, str) for n in names.values()) or "onnx" not in names or "sidecar" not in names:
             problems.append(f"models/ensemble.json: member {shown(member)} names no onnx/sidecar file")
             continue
-        onnx_rel, sidecar_rel = f"models/{onnx}", f"models/{sidecar}"
-        owned |= {onnx_rel, sidecar_rel}
-        for rel in (onnx_rel, sidecar_rel):
-            if rel not in b.listed:
-                problems.append(f"models/ensemble.json lists {printable(rel)}, which the bundle does not hold")
-        if onnx_rel not in b.listed or sidecar_rel not in b.listed:
+        owned |= {f"models/{n}" for n in names.values()}
+        onnx_rel, sidecar_rel = f"models/{names['onnx']}", f"models/{names['sidecar']}"
+        _listed_sha(b, onnx_rel, member.get("sha256"), "models/ensemble.json", problems)
+        _listed_sha(b, sidecar_rel, member.get("sidecar_sha256"), "models/ensemble.json", problems)
+        if "onnx_data" in names:
+            _listed_sha(b, f"models/{names['onnx_data']}", member.get("onnx_data_sha256"), "models/ensemble.json", problems)
+        if sidecar_rel not in b.listed or onnx_rel not in b.listed:
             continue
-        have = b.listed[onnx_rel].sha256  # hashed as it was extracted
-        if want != have:
-            problems.append(f"{printable(onnx_rel)} has sha256 {shorten(have)}…, models/ensemble.json records "
-                            f"{shorten(str(want))}…")
-        side = b.doc(b.rd.models_dir / sidecar) or {}
-        declared = side.get("onnx_sha256", side.get("sha256"))
-        if declared != have:
-            problems.append(f"{printable(onnx_rel)} has sha256 {shorten(have)}…, its sidecar {printable(sidecar_rel)} "
-                            f"records {shorten(str(declared))}…")
-        if "sidecar_sha256" in member and member["sidecar_sha256"] != b.listed[sidecar_rel].sha256:
-            problems.append(f"{printable(sidecar_rel)} is not the sidecar models/ensemble.json hashed")
-        if "seed" in side and "seed" in member and not same(side["seed"], member["seed"]):
-            problems.append(f"{printable(sidecar_rel)} is seed {shown(side['seed'])}, ensemble.json says {shown(member['seed'])}")
+        side = b.doc(b.rd.models_dir / names["sidecar"]) or {}
+        _listed_sha(b, onnx_rel, side.get("sha256"), f"its sidecar {printable(sidecar_rel)}", problems)
+        for key in ("seed", "onnx"):
+            if not same(side.get(key), member.get(key)):
+                problems.append(f"{printable(sidecar_rel)}: {key} {shown(side.get(key))}, models/ensemble.json says "
+                                f"{shown(member.get(key))}")
     stray = sorted(rel for rel in b.listed if rel.startswith("models/") and rel not in owned)
     if stray:
-        problems.append(f"{printable(stray[0])} is in models/ but not a member of models/ensemble.json")
+        problems.append(f"{printable(stray[0])} is in models/ but not named by models/ensemble.json")
     return problems
 
 
 def check_models_corpus(b: BundleView) -> list[str]:
-    docs = _model_docs(b)
-    if not docs:
+    ensemble = b.doc(b.rd.ensemble_json)
+    if ensemble is None:
         return []
     have = b.corpus_sha256()
-    return [f"{rel} declares corpus sha256 {shorten(str(corpus_sha(doc)))}…, the bundled corpus hashes to {shorten(have)}…"
-            for rel, doc in docs if corpus_sha(doc) != have]
+    declared = [("models/ensemble.json", ensemble.get("corpus_sha256"), ensemble.get("corpus"))]
+    declared += [(rel, _extras(side).get("corpus_content_sha256"), side.get("corpus")) for rel, side in _sidecars(b)]
+    problems = [f"{rel} declares corpus sha256 {shorten(str(content))}…, the bundled corpus hashes to {shorten(have)}…"
+                for rel, content, _ in declared if content != have]
+    fork_sha, rows = b.trained_rows_sha256()
+    for rel, _, block in declared:  # the fork's view: the JSONL of the rows the members were fit on
+        block = block if isinstance(block, dict) else {}
+        if block.get("sha256") != fork_sha or block.get("n_rows") != rows:
+            problems.append(f"{rel}: corpus block (sha256 {shorten(str(block.get('sha256')))}…, {shown(block.get('n_rows'))} "
+                            f"rows) is not the bundled corpus's trainable rows ({shorten(fork_sha)}…, {rows} rows)")
+    return problems
 
 
 def check_models_verdict(b: BundleView) -> list[str]:
     ensemble = b.doc(b.rd.ensemble_json)
-    v = b.verdict()
-    if ensemble is None or v["verdict"] == PROMOTE or ensemble.get("forced") is True:
+    if ensemble is None:
         return []
-    return [f"models/ensemble.json ships models with a {v['verdict']} verdict and does not say they were forced"]
+    v = b.verdict()
+    promoted = v["verdict"] == PROMOTE
+    problems = []
+    if ensemble.get("promoted", promoted) != promoted or ensemble.get("forced", not promoted) != (not promoted):
+        problems.append(f"models/ensemble.json: promoted {shown(ensemble.get('promoted'))}, forced "
+                        f"{shown(ensemble.get('forced'))} with a {v['verdict']} verdict.json")
+    problems += [f"{rel}: forced {shown(_extras(side).get('forced'))} with a {v['verdict']} verdict.json"
+                 for rel, side in _sidecars(b) if _extras(side).get("forced", not promoted) != (not promoted)]
+    return problems
 
 
 def check_fork_files(b: BundleView) -> list[str]:
-    """Hook for issue 9's fork-contract files: the verdict views must agree with verdict.json."""
+    """loso/PROMOTE.json or loso/HOLD.json and loso/loso_seed<N>.json: the fork reads these, not verdict.json."""
     v = b.verdict()
-    views = [name for name in ("PROMOTE.json", "HOLD.json") if name in b.listed]
-    if views and views != [f"{v['verdict']}.json"]:
-        return [f"the bundle holds {', '.join(views)} beside a {v['verdict']} verdict.json"]
-    return []
+    problems = []
+    views = [rel for rel, _ in _fork_verdicts(b)]
+    want = b.rel(b.rd.fork_verdict(v["verdict"]))
+    if views != [want]:
+        problems.append(f"the bundle holds {', '.join(views) or 'no fork verdict file'} beside a {v['verdict']} "
+                        f"verdict.json (it must hold exactly {want})")
+    for rel, fork in _fork_verdicts(b):
+        kit_part = fork.get("ensemble_kit") if isinstance(fork.get("ensemble_kit"), dict) else {}
+        if fork.get("verdict") != v["verdict"]:
+            problems.append(f"{rel} says {shown(fork.get('verdict'))}, verdict.json says {v['verdict']}")
+        if kit_part.get("corpus_sha256") != b.corpus_sha256():
+            problems.append(f"{rel}: ensemble_kit.corpus_sha256 is not the bundled corpus's content hash")
+    summaries = per_seed_summaries(fold_plccs(v))
+    names = {(row["seed"], row.get("fold_src")): _number(row.get("plcc")) for row in v["folds"]}
+    for seed in v["seeds"]:
+        path = b.rd.loso_seed_json(int(seed))
+        rel = b.rel(path)
+        fork = b.doc(path)
+        if fork is None:
+            if b.has(b.rd.loso_summary):  # a run whose train step wrote the fork's files
+                problems.append(f"the bundle holds no {rel} though verdict.json has seed {seed}")
+            continue
+        mean = summaries.get(seed, {}).get("mean")
+        if fork.get("seed") != seed or not same(fork.get("mean_plcc"), mean):
+            problems.append(f"{rel}: seed {shown(fork.get('seed'))}, mean_plcc {shown(fork.get('mean_plcc'))}; "
+                            f"verdict.json's folds give seed {seed} mean {shown(mean)}")
+        folds = fork.get("folds") if isinstance(fork.get("folds"), list) else []
+        theirs = sorted((str(f.get("held_out")), _plcc_or_nan(f.get("plcc"))) for f in folds if isinstance(f, dict))
+        ours = sorted((str(name), plcc) for (s, name), plcc in names.items() if s == seed)
+        if not same(theirs, ours):
+            problems.append(f"{rel}: its folds' PLCCs are not verdict.json's folds of seed {seed}")
+        kit_part = fork.get("ensemble_kit") if isinstance(fork.get("ensemble_kit"), dict) else {}
+        if kit_part.get("corpus_sha256") != b.corpus_sha256():
+            problems.append(f"{rel}: ensemble_kit.corpus_sha256 is not the bundled corpus's content hash")
+    return problems
+
+
+def _plcc_or_nan(value: Any) -> float:
+    try:
+        return _number(value)
+    except Problem:
+        return math.nan
 
 
 @dataclass(frozen=True)
