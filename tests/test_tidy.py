@@ -69,13 +69,13 @@ def test_the_next_command_removes_a_killed_runs_temp_folders(tmp_path, monkeypat
 
 SLOW_VERIFY = textwrap.dedent("""
     import sys, time
-    from kit.results import bundle
-    real = bundle.check_tree
+    from kit.results import bundle_checks
+    real = bundle_checks.run_checks
     def slow(*args, **kw):  # the fault injected: a verify that takes long enough to be signalled
         print("checking", flush=True)
         time.sleep(60)
         return real(*args, **kw)
-    bundle.check_tree = slow
+    bundle_checks.run_checks = slow
     from kit.cli import main
     main([sys.argv[1], *sys.argv[2:]], prog_name="ensemble-kit")
 """)
