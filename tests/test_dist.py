@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -15,7 +16,7 @@ from click.testing import CliRunner
 from kit.cli import main
 from kit.core.archive import safe_extract
 from kit.core.errors import BadInput
-from kit.env import dist
+from kit.env import dist, lockfiles
 
 STEM = "ensemble-kit-" + __import__("kit").__version__
 
@@ -33,7 +34,9 @@ def test_dist_contents_are_self_contained(built):
     # every module of the package, the build file, the pixi manifest, the README and the bootstrap
     for py in (root / "kit").rglob("*.py"):
         assert py.relative_to(root).as_posix() in names, py
-    assert {"pyproject.toml", "README.md", "run", "DIST.json"} <= names
+    assert {"pyproject.toml", "setup.py", "README.md", "run", "DIST.json", "kit/_build.json"} <= names
+    for lock in lockfiles.LOCKS:  # the pip locks travel inside the package
+        assert f"kit/locks/{lock.name}.txt" in names and f"kit/locks/pylock.{lock.name}.toml" in names
     for optional in ("pixi.toml", "pixi.lock"):
         assert ((root / optional).is_file()) == (optional in names)
     for env_file in (root / "environments").glob("*") if (root / "environments").is_dir() else []:
@@ -51,19 +54,21 @@ def test_dist_is_reproducible(built, tmp_path):
     assert again.sha256 == built.sha256
 
 
-def test_run_script_is_valid_bash_and_pins_torch():
+def test_run_script_is_valid_bash_and_installs_the_platform_lock_in_one_step():
     text = dist.render_run_script()
     subprocess.run(["bash", "-n"], input=text, text=True, check=True)
-    assert f'"torch=={dist.torch_pin()}"' in text  # where environments/ has no torch pin
-    assert "environments/torch-cpu.txt" in text and dist.TORCH_CPU_INDEX in text
+    for platform in ("linux-64", "linux-aarch64", "osx-arm64", "osx-64"):
+        assert f"lock={lockfiles.locks_for(platform)[0].name} ;;" in text
+    assert '--require-hashes --no-deps -r "$here/kit/locks/$lock.txt"' in text and "--no-build-isolation" in text
+    assert "torch==" not in text  # torch comes from the lock, hash-checked, never by name
     assert "pixi run" in text and "python3" in text
 
 
 def test_with_wheels_unknown_platform_is_bad_input(tmp_path):
-    with pytest.raises(BadInput, match="--with-wheels 'windows-64': no lock"):
+    with pytest.raises(BadInput, match="--with-wheels 'windows-64': no such lock"):
         dist.make_dist(tmp_path / "x.tar.gz", with_wheels="windows-64")
     r = CliRunner().invoke(main, ["dist", "--out", str(tmp_path / "x.tar.gz"), "--with-wheels", "windows-64"])
-    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert r.exit_code == 2 and "Traceback" not in r.output and "linux-64-cpu" in r.output
 
 
 def _borrowing_venv(venv: Path) -> None:
@@ -93,9 +98,9 @@ def test_unpack_install_and_run_from_an_empty_folder(built, tmp_path, tiny_pipel
     where = subprocess.run([str(venv / "bin" / "python"), "-c", "import kit; print(kit.__file__)"], cwd=elsewhere,
                            capture_output=True, text=True, check=True).stdout.strip()
     assert Path(where).is_relative_to(home), where  # the unpacked copy (its home), not this checkout
-    locks_dir = subprocess.run([str(venv / "bin" / "python"), "-c", "from kit.env import locks; print(locks.ENVIRONMENTS_DIR)"],
+    locks_dir = subprocess.run([str(venv / "bin" / "python"), "-c", "from kit.env import lockfiles; print(lockfiles.LOCKS_DIR)"],
                                cwd=elsewhere, capture_output=True, text=True, check=True).stdout.strip()
-    assert Path(locks_dir) == home / "environments"  # the drift check finds the tarball's locks
+    assert Path(locks_dir) == home / "kit" / "locks"  # the drift check finds the tarball's locks
     # second call: no reinstall; the installed kit runs the (tiny) demo pipeline from an unrelated folder
     r2 = subprocess.run([str(home / "run"), "verify", str(tmp_path / "missing.tar.gz")], cwd=elsewhere, env=env,
                         capture_output=True, text=True, timeout=120)
@@ -113,15 +118,19 @@ def test_unpack_install_and_run_from_an_empty_folder(built, tmp_path, tiny_pipel
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_clean_install_from_the_lock_runs_the_demo(built, tmp_path):
-    """No borrowed packages: ./run builds its own venv from environments/ (hash-pinned) + the CPU torch pin,
-    from whatever index pip is configured for, then runs the full demo pipeline."""
+    """No borrowed packages: ./run builds its own venv from kit/locks/ in one hash-checked step (torch's CPU
+    build included), from whatever index pip is configured for, then runs the full demo pipeline."""
     unpacked = tmp_path / "empty"
     safe_extract(built.path, unpacked)
     home = unpacked / STEM
-    if not (home / "environments" / "linux-cpu.txt").is_file() or sys.platform != "linux":
-        pytest.skip("the hash-pinned lock covers linux-x86_64 only")
+    if lockfiles.conda_platform() != "linux-64":
+        pytest.skip("the default lock this test installs is linux-64-cpu")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "EKIT_"))}
     env.update(EKIT_NO_PIXI="1")
+    try:
+        socket.getaddrinfo("download.pytorch.org", 443)
+    except OSError:
+        env["PIP_RETRIES"] = "0"  # PyTorch's index unreachable here: pip's own find-links has the +cpu wheel
     r = subprocess.run([str(home / "run")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1700)
     assert r.returncode == 0, r.stderr[-4000:]
     assert r.stdout.startswith("PROMOTE ")

@@ -139,3 +139,74 @@ def test_libvmaf_that_cannot_score_fails_the_libvmaf_row(tmp_path: Path):
     assert ff is not None and ff.has_libvmaf
     row = prereqs.check_libvmaf(ff)
     assert row.status == "FAIL" and "model load failed" in row.detail
+
+
+# ---- the NVENC driver floor and the Intel media stack (injected machine probes) --------------------
+
+
+def _nvidia_host(driver: str, name: str = "NVIDIA GeForce RTX 4090") -> HostPlatform:
+    from kit.env import platform
+
+    gpu = GPU("nvidia", name, driver, 24564, 20000)
+    return platform.detect(platform.Probes(system=lambda: "linux", machine=lambda: "x86_64",
+                                           nvidia_gpus=lambda: [gpu], intel_gpus=lambda: []))
+
+
+def test_driver_590_is_below_this_ffmpegs_nvenc_floor_and_610_passes(tmp_path: Path, monkeypatch):
+    """The floor comes from the lock data of THIS ffmpeg (imageio-ffmpeg 0.8.1 Linux: 610.00), the driver from
+    nvidia-smi (here: injected probes). 590 -> says what NVENC needs, the fallback and the driver to install."""
+    from kit.corpus import ffmpeg
+    from kit.env import lockfiles
+
+    ff = ffmpeg.find_ffmpeg()
+    if lockfiles.ffmpeg_by_sha256(lockfiles.binary_sha256(ff.path)) is None:
+        pytest.skip("this box's ffmpeg is not a locked imageio-ffmpeg build")
+    monkeypatch.delenv("PIXI_ENVIRONMENT_NAME", raising=False)
+
+    def probe(name):  # what a 590 driver does to NVENC: the session cannot open
+        return Probe(name, "nvenc" not in name, "ok" if "nvenc" not in name else "Driver does not support the required nvenc API version")
+
+    old = _nvidia_host("590.48.01")
+    assert old.family == "linux-cuda"
+    report = prereqs.run_prereqs(out_dir=tmp_path, host=old, probe=probe)
+    row = rows(report)["nvidia driver"]
+    assert row.status == "WARN"  # the default environment: software encoders are its encoders anyway
+    assert "needs NVIDIA driver >= 610.00; this box has 590.48.01" in row.detail
+    assert "R610 branch or newer" in row.hint and "libx264, libx265, libsvtav1" in row.hint
+    monkeypatch.setenv("PIXI_ENVIRONMENT_NAME", "cuda")  # NVENC is the point of this environment: FAIL
+    report = prereqs.run_prereqs(out_dir=tmp_path, host=old, probe=probe)
+    assert rows(report)["nvidia driver"].status == "FAIL"
+    with pytest.raises(prereqs.PrereqError, match="nvidia driver"):
+        prereqs.require(report)
+    asked = prereqs.check_nvidia_driver(old, ff, ["h264_nvenc"])
+    assert asked.status == "FAIL"
+    assert prereqs.check_nvidia_driver(_nvidia_host("610.43.02"), ff, ["h264_nvenc"], "cuda").status == "PASS"
+    assert prereqs.check_nvidia_driver(_nvidia_host("610.00"), ff, None, "cuda").status == "PASS"
+    assert prereqs.check_nvidia_driver(HostPlatform("linux-cpu", "x86_64", ()), ff, None) is None
+
+
+def test_data_centre_gpu_has_no_nvenc_at_any_driver():
+    from kit.corpus import ffmpeg
+
+    row = prereqs.check_nvidia_driver(_nvidia_host("610.43.02", "NVIDIA H200"), ffmpeg.find_ffmpeg(), None)
+    assert row.status == "WARN" and "has no NVENC encoder" in row.detail and "libx264" in row.detail
+
+
+def test_intel_media_env_needs_its_own_runtime_and_a_usable_render_node(tmp_path: Path):
+    node = tmp_path / "renderD128"
+    node.write_text("")
+    arc = HostPlatform("linux-sycl", "x86_64", (GPU("intel", "Intel GPU 0x56a0", "i915", device=str(node)),))
+    prefix = tmp_path / "env"
+    (prefix / "lib" / "dri").mkdir(parents=True)
+    env = {"EKIT_FFMPEG_LIBRARY_PATH": str(prefix / "lib"), "LIBVA_DRIVERS_PATH": str(prefix / "lib" / "dri"),
+           "LIBVA_DRIVER_NAME": "iHD", "ONEVPL_PRIORITY_PATH": str(prefix / "lib")}
+    incomplete = prereqs.check_intel_media(arc, ["h264_qsv"], "intel-media", env)
+    assert incomplete.status == "FAIL" and "libmfx-gen.so.1.2" in incomplete.detail and "pixi install" in incomplete.hint
+    for name in ("lib/libva.so.2", "lib/libva-drm.so.2", "lib/libmfx-gen.so.1.2", "lib/dri/iHD_drv_video.so"):
+        (prefix / name).write_text("")
+    assert prereqs.check_intel_media(arc, ["h264_qsv"], "intel-media", env).status == "PASS"
+    host_stack = prereqs.check_intel_media(arc, ["h264_vaapi"], None, env)
+    assert host_stack.status == "WARN" and "host's libva" in host_stack.detail
+    assert prereqs.check_intel_media(arc, ["libx264"], None, env) is None
+    locked_out = prereqs.check_intel_media(arc, ["h264_qsv"], "intel-media", env, can_open=lambda p: False)
+    assert locked_out.status == "FAIL" and str(node) in locked_out.detail and "usermod -aG" in locked_out.hint

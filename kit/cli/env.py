@@ -13,7 +13,7 @@ from kit.cli.output import emit, note
 from kit.core.errors import PrereqError
 from kit.corpus import ffmpeg, vmaf_cli
 from kit.corpus.encoders import parse_encoders
-from kit.env import dist, libvmaf_build, locks, prereqs
+from kit.env import dist, libvmaf_build, lockfiles, locks, prereqs
 from kit.env import fingerprint as env_fingerprint
 
 
@@ -159,15 +159,15 @@ def build_libvmaf_cmd(source: Path, backend: str, dest: Path | None, meson_args:
 @click.command("dist", epilog=EPILOG_EXIT_CODES)
 @click.option("--out", type=click.Path(), default=None,
               help="Tarball path, or a folder (an existing one, or a path ending in /); default: dist/ in the checkout.")
-@click.option("--with-wheels", "with_wheels", type=click.Choice(sorted(dist.PIP_PLATFORMS)), default=None,
-              help="Add the locked wheels for this platform, for offline installs.")
+@click.option("--with-wheels", "with_wheels", type=click.Choice([lock.name for lock in lockfiles.LOCKS]), default=None,
+              help="Add every wheel of this pip lock (kit/locks/<LOCK>.txt) for offline installs.")
 def dist_cmd(out: str | None, with_wheels: str | None) -> None:
     """Build the distribution tarball a collaborator unpacks and runs with ./run (no clone needed).
 
     \b
     Examples:
       ensemble-kit dist                              # dist/ensemble-kit-<version>.tar.gz, < 50 MiB
-      ensemble-kit dist --with-wheels linux-x86_64   # + every locked wheel, installs offline
+      ensemble-kit dist --with-wheels linux-64-cpu   # + every locked wheel, installs offline
     """
     result = dist.make_dist(out, with_wheels=with_wheels)
     note(f"dist: {result.n_files} files, {result.size / 2**20:.1f} MiB, sha256 {result.sha256}")

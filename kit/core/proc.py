@@ -106,11 +106,31 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+# Library directories one particular binary's children get in front of LD_LIBRARY_PATH, and no other tool:
+# the Intel pixi environment's libva/iHD/oneVPL for ffmpeg (kit.corpus.ffmpeg registers it), never for
+# git or nvidia-smi, which would then load that environment's libraries instead of the host's.
+_tool_library_path: dict[str, str] = {}
+
+
+def set_tool_library_path(executable: Path, library_dirs: str) -> None:
+    """Run `executable` (resolved path) with `library_dirs` first on LD_LIBRARY_PATH from now on."""
+    _tool_library_path[str(Path(executable).resolve())] = library_dirs
+
+
+def _tool_env(argv: Sequence[str], env: Mapping[str, str] | None) -> dict[str, str] | None:
+    extra = _tool_library_path.get(str(Path(argv[0]).resolve())) if _tool_library_path else None
+    if extra is None:
+        return dict(env) if env is not None else None
+    base = dict(env) if env is not None else dict(os.environ)
+    base["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (extra, base.get("LD_LIBRARY_PATH", "")) if p)
+    return base
+
+
 def _start(argv: Sequence[str], stage: str, *, stdout: int | None, stderr: int | object, cwd: Path | None,
            env: Mapping[str, str] | None) -> subprocess.Popen[bytes]:
     try:
         proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,  # type: ignore[arg-type]
-                                cwd=cwd, env=dict(env) if env is not None else None, start_new_session=True)
+                                cwd=cwd, env=_tool_env(argv, env), start_new_session=True)
     except OSError as exc:
         raise ToolFailed(stage, f"cannot start {argv[0]}: {exc.strerror or exc}", kind="start") from None
     with _live_lock:

@@ -31,6 +31,21 @@ from kit.env import platform
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROBE_TIMEOUT_S = 60
 PROBE_CACHE_VERSION = 1
+# Set by the intel-media pixi environment (pixi.toml): its lib/ (libva, libva-drm, iHD's deps, libmfx-gen),
+# put first on LD_LIBRARY_PATH for ffmpeg children only (kit.core.proc.set_tool_library_path).
+FFMPEG_LIBRARY_PATH_ENV = "EKIT_FFMPEG_LIBRARY_PATH"
+# The static ffmpeg loads libva/libdrm through implib-gen stubs, which abort the process when the library
+# is missing: "implib-gen: libva-drm.so.2: failed to load library 'libva-drm.so.2' via dlopen: ...".
+_STUB_ABORT = re.compile(r"implib-gen: (\S+): failed to load library")
+
+
+def explain_stderr(stderr: str) -> str:
+    """One line of why ffmpeg failed, naming an unloadable runtime library (and its fix) when that was it."""
+    m = _STUB_ABORT.search(stderr)
+    if m:
+        return (f"ffmpeg aborted: {m.group(1)} cannot be loaded (the VA-API runtime: use the intel-media pixi "
+                "environment, which brings libva and iHD, or install libva2 and libva-drm2 on the host)")
+    return proc.stderr_reason(stderr)
 
 
 CACHE_ENV = "ENSEMBLE_KIT_CACHE"
@@ -123,6 +138,8 @@ def probe_ffmpeg(path: Path, *, origin: str = "flag") -> FFmpeg:
         st = path.stat()
     except OSError:
         raise PrereqError(f"ffmpeg not found: {path}", hint="check the --ffmpeg / ENSEMBLE_KIT_FFMPEG path") from None
+    if library_dirs := os.environ.get(FFMPEG_LIBRARY_PATH_ENV):
+        proc.set_tool_library_path(path, library_dirs)
     key = (str(path), st.st_size, st.st_mtime_ns)
     with _probe_lock:
         if key in _probe_memo:
@@ -257,7 +274,7 @@ def _probe_encoder_uncached(ff: FFmpeg, encoder: str) -> EncoderProbe:
             continue
         if done.ok:
             return EncoderProbe(encoder, True, "ok", device)
-        reason = proc.stderr_reason(done.stderr)
+        reason = explain_stderr(done.stderr)
         reasons.append(f"{device}: {reason}" if device else reason)
     return EncoderProbe(encoder, False, "; ".join(reasons), None)
 

@@ -1,7 +1,8 @@
 """The distribution tarball: everything a collaborator needs to run the kit without a clone.
 
 The old kit's tarball left out files its scripts needed. This one is built from an explicit list
-(the package, its build files, the locks, the docs) plus a generated `run` bootstrap, and `tests/
+(the package with its locks in kit/locks/, its build files, the docs) plus a generated `run` bootstrap
+and `kit/_build.json` (the commit it was packed from, for the fingerprint), and `tests/
 test_dist.py` proves it is self-contained: unpack into an empty folder, install, run the demo.
 The bytes are reproducible (kit.core.archive), so the same checkout gives the same tarball.
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 from kit import __version__
@@ -18,10 +18,12 @@ from kit.core import proc
 from kit.core.archive import write_reproducible_tar
 from kit.core.errors import BadInput, PrereqError, WorkFailed
 from kit.core.fsio import canonical_json, out_target, sha256_file, temp_dir, write_text
+from kit.env import lockfiles
+from kit.env.fingerprint import BUILD_INFO, build_info
 from kit.env.platform import INTEL_PCI_VENDOR, PIXI_ENVS
 
 # Top-level files and folders of a checkout that go in (when present); everything else stays out.
-TOP_FILES = ("pyproject.toml", "pixi.toml", "pixi.lock", "README.md", "LICENSE", "LICENSE.txt", "CHANGELOG.md")
+TOP_FILES = ("pyproject.toml", "setup.py", "pixi.toml", "pixi.lock", "README.md", "LICENSE", "LICENSE.txt", "CHANGELOG.md")
 # tests/, bench/ and ci/ travel too: `pixi run test` and the benches must work from the tarball (tests that
 # need the lead's ../shared/media skip themselves).
 TOP_DIRS = ("kit", "environments", "docs", "tests", "bench", "ci")
@@ -30,25 +32,8 @@ SKIP_PARTS = {"__pycache__", ".pytest_cache", ".ruff_cache", ".ipynb_checkpoints
 SKIP_SUFFIXES = (".pyc", ".pyo", ".tmp")
 SIZE_LIMIT = 50 << 20  # the issue's promise for a tarball without wheels
 
-# Platforms a wheels tarball can target (kit.env.locks' pip platform keys) -> pip platform tags (newest first).
-# Each needs its hash-pinned lock in environments/ (see WHEEL_LOCKS).
-PIP_PLATFORMS: dict[str, tuple[str, ...]] = {
-    "linux-x86_64": ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "linux_x86_64"),
-}
-# platform -> (the runtime lock, the torch pin file): the same files the venv bootstrap installs from.
-WHEEL_LOCKS: dict[str, tuple[str, str]] = {
-    "linux-x86_64": ("environments/linux-cpu.txt", "environments/torch-cpu.txt"),
-}
-TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 WHEELS_DIR = "wheels"
-
-
-def torch_pin() -> str:
-    """The torch version the kit is tested with: the venv's own, so the bootstrap installs the same."""
-    try:
-        return metadata.version("torch").split("+")[0]
-    except metadata.PackageNotFoundError:
-        return "2.13.0"
+BUILD_INFO_NAME = BUILD_INFO.name
 
 
 RUN_TEMPLATE = r"""#!/usr/bin/env bash
@@ -58,12 +43,12 @@ RUN_TEMPLATE = r"""#!/usr/bin/env bash
 #   ./run pipeline --ref-dir refs/     any ensemble-kit command and its options
 #   ./run prereqs                      what this box has and lacks
 #
-# With pixi on PATH it runs the locked pixi environment for this box (EKIT_PIXI_ENV=default|cuda|sycl|osx
-# overrides the guess). Without pixi it makes a venv in .venv (EKIT_VENV overrides) and installs with
-# pip: offline from wheels/ when this tarball carries them, otherwise from PyPI with the hash-pinned
-# lock in environments/ and torch __TORCH__ (CPU build) installed first: an unpinned `pip install torch`
-# pulls a multi-GB CUDA build on Linux. EKIT_TORCH_INDEX overrides where the CPU torch comes from.
-# EKIT_NO_PIXI=1 forces the venv path. Exit codes are ensemble-kit's (docs/operator-guide.md).
+# With pixi on PATH it runs the locked pixi environment for this box (EKIT_PIXI_ENV=default|cuda|intel-media|osx
+# overrides the guess). Without pixi it makes a venv in .venv (EKIT_VENV overrides) and installs, in one
+# hash-checked step, the pip lock for this platform from kit/locks/ (torch included: the CPU build on
+# Linux; EKIT_LOCK=linux-64-cuda picks PyPI's CUDA torch for an NVIDIA box), offline from wheels/ when
+# this tarball carries them. EKIT_NO_PIXI=1 forces the venv path. Exit codes are ensemble-kit's
+# (docs/operator-guide.md).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 [ "$#" -eq 0 ] && set -- pipeline
@@ -87,44 +72,39 @@ if [ "${EKIT_NO_PIXI:-0}" != 1 ] && command -v pixi >/dev/null 2>&1; then
 fi
 
 py="${PYTHON:-python3}"
-if ! command -v "$py" >/dev/null 2>&1 || ! "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
-  echo "error: ensemble-kit needs Python >= 3.11 (found: $("$py" -V 2>&1 || echo none)); install it, or install pixi (https://pixi.sh) and rerun ./run" >&2
+if ! command -v "$py" >/dev/null 2>&1 || ! "$py" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+  echo "error: the pip locks are for Python 3.11 (found: $("$py" -V 2>&1 || echo none)); set PYTHON=python3.11, or install pixi (https://pixi.sh) and rerun ./run" >&2
   exit 3
 fi
 venv="${EKIT_VENV:-$here/.venv}"
 stamp="$venv/.ensemble-kit-installed"
-# The hash-pinned lock for this platform, when environments/ has one (torch is pinned apart from it).
-lock="" torch_req=""
-if [ "$(uname -s)-$(uname -m)" = Linux-x86_64 ]; then
-  lock="environments/linux-cpu.txt" torch_req="environments/torch-cpu.txt"
+# This platform's default pip lock (kit.env.lockfiles.LOCKS), unless EKIT_LOCK names another.
+case "$(uname -s)-$(uname -m)" in
+  Linux-x86_64) lock=__LOCK_LINUX_64__ ;;
+  Linux-aarch64) lock=__LOCK_LINUX_AARCH64__ ;;
+  Darwin-arm64) lock=__LOCK_OSX_ARM64__ ;;
+  Darwin-x86_64) lock=__LOCK_OSX_64__ ;;
+  *) lock="" ;;
+esac
+lock="${EKIT_LOCK:-$lock}"
+if [ -z "$lock" ] || [ ! -f "$here/kit/locks/$lock.txt" ]; then
+  echo "error: no pip lock for $(uname -s)-$(uname -m)${lock:+ (kit/locks/$lock.txt)}; install pixi (https://pixi.sh) and rerun ./run" >&2
+  exit 3
 fi
-# The kit is installed editable from this folder: it is the kit's home, where environments/ (the locks the
+# The kit is installed editable from this folder: it is the kit's home, where kit/locks/ (the locks the
 # drift check compares with) and binaries/<platform>/ (tools this box stages) are found.
 if [ ! -f "$stamp" ]; then
-  echo "ensemble-kit: first run, installing into $venv (once)" >&2
+  echo "ensemble-kit: first run, installing into $venv from kit/locks/$lock.txt (once)" >&2
   exec 3>&1 1>&2  # installer chatter to stderr: stdout carries only ensemble-kit's result lines
   [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"   # an existing venv (EKIT_VENV) is reused
   pip=("$venv/bin/python" -m pip install --disable-pip-version-check)
-  if [ -d "$here/__WHEELS__" ]; then
-    # Offline: every locked wheel for this platform travelled in the tarball.
-    offline=(--no-index --find-links "$here/__WHEELS__")
-    [ -f "$here/$torch_req" ] && "${pip[@]}" "${offline[@]}" -r "$here/$torch_req"
-    [ -f "$here/$lock" ] && "${pip[@]}" "${offline[@]}" --require-hashes -r "$here/$lock"
-    "${pip[@]}" "${offline[@]}" --no-deps -e "$here"
-  else
-    # CPU torch first, from PyTorch's CPU index: PyPI's Linux torch is a multi-GB CUDA build.
-    if [ -f "$here/$torch_req" ]; then
-      "${pip[@]}" --extra-index-url "${EKIT_TORCH_INDEX:-__TORCH_INDEX__}" -r "$here/$torch_req"
-    else
-      "${pip[@]}" "torch==__TORCH__"
-    fi
-    if [ -f "$here/$lock" ]; then
-      "${pip[@]}" --require-hashes -r "$here/$lock"
-      "${pip[@]}" --no-deps -e "$here"
-    else
-      "${pip[@]}" -e "$here"
-    fi
-  fi
+  offline=()
+  # Offline: every locked wheel for this platform travelled in the tarball.
+  [ -d "$here/__WHEELS__" ] && offline=(--no-index --find-links "$here/__WHEELS__")
+  # One step, every file hash-checked (torch and setuptools included); then the kit itself, built with
+  # the locked setuptools (no unverified download).
+  "${pip[@]}" ${offline[@]+"${offline[@]}"} --require-hashes --no-deps -r "$here/kit/locks/$lock.txt"
+  "${pip[@]}" ${offline[@]+"${offline[@]}"} --no-deps --no-build-isolation -e "$here"
   touch "$stamp"
   exec 1>&3 3>&-
 fi
@@ -142,7 +122,8 @@ def source_root() -> Path:
 
 
 def _wanted(rel: Path) -> bool:
-    return not (SKIP_PARTS & set(rel.parts)) and not rel.name.endswith(SKIP_SUFFIXES) and not rel.name.startswith(".")
+    return not (SKIP_PARTS & set(rel.parts)) and not rel.name.endswith(SKIP_SUFFIXES) and not rel.name.startswith(".") \
+        and rel.as_posix() != f"kit/{BUILD_INFO_NAME}"  # written fresh for each tarball
 
 
 def source_files(root: Path) -> list[tuple[str, Path]]:
@@ -163,22 +144,22 @@ def source_files(root: Path) -> list[tuple[str, Path]]:
     return sorted(files.items())
 
 
-def download_wheels(root: Path, platform: str, dest: Path) -> None:
-    """`pip download` torch and every locked wheel for `platform`, plus a wheel of the kit, into `dest`."""
-    if platform not in PIP_PLATFORMS:
-        raise BadInput(f"--with-wheels {platform!r}: no lock for that platform",
-                       hint=f"choose from {', '.join(PIP_PLATFORMS)} (environments/ holds their locks)")
-    lock, torch_req = (root / rel for rel in WHEEL_LOCKS[platform])
-    for need in (lock, torch_req):
-        if not need.is_file():
-            raise BadInput(f"--with-wheels {platform}: {need} is missing", hint="run bash environments/regenerate.sh")
+def download_wheels(root: Path, lock_name: str, dest: Path) -> None:
+    """`pip download` every wheel of a pip lock (torch included, hash-checked), plus a wheel of the kit, into `dest`."""
+    lock = lockfiles.lock_named(lock_name)
+    if lock is None:
+        raise BadInput(f"--with-wheels {lock_name!r}: no such lock",
+                       hint=f"choose from {', '.join(x.name for x in lockfiles.LOCKS)} (kit/locks/)")
+    path = root / "kit" / "locks" / f"{lock.name}.txt"
+    if not path.is_file():
+        raise BadInput(f"--with-wheels {lock_name}: {path} is missing", hint="run python environments/regenerate.py")
     dest.mkdir(parents=True, exist_ok=True)
-    plat_args = [a for tag in PIP_PLATFORMS[platform] for a in ("--platform", tag)]
-    base = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--only-binary=:all:",
-            *plat_args, "--implementation", "cp", "--python-version", "3.11", "--no-deps", "-d", str(dest)]
-    _run([*base, "--extra-index-url", TORCH_CPU_INDEX, "-r", str(torch_req)], f"downloading torch for {platform}")
-    _run([*base, "--require-hashes", "-r", str(lock)], f"downloading the locked wheels for {platform}")
-    _run([sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check", "--no-deps", "-w", str(dest), str(root)],
+    plat_args = [a for tag in lock.python_platforms for a in ("--platform", tag)]
+    _run([sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--only-binary=:all:", *plat_args,
+          "--implementation", "cp", "--python-version", "3.11", "--no-deps", "--require-hashes", "-r", str(path),
+          "-d", str(dest)], f"downloading the locked wheels of {lock.name}")
+    _run([sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check", "--no-deps", "--no-build-isolation",
+          "-w", str(dest), str(root)],
          "building the ensemble-kit wheel")
 
 
@@ -201,12 +182,16 @@ class DistResult:
 
 
 def render_run_script() -> str:
-    values = {"__TORCH_INDEX__": TORCH_CPU_INDEX, "__TORCH__": torch_pin(), "__WHEELS__": WHEELS_DIR,
+    default_lock = {platform: lockfiles.locks_for(platform)[0].name
+                    for platform in ("linux-64", "linux-aarch64", "osx-arm64", "osx-64")}
+    values = {"__WHEELS__": WHEELS_DIR,
               "__INTEL_VENDOR__": INTEL_PCI_VENDOR, "__ENV_DARWIN__": PIXI_ENVS["darwin"],
               "__ENV_CUDA__": PIXI_ENVS["linux-cuda"], "__ENV_SYCL__": PIXI_ENVS["linux-sycl"],
-              "__ENV_CPU__": PIXI_ENVS["linux-cpu"]}
+              "__ENV_CPU__": PIXI_ENVS["linux-cpu"], "__LOCK_LINUX_64__": default_lock["linux-64"],
+              "__LOCK_LINUX_AARCH64__": default_lock["linux-aarch64"], "__LOCK_OSX_ARM64__": default_lock["osx-arm64"],
+              "__LOCK_OSX_64__": default_lock["osx-64"]}
     text = RUN_TEMPLATE
-    for key, value in values.items():  # __TORCH_INDEX__ before its prefix __TORCH__
+    for key, value in values.items():
         text = text.replace(key, value)
     return text
 
@@ -235,10 +220,13 @@ def make_dist(out: str | Path | None = None, *, with_wheels: str | None = None, 
         write_text(run_script, render_run_script())
         run_script.chmod(0o755)
         extra.append(("run", run_script))
+        build_json = staging / BUILD_INFO_NAME  # the commit this tarball is packed from (the fingerprint's kit.commit)
+        write_text(build_json, canonical_json(build_info(root)))
+        extra.append((f"kit/{BUILD_INFO_NAME}", build_json))
         listing = sorted(files + extra)
         manifest = staging / "DIST.json"
         write_text(manifest, canonical_json({
-            "name": "ensemble-kit", "version": __version__, "with_wheels": with_wheels, "torch": torch_pin(),
+            "name": "ensemble-kit", "version": __version__, "with_wheels": with_wheels,
             "files": [{"path": rel, "size": p.stat().st_size, "sha256": sha256_file(p)} for rel, p in listing],
         }))
         members = [(f"{stem}/{rel}", p) for rel, p in listing] + [(f"{stem}/DIST.json", manifest)]

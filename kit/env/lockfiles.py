@@ -22,6 +22,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from packaging import tags
+
 from kit.core.fsio import sha256_file
 from kit.env.platform import normalize_arch
 
@@ -35,6 +37,11 @@ class PipLock:
     platform: str  # conda platform name
     torch: str  # "cpu" | "cuda": which torch build the lock pins
     python_platforms: tuple[str, ...]  # pip --platform tags, newest first (dry runs, `dist --with-wheels`)
+    torch_pin: str  # the exact torch the lock pins (+cpu builds come from PyTorch's CPU index)
+    uv_platform: str  # uv's --python-platform for regenerating it (environments/regenerate.py)
+    macos_target: str | None = None  # MACOSX_DEPLOYMENT_TARGET the wheels need
+    extra_pins: tuple[str, ...] = ()  # constraints beyond pyproject.toml's (with the reason in LOCKS' comments)
+    marker: str = ""  # PEP 508 environment marker for the platform (pylock's `environments`)
 
     @property
     def path(self) -> Path:
@@ -45,26 +52,41 @@ class PipLock:
         return LOCKS_DIR / f"pylock.{self.name}.toml"
 
 
-_MANYLINUX = ("2_28", "2_27", "2_26", "2_25", "2_24", "2_17")
+def _manylinux(arch: str, glibc_minor: int = 28) -> tuple[str, ...]:
+    """Every tag a glibc-2.28 box accepts, newest first (PEP 600 and its legacy aliases)."""
+    legacy = {"manylinux2014": 17, **({"manylinux2010": 12, "manylinux1": 5} if arch == "x86_64" else {})}
+    return (*(f"manylinux_2_{minor}_{arch}" for minor in range(glibc_minor, 4, -1)),
+            *(f"{alias}_{arch}" for alias, minor in legacy.items() if minor <= glibc_minor), f"linux_{arch}")
 
 
-def _manylinux(arch: str) -> tuple[str, ...]:
-    return (*(f"manylinux_{v}_{arch}" for v in _MANYLINUX), f"manylinux2014_{arch}", f"linux_{arch}")
-
-
-def _macos(arch: str, newest: int, oldest: int) -> tuple[str, ...]:
-    return tuple(f"macosx_{v}_0_{a}" for v in range(newest, oldest - 1, -1) for a in (arch, "universal2"))
+def _macos(arch: str, major: int) -> tuple[str, ...]:
+    """Every tag macOS `major` on `arch` accepts, newest first (packaging's own rules)."""
+    return tuple(tags.mac_platforms((major, 0), arch))
 
 
 # Every pip lock, the box's default first per platform (the one `lock_for` picks without a hint).
+TORCH = "2.13.0"
+_LINUX_X86 = "sys_platform == 'linux' and platform_machine == 'x86_64'"
+_LINUX_ARM = "sys_platform == 'linux' and platform_machine == 'aarch64'"
 LOCKS: tuple[PipLock, ...] = (
-    PipLock("linux-64-cpu", "linux-64", "cpu", _manylinux("x86_64")),
-    PipLock("linux-64-cuda", "linux-64", "cuda", _manylinux("x86_64")),
-    PipLock("linux-aarch64-cpu", "linux-aarch64", "cpu", _manylinux("aarch64")),
-    PipLock("linux-aarch64-cuda", "linux-aarch64", "cuda", _manylinux("aarch64")),
-    PipLock("osx-arm64", "osx-arm64", "cpu", _macos("arm64", 14, 11)),
-    # torch stopped publishing macOS x86_64 wheels after 2.2.2: this lock pins 2.2.2 with numpy 1.x.
-    PipLock("osx-64", "osx-64", "cpu", _macos("x86_64", 13, 10)),
+    PipLock("linux-64-cpu", "linux-64", "cpu", _manylinux("x86_64"), f"{TORCH}+cpu", "x86_64-manylinux_2_28",
+            marker=_LINUX_X86),
+    # PyPI's Linux torch is the CUDA 13.0 build (nvidia-*-cu13 wheels): right for the NVIDIA box.
+    PipLock("linux-64-cuda", "linux-64", "cuda", _manylinux("x86_64"), TORCH, "x86_64-manylinux_2_28",
+            marker=_LINUX_X86),
+    PipLock("linux-aarch64-cpu", "linux-aarch64", "cpu", _manylinux("aarch64"), f"{TORCH}+cpu", "aarch64-manylinux_2_28",
+            marker=_LINUX_ARM),
+    # PyPI's aarch64 torch is a CUDA build too (Grace Hopper, DGX Spark).
+    PipLock("linux-aarch64-cuda", "linux-aarch64", "cuda", _manylinux("aarch64"), TORCH, "aarch64-manylinux_2_28",
+            marker=_LINUX_ARM),
+    # torch 2.13's Apple-silicon wheel is macosx_14_0: macOS 14 or newer.
+    PipLock("osx-arm64", "osx-arm64", "cpu", _macos("arm64", 14), TORCH, "aarch64-apple-darwin", "14.0",
+            marker="sys_platform == 'darwin' and platform_machine == 'arm64'"),
+    # torch published no macOS x86_64 wheel after 2.2.2, which is built against numpy 1.x; onnxruntime's
+    # last one is 1.23.2 and onnx 1.23.2's is macosx_13_0 (macOS 13+). Another torch than every other box:
+    # its result_env differs by design. Intel Macs get torch 2.13 from conda-forge with pixi (-e osx).
+    PipLock("osx-64", "osx-64", "cpu", _macos("x86_64", 13), "2.2.2", "x86_64-apple-darwin", "13.0",
+            extra_pins=("numpy<2",), marker="sys_platform == 'darwin' and platform_machine == 'x86_64'"),
 )
 # The lock CI and developers install: `-r` the linux-64-cpu lock plus the test and lint tools.
 DEV_LOCK = "linux-64-cpu-dev"

@@ -4,7 +4,9 @@ Two kinds of environment:
 - a pixi environment (`PIXI_ENVIRONMENT_NAME` and `CONDA_PREFIX` set): its `conda-meta/*.json` records
   (name, version, build, sha256) and its PyPI distributions are compared with that environment's
   entries in `pixi.lock`;
-- a pip environment: installed distributions are compared with the hash-pinned lock in `environments/`.
+- a pip environment: installed distributions are compared with the hash-pinned pip locks made for this
+  platform, which ship inside the package (`kit/locks/`, kit.env.lockfiles); the one that explains the
+  environment best is "the" lock (a CUDA and a CPU torch lock differ in torch's version).
 
 pixi.lock is read with py-rattler (prefix.dev's own lock-file reader) and exported to conda-lock files
 with pixi-to-conda-lock, both imported only when needed (`pip install 'ensemble-kit[locks]'`).
@@ -14,9 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-import platform as _stdlib_platform
 import re
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -27,22 +27,16 @@ from typing import Any
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.version import InvalidVersion, Version
 
+from kit import __version__
 from kit.core.errors import BadInput, PrereqError
 from kit.core.fsio import sha256_file, write_with
 from kit.core.ids import shorten
-from kit.env.lockfiles import conda_platform
-from kit.env.platform import normalize_arch
+from kit.env.lockfiles import LOCKS_DIR, conda_platform, locks_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-ENVIRONMENTS_DIR = REPO_ROOT / "environments"
-
-# pip locks per platform, in the order they are tried; the one that matches best is "the" lock.
-PIP_LOCKS: dict[str, tuple[str, ...]] = {
-    "linux-x86_64": ("linux-cpu", "linux-cpu-dev"),
-}
-TORCH_PIN_FILE = "torch-cpu.txt"
-# Distributions never in a requirements lock (installers, the project itself).
-NOT_LOCKED = frozenset({"pip", "setuptools", "wheel", "distribute", "ensemble-kit"})
+# Distributions never in a requirements lock (the installer, the project itself).
+NOT_LOCKED = frozenset({"pip", "wheel", "distribute", "ensemble-kit"})
+REGENERATE_HINT = "regenerate it: python environments/regenerate.py"
 
 LOCKS_HINT = "pip install 'ensemble-kit[locks]' (py-rattler + pixi-to-conda-lock)"
 
@@ -102,28 +96,35 @@ class DriftReport:
 # ---- pip environments ------------------------------------------------------------------------
 
 
-def parse_requirements_lock(path: Path) -> dict[str, str]:
-    """name -> pinned version from a pip-compile lock (`name==ver \\ --hash=...`), markers evaluated."""
+def parse_requirements_lock(path: Path, _seen: frozenset[Path] = frozenset()) -> dict[str, str]:
+    """name -> pinned version from a hash-pinned lock (`name==ver \\ --hash=...`), markers evaluated,
+    `-r other.txt` includes followed (relative to the including file, as pip does)."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise BadInput(f"cannot read lock {path}: {exc}", hint="regenerate it: bash environments/regenerate.sh") from None
+        raise BadInput(f"cannot read lock {path}: {exc}", hint=REGENERATE_HINT) from None
     pins: dict[str, str] = {}
     for logical in re.sub(r"\\\n", " ", text).splitlines():
         line = logical.split(" #", 1)[0].strip()
+        include = re.match(r"^(?:-r|--requirement)[ =](\S+)$", line)
+        if include:
+            target = (path.parent / include.group(1)).resolve()
+            if target in _seen:
+                raise BadInput(f"{path}: `-r {include.group(1)}` includes itself", hint=REGENERATE_HINT)
+            pins.update(parse_requirements_lock(target, _seen | {path.resolve()}))
+            continue
         if not line or line.startswith(("#", "-")):
             continue
         spec = line.split(" --hash", 1)[0].strip()
         try:
             req = Requirement(spec)
         except InvalidRequirement:
-            raise BadInput(f"{path}: not a pinned requirement: {spec!r}",
-                           hint="regenerate it: bash environments/regenerate.sh") from None
+            raise BadInput(f"{path}: not a pinned requirement: {spec!r}", hint=REGENERATE_HINT) from None
         if req.marker is not None and not req.marker.evaluate():
             continue
         pinned = [s.version for s in req.specifier if s.operator == "=="]
         if len(pinned) != 1:
-            raise BadInput(f"{path}: {req.name} is not pinned with ==", hint="regenerate it: bash environments/regenerate.sh")
+            raise BadInput(f"{path}: {req.name} is not pinned with ==", hint=REGENERATE_HINT)
         pins[canonical_name(req.name)] = pinned[0]
     return pins
 
@@ -161,25 +162,17 @@ def _same_version(a: str, b: str) -> bool:
         return a == b
 
 
-def pip_platform_key() -> str:
-    system = "darwin" if sys.platform == "darwin" else sys.platform
-    return f"{system}-{normalize_arch(_stdlib_platform.machine())}"
-
-
-def pip_drift(lock_dir: Path = ENVIRONMENTS_DIR, *, names: Sequence[str] | None = None,
+def pip_drift(lock_dir: Path = LOCKS_DIR, *, names: Sequence[str] | None = None,
               installed: dict[str, str] | None = None) -> DriftReport:
     """Compare this interpreter's distributions with the best-matching pip lock of this platform."""
     installed = installed if installed is not None else installed_distributions()
-    candidates = names if names is not None else PIP_LOCKS.get(pip_platform_key(), ())
+    candidates = names if names is not None else [lock.name for lock in locks_for()]
     best: DriftReport | None = None
     for name in candidates:
         path = lock_dir / f"{name}.txt"
         if not path.is_file():
             continue
         locked = parse_requirements_lock(path)
-        torch_pin = lock_dir / TORCH_PIN_FILE
-        if torch_pin.is_file():
-            locked.update(parse_requirements_lock(torch_pin))
         diffs, extras = compare_pins(locked, installed)
         report = DriftReport("pip", name, path, sha256_file(path), tuple(diffs), tuple(extras))
         # the lock that explains the environment best: fewest differences, then fewest unlocked extras
@@ -338,13 +331,30 @@ def lock_environments(lock_path: Path) -> list[str]:
     return sorted(name for name, _ in rattler.LockFile.from_path(lock_path).environments())
 
 
+# The project's own (editable) entry in a pixi.lock is `pypi: ./`; pixi-to-conda-lock passes that path on
+# with version `<dynamic>`, which conda-lock renders as `ensemble-kit == <dynamic>` (env files) or
+# `ensemble-kit @ ./` (explicit files), and pip rejects both. As a URL source `file:.` it renders as
+# `ensemble-kit @ file:.` in both, which pip installs when run from the checkout (conda-lock install is).
+SELF_SOURCE_URL = "file:."
+
+
+def _installable_self_entry(package: dict[str, Any]) -> None:
+    """Rewrite a local-path pip entry (the project itself) so that conda-lock renders a line pip installs."""
+    if package.get("manager") == "pip" and "://" not in str(package.get("url", "")) and \
+            not str(package.get("url", "")).startswith("file:"):
+        package.update(version=__version__, url=SELF_SOURCE_URL, source={"type": "url", "url": SELF_SOURCE_URL})
+
+
 def _convert_sorted(converter: Any, lock_path: Path, env: str, out: Path) -> None:
-    """pixi-to-conda-lock's conversion, with platforms and packages sorted: the same pixi.lock always
-    gives the same bytes (py-rattler hands platforms over in no fixed order)."""
+    """pixi-to-conda-lock's conversion, with the project's own entry made installable by pip and with
+    platforms and packages sorted: the same pixi.lock always gives the same bytes (py-rattler hands
+    platforms over in no fixed order)."""
     import yaml  # optional extra [locks]: imported only for an export
 
     converter.convert(lock_path, env, out)
     data = yaml.safe_load(out.read_text(encoding="utf-8"))
+    for package in data.get("package", []):
+        _installable_self_entry(package)
     meta = data.get("metadata", {})
     meta["platforms"] = sorted(meta.get("platforms", []))
     meta["content_hash"] = dict(sorted(meta.get("content_hash", {}).items()))

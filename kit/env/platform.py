@@ -24,9 +24,9 @@ from kit.core.ids import short_id
 
 FAMILIES: tuple[str, ...] = ("linux-cuda", "linux-sycl", "linux-cpu", "darwin")
 # The pixi environment (pixi.toml) made for each family; the distribution's `run` script picks by it.
-PIXI_ENVS: dict[str, str] = {"linux-cuda": "cuda", "linux-sycl": "sycl", "linux-cpu": "default", "darwin": "osx"}
+PIXI_ENVS: dict[str, str] = {"linux-cuda": "cuda", "linux-sycl": "intel-media", "linux-cpu": "default", "darwin": "osx"}
 # pixi environments built for a GPU vendor: running one without that GPU is a prerequisite failure.
-PIXI_ENV_GPU: dict[str, str] = {"cuda": "nvidia", "sycl": "intel"}
+PIXI_ENV_GPU: dict[str, str] = {"cuda": "nvidia", "intel-media": "intel"}
 
 INTEL_PCI_VENDOR = "0x8086"
 

@@ -203,6 +203,91 @@ def check_gpu(host: host_platform.HostPlatform, encoders_in_use: Sequence[str],
     return Check("gpu", PASS, "none needed: software encoders, and training runs on the CPU")
 
 
+def _driver_tuple(version: str | None) -> tuple[int, ...] | None:
+    """'610.43.02' -> (610, 43, 2); None when it is not a dotted number."""
+    try:
+        return tuple(int(part) for part in str(version).split(".")) if version else None
+    except ValueError:
+        return None
+
+
+def check_nvidia_driver(host: host_platform.HostPlatform, ff: Any | None, requested: Sequence[str] | None,
+                        pixi_env: str | None = None) -> Check | None:
+    """The driver against the NVENC floor of THIS ffmpeg (kit/locks/ffmpeg.json, by the binary's sha256).
+
+    Below it NVENC cannot open a session and runs fall back to the software encoders: a different corpus.
+    That is a FAIL where NVENC is the point (the `cuda` environment, or NVENC encoders asked for), else a
+    WARN. No row without an NVIDIA GPU; a data-centre GPU has no NVENC at any driver.
+    """
+    nvidia = [g for g in host.gpus if g.vendor == "nvidia"]
+    if not nvidia:
+        return None
+    software = ", ".join(encoder_table.FAMILY_ENCODERS["linux-cpu"])
+    if all(encoder_table.NO_NVENC_GPUS.search(g.name) for g in nvidia):
+        return Check("nvidia driver", WARN, f"{nvidia[0].name} has no NVENC encoder (data-centre GPUs like "
+                     f"A100/H100/H200 have none): runs use the software encoders {software}",
+                     "nothing to install; for NVENC encodes use a GeForce/RTX, T4, L4 or L40 box")
+    locked = lockfiles.ffmpeg_by_sha256(lockfiles.binary_sha256(ff.path)) if ff is not None else None
+    driver = nvidia[0].driver
+    if locked is None or not locked.nvenc_min_driver:
+        return Check("nvidia driver", WARN, f"driver {driver}; the NVENC driver floor of this ffmpeg is not known "
+                     "(not a locked imageio-ffmpeg build)", "use the locked ffmpeg to have it checked")
+    have, need = _driver_tuple(driver), _driver_tuple(locked.nvenc_min_driver)
+    what = f"NVENC in this ffmpeg ({locked.version}, imageio-ffmpeg {locked.imageio_ffmpeg})"
+    if have is not None and need is not None and have >= need:
+        return Check("nvidia driver", PASS, f"driver {driver} >= {locked.nvenc_min_driver}, what {what} needs")
+    nvenc_wanted = pixi_env == "cuda" or any("nvenc" in e for e in (requested or ()))
+    major = locked.nvenc_min_driver.split(".")[0]
+    return Check("nvidia driver", FAIL if nvenc_wanted else WARN,
+                 f"{what} needs NVIDIA driver >= {locked.nvenc_min_driver}; this box has {driver}",
+                 f"install an NVIDIA driver of the R{major} branch or newer; until then NVENC cannot start and "
+                 f"runs fall back to the software encoders {software} (another corpus, another result_env)")
+
+
+RENDER_GROUP_HINT = "add yourself to the render node's group: sudo usermod -aG {group} $USER, then log in again"
+
+
+def _can_open(node: Path) -> bool:
+    return os.access(node, os.R_OK | os.W_OK)
+
+
+def check_intel_media(host: host_platform.HostPlatform, encoders_in_use: Sequence[str], pixi_env: str | None,
+                      environ: dict[str, str] | None = None,
+                      can_open: Callable[[Path], bool] = _can_open) -> Check | None:
+    """Intel QSV/VA-API: the render node is usable by this user, and in the intel-media environment its own
+    libva, iHD and oneVPL runtime are there for ffmpeg (EKIT_FFMPEG_LIBRARY_PATH, LIBVA_DRIVERS_PATH)."""
+    env = os.environ if environ is None else environ
+    intel = [g for g in host.gpus if g.vendor == "intel"]
+    in_env = pixi_env == host_platform.PIXI_ENVS["linux-sycl"]
+    uses = any(encoder_table.ENCODERS[e].hw in ("qsv", "vaapi") for e in encoders_in_use if e in encoder_table.ENCODERS)
+    if not (in_env or uses) or not intel:
+        return None
+    for gpu in intel:
+        node = Path(gpu.device or "")
+        if gpu.device and not can_open(node):
+            try:
+                import grp  # POSIX only, like the render nodes themselves
+
+                group = grp.getgrgid(node.stat().st_gid).gr_name
+            except (OSError, KeyError):
+                group = "render"
+            return Check("intel media", FAIL, f"{node} exists but this user cannot open it (group {group})",
+                         RENDER_GROUP_HINT.format(group=group))
+    if not in_env:
+        return Check("intel media", WARN, "QSV/VA-API load the host's libva and iHD driver: their versions are host "
+                     "facts that can change the encodes", "use the intel-media pixi environment, which brings its own")
+    lib = Path(env.get("EKIT_FFMPEG_LIBRARY_PATH", ""))
+    dri = Path(env.get("LIBVA_DRIVERS_PATH", ""))
+    wanted = {lib / "libva.so.2", lib / "libva-drm.so.2", lib / "libmfx-gen.so.1.2", dri / "iHD_drv_video.so"}
+    missing = sorted(str(p) for p in wanted if not str(p).startswith("/") or not p.exists())
+    if missing or env.get("ONEVPL_PRIORITY_PATH") != str(lib):
+        return Check("intel media", FAIL, "this environment's VA/oneVPL runtime is incomplete: "
+                     + (", ".join(missing) or "ONEVPL_PRIORITY_PATH is not its lib/"),
+                     "reinstall it: pixi install --locked -e intel-media (and run through `pixi run -e intel-media`)")
+    return Check("intel media", PASS, f"libva, iHD and the oneVPL runtime from this environment ({lib}), loaded "
+                 f"by ffmpeg first; render node(s) {', '.join(g.device or '?' for g in intel)} usable")
+
+
 def estimate_bytes(ref_dir: Path | None, jobs: int) -> int:
     """Rough peak disk use of a run: headroom + one temporary encode per parallel job (<= its reference).
 
@@ -272,7 +357,10 @@ def run_prereqs(*, encoders: Sequence[str] | None = None, out_dir: Path = Path("
         rows.append(Check("encoders", FAIL, "cannot test any encoder without ffmpeg", "fix the ffmpeg row first"))
     drift_row, drift = check_drift()
     rows += [check_packages(drift), drift_row]
-    rows.append(check_gpu(host, in_use, os.environ.get("PIXI_ENVIRONMENT_NAME")))
+    pixi_env = os.environ.get("PIXI_ENVIRONMENT_NAME")
+    rows.append(check_gpu(host, in_use, pixi_env))
+    rows += [row for row in (check_nvidia_driver(host, ff, encoders, pixi_env),
+                             check_intel_media(host, in_use, pixi_env)) if row is not None]
     rows.append(check_disk(out_dir, ref_dir, jobs or host_platform.cpu_count()))
     rows.append(check_writable(out_dir))
     if strict:
