@@ -110,7 +110,7 @@ def test_progress_lines_say_their_unit(capsys):
 
 
 def test_dist_help_lists_only_platforms_it_accepts():
-    from kit.env.dist import PIP_PLATFORMS
+    from kit.env.lockfiles import LOCKS  # --with-wheels names a pip lock (kit/locks/<LOCK>.txt)
 
     text = CliRunner().invoke(main, ["dist", "--help"]).output
-    assert f"[{'|'.join(sorted(PIP_PLATFORMS))}]" in " ".join(text.split())
+    assert f"[{'|'.join(lock.name for lock in LOCKS)}]" in " ".join(text.split())
