@@ -355,7 +355,7 @@ def train_models(
     n_groups = max(1, min(len(jobs), config.workers or default_workers()))
     bounds = np.linspace(0, len(jobs), n_groups + 1).round().astype(int)
     groups = [(int(lo), jobs[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True) if hi > lo]
-    stop = threading.Event()
+    stop = _StopSignal()
     done = [0] * len(groups)
     lock = threading.Lock()
 
@@ -373,6 +373,8 @@ def train_models(
             group_names = [names[offset + i] if names else f"model {offset + i}" for i in range(len(group))]
             try:
                 _train_loop(trainer, chunks, config, group_names, lambda e: tick(g, e), stop)
+            except (WorkFailed, _Stopped):
+                raise  # a divergence already told the others where to stop
             except BaseException:
                 stop.set()
                 raise
@@ -400,11 +402,31 @@ class _Stopped(Exception):
     """A group stopped early because another group failed."""
 
 
+class _StopSignal:
+    """Where the other groups stop when one fails. After a divergence at epoch e they still finish and check
+    epoch e, so which models the error names (the first failing group in job order) does not depend on
+    thread timing; anything else (Ctrl-C, a bug) stops them before their next epoch."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.after: int | None = None  # the last epoch every group still runs; -1 = none
+
+    def set(self, after_epoch: int = -1) -> None:
+        with self._lock:
+            self.after = after_epoch if self.after is None else min(self.after, after_epoch)
+
+    def is_set(self) -> bool:
+        return self.after is not None
+
+    def stops_before(self, epoch: int) -> bool:
+        return self.after is not None and epoch > self.after
+
+
 def _train_loop(trainer: Trainer, chunks: Iterator, config: TrainConfig, names: list[str],
-                on_epoch: Callable[[int], None], stop: threading.Event) -> None:
+                on_epoch: Callable[[int], None], stop: _StopSignal) -> None:
     """Epoch by epoch over prefetched chunks; a model whose weights stop being finite fails the run."""
     for epoch in range(config.epochs):
-        if stop.is_set():
+        if stop.stops_before(epoch):
             raise _Stopped()
         trainer.epoch = epoch
         for s0 in range(0, trainer.S, STEP_CHUNK):
@@ -413,6 +435,7 @@ def _train_loop(trainer: Trainer, chunks: Iterator, config: TrainConfig, names: 
             trainer.run_chunk(s0, idx, masks)
         bad = trainer.diverged()
         if bad:
+            stop.set(epoch)
             raise WorkFailed(
                 f"training diverged (weights became NaN/inf) at epoch {epoch + 1}: {', '.join(names[m] for m in bad)}",
                 hint="lower --lr or check the corpus for extreme feature values",
