@@ -183,3 +183,22 @@ def test_cli_train_verdict_export_predict_report(corpus, tmp_path):
         assert png in html and (run / "report" / png).stat().st_size > 1000
     r = runner.invoke(main, ["train", "--corpus", str(tmp_path / "missing.parquet"), "--out-dir", str(run)])
     assert r.exit_code == 2 and "not found" in r.output
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda m: m["members"][0].pop("sha256"), r"ensemble.json: members/0: 'sha256' is a required property"),
+    (lambda m: m["members"][1].update(onnx="../elsewhere.onnx"), r"members/1/onnx: '\.\./elsewhere\.onnx' does not match"),
+    (lambda m: m.update(members=[]), r"members: \[\] should be non-empty"),
+])
+def test_a_broken_manifest_is_one_error_line(exported, corpus, tmp_path, edit, message):
+    import re
+
+    models, _ = exported
+    for p in models.iterdir():
+        (tmp_path / p.name).write_bytes(p.read_bytes())
+    manifest = json.loads((tmp_path / "ensemble.json").read_text())
+    edit(manifest)
+    (tmp_path / "ensemble.json").write_text(json.dumps(manifest))
+    with pytest.raises(BadInput) as info:
+        predict.predict_ensemble(tmp_path, corpus)
+    assert re.search(message, str(info.value)) and "\n" not in str(info.value), str(info.value)

@@ -315,3 +315,17 @@ def test_v3_training_refuses_encoders_outside_v3(small_run):
     corpus = synthetic_corpus(n_sources=3, frames=4, encoders=("libx264", "h264_vaapi"), cqs=(19, 31))
     with pytest.raises(BadInput, match="h264_vaapi.*--codec-vocab v2"):
         run_loso(corpus, TrainConfig(epochs=1, hidden=8, codec_vocab="v3"), (0,))
+
+
+def test_predict_picks_the_ensemble_out_of_a_model_tiny_folder(production, tmp_path):
+    """The fork's model/tiny/ holds other models' .onnx + .json too: only <name>_seed<N> members are run."""
+    folder = _copy(production, tmp_path / "tiny")
+    (folder / "vmaf_tiny_v2.json").write_text('{"kind": "fr", "name": "vmaf_tiny_v2"}')
+    (folder / "vmaf_tiny_v2.onnx").write_bytes(b"not ours to run")
+    df = _rows([REFERENCE[0][0]], [REFERENCE[0][1]], [REFERENCE[0][2]])
+    assert [c for c in predict.predict_ensemble(folder, df).columns if c.startswith("pred_seed")] == [
+        f"pred_seed{s}" for s in range(5)]
+    shutil.copy(folder / "fr_regressor_v2_ensemble_v1_seed0.json", folder / "other_seed0.json")
+    shutil.copy(folder / "fr_regressor_v2_ensemble_v1_seed0.onnx", folder / "other_seed0.onnx")
+    with pytest.raises(BadInput, match="members of 2 ensembles"):
+        predict.predict_ensemble(folder, df)

@@ -43,8 +43,8 @@ def fork_verdict_file(path: Path) -> Path | None:
         return p if p.suffix == ".json" else None
     if not p.is_dir() or RunDir(p).verdict.is_file():
         return None
-    found = sorted(q for q in p.iterdir() if q.is_file() and (q.name in FORK_NAMES or q.name.endswith(
-        tuple(f"_{n}" for n in FORK_NAMES))))
+    found = sorted(q for q in p.iterdir() if q.is_file() and (q.name in FORK_NAMES or (
+        q.name.startswith(contract.PRODUCTION_NAME) and q.name.endswith(tuple(f"_{n}" for n in FORK_NAMES)))))
     if len(found) > 1:
         raise BadInput(f"{p} holds {len(found)} fork verdict files ({', '.join(q.name for q in found)})",
                        hint="the fork's gate never removes the older one: pass the file its latest run wrote")

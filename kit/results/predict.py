@@ -1,8 +1,8 @@
 """Run any fr_regressor_v2 ensemble member with onnxruntime (no torch): the fork's production members and ours.
 
 A models folder is read through our `ensemble.json` when it has one (every listed file's sha256 checked),
-otherwise every `<id>.json` sidecar with its `<id>.onnx` beside it is a member (the fork's model/tiny/
-layout). Each member is fed as the fork's consumers feed it: the six features standardised with the
+otherwise every `<name>_seed<N>.json` sidecar with its `.onnx` beside it is a member (the fork's model/tiny/
+layout, where other models' files are left alone). Each member is fed as the fork's consumers feed it: the six features standardised with the
 sidecar's `feature_mean`/`feature_std` (in float64, then cast to float32, as the fork's trainer does),
 and the codec block built from the sidecar's vocabulary and cq range (`kit.train.codec.CodecSpec`).
 
@@ -14,6 +14,7 @@ inside the member's folder; a `location` elsewhere is refused, never followed.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from kit.results import contract
 from kit.train.codec import UNKNOWN, CodecSpec, vocab_of
 from kit.train.data import SCALER_MIN_STD, canonical_order, features, normalise
 
+MEMBER_STEM = re.compile(r"^(.+)_seed[0-9]+$")  # an ensemble member's file stem (the fork's and ours)
 MAX_MEMBER_BYTES = 50 << 20  # the fork's C loader refuses models above 50 MB; so do we (graph + data)
 SCORE_RANGE = (0.0, 100.0)
 SIDECAR_HINT = "a member sidecar needs the fork's keys (docs/fork-contract.md); re-export it with `ensemble-kit export`"
@@ -213,13 +215,16 @@ def load_members(models_dir: str | Path) -> list[Member]:
             members.append(load_member(onnx_path, read_json(side_path, what="member sidecar"),
                                        sidecar_where=str(side_path), data_sha=data_sha))
     else:
-        for side_path in sorted(folder.glob("*.json")):
-            onnx_path = side_path.with_suffix(".onnx")
-            if onnx_path.is_file():
-                members.append(load_member(onnx_path, read_json(side_path, what="member sidecar"),
-                                           sidecar_where=str(side_path)))
+        found = [p for p in sorted(folder.glob("*.json")) if MEMBER_STEM.match(p.stem) and p.with_suffix(".onnx").is_file()]
+        ensembles = sorted({MEMBER_STEM.match(p.stem).group(1) for p in found})
+        if len(ensembles) > 1:
+            raise BadInput(f"--models {folder}: holds members of {len(ensembles)} ensembles ({', '.join(ensembles)})",
+                           hint="copy one ensemble's <id>_seed<N>.onnx/.json into a folder of its own")
+        for side_path in found:
+            members.append(load_member(side_path.with_suffix(".onnx"), read_json(side_path, what="member sidecar"),
+                                       sidecar_where=str(side_path)))
     if not members:
-        raise BadInput(f"--models {folder}: no members (no {ENSEMBLE_JSON}, no <id>.onnx with its <id>.json beside it)",
+        raise BadInput(f"--models {folder}: no members (no {ENSEMBLE_JSON}, no <id>_seed<N>.onnx with its .json beside it)",
                        hint="pass the folder `ensemble-kit export` wrote, or one holding fork members and their sidecars")
     seeds = [m.seed for m in members]
     twice = sorted({s for s in seeds if s is not None and seeds.count(s) > 1})
