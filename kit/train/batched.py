@@ -415,9 +415,6 @@ class _StopSignal:
         with self._lock:
             self.after = after_epoch if self.after is None else min(self.after, after_epoch)
 
-    def is_set(self) -> bool:
-        return self.after is not None
-
     def stops_before(self, epoch: int) -> bool:
         return self.after is not None and epoch > self.after
 
