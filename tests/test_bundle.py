@@ -147,10 +147,15 @@ def test_compare_same_run_reproduced(tmp_path, fake_run):
     assert len(cmp.per_seed) == 2 and all(s["delta"] == 0 for s in cmp.per_seed)
     assert len(cmp.per_fold) == 6
     assert [s["lead_encoders"] for s in cmp.sources] == [["libx264"]] * 3
+    assert cmp.differences == {"config": [], "corpus": [], "environment": []}
     # a bundle against the run directory it came from
     assert compare.compare(run, made.path).reproduced
     r = CliRunner().invoke(main, ["compare", str(run), str(made.path)])
     assert r.exit_code == 0 and r.output.startswith("REPRODUCED"), r.output
+    assert r.output.splitlines()[1:4] == ["  config: same training config, seeds and gate thresholds",
+                                          f"  corpus: same corpus ({cmp.corpus_summary})",
+                                          "  environment: same result environment"]
+    assert "18 rows, 3 sources, 6 cells" in cmp.corpus_summary
 
 
 def test_compare_diverged_reasons_first(tmp_path, fake_run):
@@ -163,12 +168,37 @@ def test_compare_diverged_reasons_first(tmp_path, fake_run):
     assert any("seed 0 mean PLCC differs by 0.0002" in r for r in cmp.reasons)
     assert any("fold PLCC(s) differ" in r for r in cmp.reasons)
     # result_env only: the torch build and ffmpeg differ; the host (another platform tag, CPU) is not compared
-    assert {d["key"] for d in cmp.fingerprint_diffs} == {"packages.torch.version", "ffmpeg.version"}
+    assert {d["key"] for d in cmp.differences["environment"]} == {"packages.torch.version", "ffmpeg.version"}
+    assert cmp.host_diffs == ["platform"]
     assert cmp.sources[0]["collab_encoders"] == ["h264_nvenc", "libx264"]
+    assert [d["key"] for d in cmp.differences["config"]] == ["gate.mean_plcc"]  # the HOLD run asked for 0.999
+    assert [d["key"] for d in cmp.differences["corpus"]] == ["sha256", "rows", "cells"]
     r = CliRunner().invoke(main, ["compare", str(lead), str(collab)])
     assert r.exit_code == 1
     lines = r.output.splitlines()
-    assert lines[0].startswith("DIVERGED") and lines[1].startswith("  reason: verdicts differ")
+    assert lines[0].startswith("DIVERGED")
+    # every difference class first, then the numbers
+    assert [ln.split(":")[0] for ln in lines[1:6]] == ["  config", "  corpus", "  environment", "  host (recorded, not compared)",
+                                                       "  reason"]
+    assert "gate.mean_plcc 0.95 | 0.999" in lines[1]
+    assert "cells 0 | 6 (6 cells (source x encoder x cq) shared" in lines[2]
+    assert "packages.torch.version 2.13.0 | 2.13.0+cu130" in lines[3]
+    assert lines[5].startswith("  reason: verdicts differ")
+
+
+def test_compare_names_a_config_difference_first(tmp_path, fake_run):
+    """The issue's case: two runs that differ only in training config (epochs) say so before any PLCC."""
+    from kit.train.config import TrainConfig
+
+    lead = fake_run(tmp_path / "lead", config=TrainConfig(epochs=100))
+    collab = fake_run(tmp_path / "collab", config=TrainConfig(epochs=200, workers=3), plcc=0.9702)
+    cmp = compare.compare(bundle.make_bundle(lead).path, bundle.make_bundle(collab).path)
+    assert [(d["key"], d["lead"], d["collab"]) for d in cmp.differences["config"]] == [("epochs", 100, 200), ("workers", 0, 3)]
+    assert cmp.differences["corpus"] == [] and cmp.differences["environment"] == []
+    lines = compare.comparison_lines(cmp)
+    assert lines[1] == "  config: differs (lead | collaborator): epochs 100 | 200; workers 0 | 3 (does not change results)"
+    assert lines[2].startswith("  corpus: same corpus") and lines[3] == "  environment: same result environment"
+    assert lines[4].startswith("  reason: seed 0 mean PLCC differs")
 
 
 def test_compare_tolerance_is_explicit(tmp_path, fake_run):

@@ -352,3 +352,18 @@ def test_raw_rekeyer_makes_y4m_yuv_and_mkv_of_the_same_frames_one_source(pack_di
     s = open_source(out / "a420.y4m", ff=ff)
     assert raw_rekeyer(out)(s) == s
     assert next(d for d in discover(out, ff=ff) if d.src == "a420").src_sha256 == s.src_sha256
+
+
+def test_a_pack_member_that_is_a_link_to_a_special_file_is_never_read(pack_dir, ff, tmp_path):
+    """A directory pack whose member is a symlink to /proc/self/pagemap (size 0 in refs.json): refused unread."""
+    bad = tmp_path / "pack"
+    shutil.copytree(pack_dir, bad)
+    (bad / "c444.mkv").unlink()
+    (bad / "c444.mkv").symlink_to("/proc/self/pagemap")
+    doc = json.loads((bad / "refs.json").read_text())
+    for e in doc["sources"]:
+        if e["packed_file"] == "c444.mkv":
+            e["packed_bytes"] = 0
+    (bad / "refs.json").write_text(json.dumps(doc))
+    with pytest.raises(BadInput, match=r"c444\.mkv is corrupt"):
+        refs_unpack.unpack(bad, tmp_path / "out", ff=ff, jobs=1)

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -222,6 +223,24 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         while chunk := fh.read(CHUNK):
             h.update(chunk)
     return h.hexdigest()
+
+
+def sha256_declared(path: str | os.PathLike[str], size: int) -> str | None:
+    """sha256 of `path` if it is a regular file (not a symlink, FIFO, device or /proc entry) of exactly
+    `size` bytes, reading at most `size` bytes; None otherwise. For files an untrusted manifest names."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+            return None
+        h, left = hashlib.sha256(), size
+        while left and (chunk := fh.read(min(CHUNK, left))):
+            h.update(chunk)
+            left -= len(chunk)
+        return h.hexdigest() if left == 0 else None
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 
 from kit.core.archive import safe_extract
 from kit.core.errors import BadInput, KitError, WorkFailed
-from kit.core.fsio import atomic_path, read_json, sha256_file, write_bytes, write_json, write_text
+from kit.core.fsio import atomic_path, read_json, sha256_declared, write_bytes, write_json, write_text
 from kit.core.ids import shorten
 from kit.corpus.ffmpeg import FFmpeg, find_ffmpeg
 from kit.corpus.geometry import Y4M_TAG, frame_bytes, y4m_header
@@ -60,7 +60,8 @@ def _unpack_one(entry: RefEntry, pack_dir: Path, out_dir: Path, y4m: bool, ff: F
     if not packed.is_file():
         raise BadInput(f"pack member {entry.packed_file} is missing from {pack_dir}",
                        hint="the pack is incomplete: ask the sender for a fresh copy")
-    if packed.stat().st_size != entry.packed_bytes or sha256_file(packed) != entry.packed_sha256:
+    # a regular file of the declared size, never a link to /proc or a device: read at most that many bytes
+    if sha256_declared(packed, entry.packed_bytes) != entry.packed_sha256:
         raise BadInput(f"pack member {entry.packed_file} is corrupt (its sha256 differs from refs.json)",
                        hint="the pack was damaged in transit: ask the sender for a fresh copy")
     target = out_dir / entry.raw_file(y4m=y4m)

@@ -392,6 +392,34 @@ def extract_bundle(bundle: Path, dest: Path | None = None, *,
         raise
 
 
+@dataclass(frozen=True)
+class RecordedTraining:
+    """How a run trained, as its verdict.json (else loso/summary.json) records it."""
+
+    where: str  # the file it came from, for messages
+    config: dict[str, Any]
+    seeds: tuple[int, ...]
+
+
+def recorded_training(run_root: Path) -> RecordedTraining | None:
+    """The training config and seeds a finished run recorded (None when it recorded none)."""
+    rd = RunDir(run_root)
+    for path in (rd.verdict, rd.loso_summary):
+        doc = _read_json_if(path)
+        config, seeds = doc.get("config"), doc.get("seeds")
+        if isinstance(config, dict) and isinstance(seeds, list) and all(isinstance(s, int) for s in seeds):
+            return RecordedTraining(where=rd.relative(path), config=config, seeds=tuple(seeds))
+    return None
+
+
+def training_source(path: Path, dest: Path | None = None) -> tuple[Path, RecordedTraining | None]:
+    """(corpus file, the training it was recorded with) behind `train --corpus PATH`: a run directory or a
+    results bundle (verified first) carries its config and seeds, a plain corpus file carries none."""
+    corpus = corpus_from(path, dest)
+    p = Path(path)
+    return corpus, (recorded_training(corpus.parent) if p.is_dir() or is_bundle(p) else None)
+
+
 def corpus_from(path: Path, dest: Path | None = None) -> Path:
     """The corpus file behind a corpus file, a run directory or a results bundle.
 
