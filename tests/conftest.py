@@ -36,11 +36,11 @@ def _write_fake_run(root: Path, *, seeds=(0, 1), plcc=0.97, verdict="PROMOTE", n
 
     import pandas as pd
 
-    from kit.core.fsio import sha256_bytes, write_json
+    from kit.core.fsio import read_json, sha256_bytes, write_json
     from kit.core.rundir import RunDir
     from kit.core.schema import CORPUS_COLUMNS
     from kit.corpus.table import corpus_summary
-    from kit.results import export
+    from kit.results import export, provenance
     from kit.results.gate import decide, write_decision
     from kit.results.thresholds import Thresholds
     from kit.train.config import TrainConfig
@@ -89,6 +89,7 @@ def _write_fake_run(root: Path, *, seeds=(0, 1), plcc=0.97, verdict="PROMOTE", n
     rd.report_index.write_text('<html><body><img src="fold_plcc.png"><a href="https://x.org">x</a></body></html>')
     if models:
         export.export_run(root, environment=(fp, "fp0123456789abcd"))
+    provenance.write_report_inputs(rd, read_json(rd.verdict))  # the report shows this verdict
     return root
 
 

@@ -30,8 +30,6 @@ def test_bundle_holds_only_this_runs_files(tmp_path, fake_run):
     (run / "loso" / "seed7" / "predictions.parquet").write_bytes(b"old")  # a seed this run did not train
     (run / "loso" / "notes.txt").write_text("scratch")  # not a file `train` writes
     (run / "report" / "old_plot.png").write_bytes(b"old")  # not one of the report's pictures
-    (run / "models").mkdir()
-    write_json(run / "models" / "ensemble.json", {"corpus_sha256": "d" * 64, "members": []})  # another corpus
     (run / "PROMOTE.json").write_text("{}")  # the old kit's stray verdict files
     (run / "notes.txt").write_text("private")
 
@@ -43,7 +41,7 @@ def test_bundle_holds_only_this_runs_files(tmp_path, fake_run):
     assert names == sorted([
         "corpus.parquet", "loso/PROMOTE.json", "loso/folds.csv", "loso/loso_seed0.json", "loso/loso_seed1.json",
         "loso/seed0/predictions.parquet", "loso/seed1/predictions.parquet", "loso/summary.json",
-        "manifest.json", "report/fold_plcc.png", "report/index.html", "run.json", "verdict.json",
+        "manifest.json", "report/fold_plcc.png", "report/index.html", "report/inputs.json", "run.json", "verdict.json",
     ])
     manifest = result.manifest
     assert [f["path"] for f in manifest["files"]] == [n for n in names if n != "manifest.json"]
@@ -54,8 +52,14 @@ def test_bundle_holds_only_this_runs_files(tmp_path, fake_run):
     assert all(len(f["sha256"]) == 64 and f["size"] > 0 for f in manifest["files"])
 
 
-def test_models_included_only_when_they_belong_to_this_corpus(tmp_path, fake_run):
+def test_models_included_only_when_they_belong_to_this_verdict(tmp_path, fake_run):
+    """Models go in only when exported under this verdict from this corpus; otherwise the bundle is
+    refused naming the difference (issue 11: a HOLD never ships models of an earlier PROMOTE)."""
+    from kit.core.rundir import RunDir
+
     run = fake_run(tmp_path / "run", models=True)
+    rd = RunDir(run)
+    ensemble, verdict = read_json(rd.ensemble_json), read_json(rd.verdict)
     rels = [rel for rel, _ in bundle.run_files(run)]
     member = contract.member_id(contract.PRODUCTION_NAME, 0)
     assert {"models/ensemble.json", f"models/{member}.onnx", f"models/{member}.json"} <= set(rels)
@@ -63,7 +67,15 @@ def test_models_included_only_when_they_belong_to_this_corpus(tmp_path, fake_run
     (run / "models" / f"{member}.onnx").write_bytes(b"changed")  # no longer what ensemble.json hashed
     with pytest.raises(BadInput, match="sha256 differs"):
         bundle.run_files(run)
-
+    write_json(rd.ensemble_json, {**ensemble, "corpus_sha256": "d" * 64})
+    with pytest.raises(BadInput, match="exported from corpus dddddddddddd"):
+        bundle.run_files(run)
+    write_json(rd.verdict, {**verdict, "verdict": "HOLD"})  # a new decision on the same LOSO results
+    write_json(rd.ensemble_json, ensemble)
+    with pytest.raises(BadInput, match="exported under verdict PROMOTE of 2026-11-25T10:15:00Z, but verdict.json "
+                                       "is now HOLD") as caught:
+        bundle.run_files(run)
+    assert "a HOLD ships no models" in str(caught.value)
 
 def test_same_run_gives_same_bytes(tmp_path, fake_run):
     run = fake_run(tmp_path / "run")

@@ -10,7 +10,7 @@ belong to a run instead of looking around:
            loso/summary.json, loso/folds.csv, loso/seed<N>/predictions.parquet, loso/loso_seed<N>.json
            verdict.json + loso/PROMOTE.json or loso/HOLD.json   one decision, ours and the fork's view
            models/ensemble.json + members' .onnx (+ .onnx.data) and .json sidecars + registry.rows.json
-           report/index.html + REPORT_IMAGES
+           report/index.html + REPORT_IMAGES + report/inputs.json (which verdict it shows)
            .pipeline/steps/<step>.json the step markers; .pipeline/lock, log.jsonl, stale/
 
 A step marker records the hash of the step's inputs (`key`) and the sha256 of every file the step
@@ -157,6 +157,11 @@ class RunDir:
     def report_index(self) -> Path:
         return self.report_dir / "index.html"
 
+    @property
+    def report_inputs(self) -> Path:
+        """What the report was made from (kit.results.provenance): which verdict it shows."""
+        return self.report_dir / "inputs.json"
+
     def report_image(self, name: str) -> Path:
         if name not in REPORT_IMAGES:
             raise ValueError(f"{name} is not one of the report's images {REPORT_IMAGES}")
@@ -204,10 +209,12 @@ class RunDir:
         return files
 
     def report_files(self) -> list[Path]:
-        """index.html and the report's images that exist (the report removes the ones it did not draw)."""
+        """index.html, its inputs record and the report's images that exist (the report removes the ones
+        it did not draw)."""
         if not self.report_index.is_file():
             return []
-        return [self.report_index, *(p for p in map(self.report_image, REPORT_IMAGES) if p.is_file())]
+        return [self.report_index, *(p for p in (self.report_inputs,) if p.is_file()),
+                *(p for p in map(self.report_image, REPORT_IMAGES) if p.is_file())]
 
     # ---- step markers ------------------------------------------------------------------------------
 

@@ -38,6 +38,8 @@ from kit.core.fsio import (
 )
 from kit.core.rundir import RunDir
 from kit.env import platform as kit_platform
+from kit.results import provenance
+from kit.results.provenance import corpus_sha
 from kit.results.thresholds import VERDICTS
 
 BUNDLE_SCHEMA = "ensemble-kit/results-bundle"
@@ -92,18 +94,12 @@ def _read_json_if(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _model_files(rd: RunDir, verdict: dict[str, Any]) -> list[Path]:
-    """The models listed in ensemble.json, only if they were exported from this run's corpus.
-
-    A models/ directory from an earlier PROMOTE must not ride along with a fresh HOLD: the ensemble's
-    corpus hash has to match the verdict's, and every member's sha256 has to match its file.
-    """
+def _model_files(rd: RunDir) -> list[Path]:
+    """The models listed in ensemble.json, every member's sha256 matching its file. That they were
+    exported under this verdict, from this corpus, `provenance.check` has already made sure."""
     if not rd.ensemble_json.is_file():
         return []
     ensemble = read_json(rd.ensemble_json, what="models/ensemble.json")
-    verdict_corpus, ens_corpus = corpus_sha(verdict), corpus_sha(ensemble)
-    if verdict_corpus and ens_corpus and ens_corpus != verdict_corpus:
-        return []  # models from another corpus: not this run's
     files = rd.model_files(ensemble)
     for path in files[1:]:
         if not path.is_file():
@@ -121,32 +117,26 @@ def _ensemble_members(ensemble: dict[str, Any]) -> list[dict[str, Any]]:
     return [m for m in members if isinstance(m, dict)] if isinstance(members, list) else []
 
 
-def corpus_sha(doc: dict[str, Any]) -> str | None:
-    """Corpus content sha256 of a verdict (`corpus.sha256`) or an ensemble.json (`corpus_sha256`)."""
-    if isinstance(doc.get("corpus_sha256"), str):
-        return doc["corpus_sha256"]
-    corpus = doc.get("corpus")
-    return corpus.get("sha256") if isinstance(corpus, dict) and isinstance(corpus.get("sha256"), str) else None
-
-
 def run_files(run_root: Path) -> list[tuple[str, Path]]:
     """(relative path, file) for every output of this run, sorted; never a stale file.
 
     The run directory says which files those are (`RunDir`): run.json, verdict.json (+ the fork's
-    loso/PROMOTE.json or HOLD.json), corpus.parquet;
-    the LOSO files of the verdict's seeds; the models only when their corpus hash matches the
-    verdict's; the report's files. When the pipeline recorded its step outputs, those are the
-    authority and anything not recorded is left out.
+    loso/PROMOTE.json or HOLD.json), corpus.parquet; the LOSO files of the verdict's seeds; the models;
+    the report's files. First they must belong together (`provenance.check`: the corpus loso/ was
+    trained on, the verdict about those LOSO results, models and report made under that verdict), else
+    bad input naming the difference and the command that redoes the stale step. When the pipeline
+    recorded its step outputs, those are the authority and anything not recorded is left out.
     """
     root = Path(run_root)
     rd = RunDir(root)
     verdict = read_verdict(root)
     if not rd.corpus.is_file():
         raise BadInput(f"{root}: no corpus.parquet", hint="run `ensemble-kit corpus` (or the pipeline) in it first")
+    provenance.check(rd)
     seeds = [int(s) for s in verdict.get("seeds") or [] if isinstance(s, int) or str(s).isdigit()]
     candidates: list[Path] = [p for p in (rd.run_json, rd.corpus) if p.is_file()] + rd.verdict_files()
     candidates += rd.loso_files(seeds)
-    candidates += _model_files(rd, verdict)
+    candidates += _model_files(rd)
     candidates += rd.report_files()
     recorded = rd.recorded_outputs()
     if recorded is not None:

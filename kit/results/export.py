@@ -35,7 +35,7 @@ from kit.core.rundir import ENSEMBLE_JSON, RunDir
 from kit.core.schema import FEATURES
 from kit.corpus.table import corpus_sha256, corpus_summary, jsonl_sha256
 from kit.env import fingerprint as env_fingerprint
-from kit.results import contract, predict
+from kit.results import contract, predict, provenance
 from kit.results.thresholds import PROMOTE
 from kit.train.batched import Job, check_memory, deterministic_torch, train_models
 from kit.train.config import TrainConfig
@@ -109,9 +109,10 @@ def export_ensemble(
     progress: Callable[[int, int], None] | None = None,
     environment: tuple[dict[str, Any], str] | None = None,
     max_memory: int | None = None,
+    inputs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Fit one model per seed on the whole corpus, export and verify each, write sidecars, registry rows
-    and ensemble.json (last).
+    and ensemble.json (last), which records `inputs` (the verdict it was exported under, kit.results.provenance).
 
     Refuses (bad input) unless the gate snapshot says PROMOTE or `force`; a forced or v3 export never
     takes the production ids (`contract.ensemble_name`). ONNX/PyTorch disagreement beyond 1e-4 on any
@@ -212,6 +213,7 @@ def export_ensemble(
         "kit_version": __version__,
         "fingerprint": fp,
         "fingerprint_id": fp_id,
+        **({provenance.INPUTS_KEY: inputs} if inputs is not None else {}),
     })
     write_json(models_dir / ENSEMBLE_JSON, ensemble)
     _check_written(models_dir, df, [s[3] for s in staged])
@@ -251,7 +253,10 @@ def export_run(run_dir: str | Path, *, force: bool = False, corpus: str | Path |
     """
     rd = RunDir(Path(run_dir))
     verdict = read_json(rd.verdict, what="verdict.json (run `ensemble-kit verdict` first)")
+    if not isinstance(verdict, dict):
+        raise BadInput(f"{rd.verdict} is not a verdict file", hint=f"rerun `ensemble-kit verdict --out-dir {rd.root}`")
     loso = load_loso(rd)
+    provenance.check(rd, corpus=Path(corpus) if corpus else None, models=False, report=False)
     df = load_corpus(corpus or rd.corpus)
     want = (verdict.get("corpus") or {}).get("sha256")
     have = corpus_sha256(df)
@@ -265,5 +270,5 @@ def export_run(run_dir: str | Path, *, force: bool = False, corpus: str | Path |
                 "generated_at_utc": verdict.get("generated_at_utc"), "recommendation": verdict.get("recommendation")}
     return export_ensemble(df, loso.config, loso.seeds, snapshot, rd.models_dir, force, name=name,
                            external_data=external_data, progress=progress, environment=environment,
-                           max_memory=max_memory)
+                           max_memory=max_memory, inputs=provenance.downstream_inputs(rd, verdict))
 

@@ -31,6 +31,7 @@ from typing import Any
 from kit import __version__
 from kit.core.fsio import json_safe, write_json
 from kit.core.rundir import RunDir
+from kit.results import provenance
 from kit.results.thresholds import GATE_EPS, HOLD, PROMOTE, Thresholds
 from kit.train.loso_files import LosoResult, load_loso
 
@@ -120,8 +121,10 @@ def _recommendation(gate: dict[str, Any], per_seed: dict[int, float], nan_folds:
     return "HOLD: " + "; ".join(reasons) + note + ". Check the per-fold table for the weakest sources."
 
 
-def verdict_document(verdict: Verdict, loso: LosoResult, *, now: datetime | None = None) -> dict[str, Any]:
-    """The verdict.json content: everything a reviewer needs to trust or re-derive the verdict."""
+def verdict_document(verdict: Verdict, loso: LosoResult, *, now: datetime | None = None,
+                     inputs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The verdict.json content: everything a reviewer needs to trust or re-derive the verdict, and
+    (`inputs`, kit.results.provenance) exactly which LOSO results it was decided on."""
     stamp = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
     folds = loso.folds.sort_values(["seed", "fold_src_sha256"], kind="mergesort")
     return json_safe({
@@ -139,12 +142,14 @@ def verdict_document(verdict: Verdict, loso: LosoResult, *, now: datetime | None
         "config": loso.config.to_dict(),
         "fingerprint": loso.fingerprint,
         "fingerprint_id": loso.fingerprint_id,
+        **({provenance.INPUTS_KEY: inputs} if inputs is not None else {}),
     })
 
 
-def write_verdict_file(path: str | Path, verdict: Verdict, loso: LosoResult, *, now: datetime | None = None) -> dict[str, Any]:
+def write_verdict_file(path: str | Path, verdict: Verdict, loso: LosoResult, *, now: datetime | None = None,
+                       inputs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write verdict.json's document (only) atomically to `path`; a run directory gets `write_decision`."""
-    doc = verdict_document(verdict, loso, now=now)
+    doc = verdict_document(verdict, loso, now=now, inputs=inputs)
     write_json(path, doc)
     return doc
 
@@ -217,7 +222,8 @@ def write_decision(run_dir: RunDir | str | Path, verdict: Verdict, loso: LosoRes
 
     Every old view goes first, so at no moment does a PROMOTE.json sit beside a newer HOLD (or an old
     verdict.json beside a new fork file); a kill in between leaves a missing file, and rerunning
-    `verdict` (or the pipeline) writes both again.
+    `verdict` (or the pipeline) writes both again. verdict.json records the LOSO results it was decided
+    on; models/ and report/ made under another verdict are then moved aside (kit.results.provenance).
     """
     rd = RunDir.of(run_dir)
     now = now or datetime.now(UTC)
@@ -225,7 +231,10 @@ def write_decision(run_dir: RunDir | str | Path, verdict: Verdict, loso: LosoRes
     for path in rd.fork_verdicts():
         path.unlink(missing_ok=True)
     write_json(rd.fork_verdict(verdict.verdict), fork_verdict_document(verdict, loso, now=now))
-    return write_verdict_file(rd.verdict, verdict, loso, now=now)
+    doc = write_verdict_file(rd.verdict, verdict, loso, now=now,
+                             inputs=provenance.verdict_inputs(rd, loso.corpus.get("sha256")))
+    provenance.set_aside_outdated(rd, doc)
+    return doc
 
 
 def write_verdict(
@@ -236,8 +245,12 @@ def write_verdict(
     per_seed_min: float = Thresholds.per_seed_min,
     now: datetime | None = None,
 ) -> dict[str, Any]:
-    """`ensemble-kit verdict`: read run_dir/loso/, apply the gate, write verdict.json and the fork's file."""
+    """`ensemble-kit verdict`: read run_dir/loso/, apply the gate, write verdict.json and the fork's file.
+
+    Refused (bad input) when loso/ was trained on another corpus than the run's corpus.parquet now holds.
+    """
     rd = RunDir(Path(run_dir))
     loso = load_loso(rd)
+    provenance.check(rd, verdict=False, models=False, report=False)
     verdict = decide(loso, Thresholds(mean_plcc, plcc_spread_max, per_seed_min))
     return write_decision(rd, verdict, loso, now=now)

@@ -21,10 +21,14 @@ import matplotlib.ticker as ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from kit.core.errors import BadInput  # noqa: E402
 from kit.core.fsio import read_json, write_text, write_with  # noqa: E402
+from kit.core.ids import shorten  # noqa: E402
 from kit.core.rundir import REPORT_IMAGES, RunDir  # noqa: E402
+from kit.corpus.table import corpus_sha256  # noqa: E402
+from kit.results import provenance  # noqa: E402
 from kit.results.thresholds import HOLD, PROMOTE, Thresholds  # noqa: E402
-from kit.train.data import load_corpus  # noqa: E402
+from kit.train.data import canonical_order, load_corpus, normalise  # noqa: E402
 from kit.train.loso_files import load_loso  # noqa: E402
 
 PNG_META = {"Software": None}  # no matplotlib version stamp: same data -> same image bytes
@@ -143,13 +147,22 @@ def build_report(run_dir: str | Path, corpus_df: pd.DataFrame | None = None) -> 
     """Write run_dir/report/index.html and its PNGs from loso/, verdict.json and the corpus.
 
     A picture this report does not draw (no predictions, no corpus) is removed if an earlier report
-    left one, so report/ holds exactly this report (`RunDir.report_files`).
+    left one, so report/ holds exactly this report (`RunDir.report_files`); report/inputs.json says which
+    verdict it shows. Refused (bad input) when the verdict, loso/ and the corpus do not belong together
+    (kit.results.provenance), so a report never shows one run's verdict over another run's data.
     """
     rd = RunDir(Path(run_dir))
     loso = load_loso(rd, with_predictions=True)
+    provenance.check(rd, models=False, report=False)
     verdict: dict[str, Any] = read_json(rd.verdict, what="verdict.json") if rd.verdict.is_file() else {}
     if corpus_df is None and rd.corpus.is_file():
-        corpus_df = load_corpus(rd.corpus)
+        corpus_df = load_corpus(rd.corpus, quiet=True)
+    elif corpus_df is not None and (trained_on := loso.corpus.get("sha256")):
+        given = corpus_sha256(canonical_order(normalise(corpus_df)))
+        if given != trained_on:
+            raise BadInput(f"the corpus given for the report ({shorten(given)}, {len(corpus_df)} rows) is not the one "
+                           f"{rd.loso_dir} was trained on ({shorten(trained_on)}, {loso.corpus.get('n_rows')} rows)",
+                           hint="pass the corpus the run was trained on, or leave --corpus out")
     out = rd.report_dir
     out.mkdir(parents=True, exist_ok=True)
     threshold = float(verdict.get("gate", {}).get("per_seed_min", Thresholds().per_seed_min))
@@ -196,4 +209,5 @@ environment <code>{html.escape(loso.fingerprint_id)}</code>.</p>
 </body></html>
 """
     write_text(rd.report_index, body)
+    provenance.write_report_inputs(rd, verdict)
     return rd.report_index

@@ -55,23 +55,25 @@ def normalise(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def load_corpus(path: str | Path, *, drop_invalid: bool = False, invalid: InvalidRows | None = None) -> pd.DataFrame:
+def load_corpus(path: str | Path, *, drop_invalid: bool = False, invalid: InvalidRows | None = None,
+                quiet: bool = False) -> pd.DataFrame:
     """Read any supported corpus into the canonical frame (normalised, de-duplicated, SORT_KEY order).
 
     Accepts a corpus.parquet, a run directory (its corpus.parquet, or a shard's finished cells) and
     a per-frame JSONL (ours, the fork's, the old kit's: kit.corpus.legacy checks every row and fills what
     old rows lack; `drop_invalid` skips invalid rows, counted into `invalid`). Exact duplicate rows (the
-    old kit appended them on re-runs) are dropped so no frame counts twice.
+    old kit appended them on re-runs) are dropped so no frame counts twice. `quiet`: no notes about what
+    was left out (a consistency check reading the corpus again, not a step consuming it).
     """
     p = Path(path)
     if not p.exists():
         raise BadInput(f"corpus not found: {p}", hint="run `ensemble-kit corpus` first or pass --corpus PATH")
     df = table.load_corpus_input(p, drop_invalid=drop_invalid, invalid=invalid)
     df, dropped, conflicts = table.dedupe(df)
-    if dropped:
+    if dropped and not quiet:
         warn(f"{p}: dropped {dropped} exact duplicate row(s)")
     n_keys = int(conflicts[list(ROW_KEY)].drop_duplicates().shape[0]) if len(conflicts) else 0
-    if n_keys:
+    if n_keys and not quiet:
         warn(f"{p}: {n_keys} row key(s) (source, encoder, cq, frame) hold conflicting values: kept the first row of "
              f"each, left out {len(conflicts) - n_keys} (`ensemble-kit merge` writes every version to a conflicts file)")
     out = canonical_order(normalise(df))
