@@ -174,10 +174,22 @@ def _describe_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]
             a, b = result_train_config(a), result_train_config(b)
         if a != b:
             if key == "ref_sources":
-                a = f"{len(a or [])} sources" if a is not None else None
-                b = f"{len(b or [])} sources (different content)" if b is not None else None
+                diffs.append(_source_changes(a or [], b or []))
+                continue
             diffs.append(f"{key} {canonical_json(a, indent=None).strip()} -> {canonical_json(b, indent=None).strip()}")
     return diffs
+
+
+def _source_changes(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> str:
+    """Reference clips renamed (same content), removed and added (new or changed content), by name."""
+    was = {s.get("src_sha256"): s.get("src") for s in old if isinstance(s, dict)}
+    now = {s.get("src_sha256"): s.get("src") for s in new if isinstance(s, dict)}
+    parts = [f"renamed {was[h]} -> {now[h]} (same content; names are part of the results)"
+             for h in sorted(was.keys() & now.keys(), key=str) if was[h] != now[h]]
+    gone, came = sorted(str(was[h]) for h in was.keys() - now.keys()), sorted(str(now[h]) for h in now.keys() - was.keys())
+    parts += [f"no longer there or changed: {', '.join(gone)}"] if gone else []
+    parts += [f"new or changed: {', '.join(came)}"] if came else []
+    return "reference clips " + "; ".join(parts or ["differ"])
 
 
 def prepare_run_dir(options: PipelineOptions, resolved: dict[str, Any], fingerprint: dict[str, Any],

@@ -246,6 +246,10 @@ def _edge_cases(tmp: Path, refs: Path, corpus: Path, good: Path, fake_run) -> li
     odd = tmp / "odd"
     odd.mkdir()
     (odd / "odd_175x143_25fps.yuv").write_bytes(bytes(2 * (175 * 143 + 2 * 88 * 72)))
+    # a raw clip whose name states two frame sizes, and no flag or sidecar to settle it
+    two_sizes = tmp / "two_sizes"
+    two_sizes.mkdir()
+    (two_sizes / "clip_64x96_from_96x64_25fps.yuv").write_bytes(bytes(2 * 96 * 64 * 3 // 2))
     # a geometry sidecar nested 100k deep, a verdict.json nested 100k deep
     deep = "[" * 100_000 + "]" * 100_000
     deep_refs = tmp / "deep_refs"
@@ -278,6 +282,8 @@ def _edge_cases(tmp: Path, refs: Path, corpus: Path, good: Path, fake_run) -> li
         (["corpus", "--ref-dir", str(odd), "--encoders", "libx264", "--out-dir", str(tmp / "o")], {}, "175x143"),
         (["corpus", "--ref-dir", str(deep_refs), "--encoders", "libx264", "--out-dir", str(tmp / "o")], {},
          "nested too deeply"),
+        (["corpus", "--ref-dir", str(two_sizes), "--encoders", "libx264", "--out-dir", str(tmp / "o")], {},
+         "two frame sizes (64x96 and 96x64)"),
         ([*refs_args, "--cell-timeout", "0", "--out-dir", str(tmp / "o")], {}, "--cell-timeout"),
         ([*refs_args[:-4], "--encoders", "", "--out-dir", str(tmp / "o")], {}, "--encoders '' is empty"),
         ([*refs_args[:-2], "--cqs", "", "--out-dir", str(tmp / "o")], {}, "--cqs '' is empty"),

@@ -223,3 +223,12 @@ def test_pipeline_on_real_footage_ref_dir(shared_media, tmp_path):
     df = pd.read_parquet(out / "corpus.parquet")
     assert df.groupby("src")["frame_index"].nunique().to_dict() == {
         "Seeking_10_288_375": 150, "park_joy_420_720p50_frm0to9_480x270": 10, "synthetic": 12}
+
+
+def test_a_resume_names_renamed_removed_and_added_clips():
+    from kit.pipeline import _source_changes
+
+    old = [{"src": "a", "src_sha256": "1"}, {"src": "b", "src_sha256": "2"}, {"src": "c", "src_sha256": "3"}]
+    new = [{"src": "a2", "src_sha256": "1"}, {"src": "b", "src_sha256": "2"}, {"src": "c", "src_sha256": "4"}]
+    assert _source_changes(old, new) == ("reference clips renamed a -> a2 (same content; names are part of the "
+                                         "results); no longer there or changed: c; new or changed: c")

@@ -57,7 +57,7 @@ from kit.results import bundle
 @json_option("Print the run summary as JSON on stdout.")
 @click.pass_context
 def corpus_cmd(ctx: click.Context, demo: bool, demo_frames: int | None, demo_size: str | None, ref_dir: Path | None,
-               width: int | None, height: int | None, pix_fmt: str | None, fps: float | None, encoders: str | None,
+               width: int | None, height: int | None, pix_fmt: str | None, fps: str | None, encoders: str | None,
                cqs: str | None, jobs: int | None, shard: str | None, out_dir: Path, ffmpeg_path: str | None,
                vmaf_threads: int | None, scorer: str, cell_timeout: float | None, fmt: str, quiet: bool,
                as_json: bool) -> None:
@@ -155,12 +155,12 @@ def corpus_export_cmd(run_dir: Path, out: str | None) -> None:
 @click.command("score", epilog=EPILOG_EXIT_CODES)
 @click.argument("ref", type=click.Path(path_type=Path))
 @click.argument("dis", type=click.Path(path_type=Path))
-@geometry_options("raw .yuv inputs whose name/sidecar does not say")
+@geometry_options("raw .yuv inputs")
 @ffmpeg_option()
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="libvmaf threads (default: all cores).")
 @scorer_option()
 @json_option("Per-frame and pooled values as JSON on stdout.")
-def score_cmd(ref: Path, dis: Path, width: int | None, height: int | None, pix_fmt: str | None, fps: float | None,
+def score_cmd(ref: Path, dis: Path, width: int | None, height: int | None, pix_fmt: str | None, fps: str | None,
               ffmpeg_path: str | None, threads: int | None, scorer: str, as_json: bool) -> None:
     """Score one distorted clip against its reference with libvmaf (vmaf_v0.6.1): per-frame and pooled.
 

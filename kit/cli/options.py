@@ -19,7 +19,7 @@ import click
 from kit.core.errors import BadInput
 from kit.corpus import demo
 from kit.corpus.encoders import DEFAULT_CQS, parse_cqs, parse_encoders
-from kit.corpus.geometry import parse_size
+from kit.corpus.geometry import parse_rate, parse_size, rate_text
 from kit.corpus.vmaf_cli import SCORERS
 from kit.results.thresholds import Thresholds
 from kit.train.config import TrainConfig
@@ -127,6 +127,18 @@ class ByteSize(click.ParamType):
         return int(number * self.UNITS[unit])
 
 
+class FrameRate(click.ParamType):
+    """A frame rate, kept exact: '25', '29.97' or '30000/1001' -> that rational as text (kit.corpus.geometry)."""
+
+    name = "rate"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            return rate_text(parse_rate(value, "the value"))
+        except BadInput as exc:
+            self.fail(f"{value!r} is not a frame rate above 0 (e.g. 25, 29.97 or 30000/1001): {exc.message}", param, ctx)
+
+
 POSITIVE = PositiveNumber()
 FINITE = BoundedNumber(-math.inf, math.inf)
 
@@ -150,19 +162,22 @@ def out_dir_option(default: Path | None = Path("runs/corpus"), help: str = RUN_D
                         show_default=default is not None, help=help)
 
 
-def geometry_options(what: str = ".yuv files whose name/sidecar does not say") -> Decorator:
-    """--width/--height/--pix-fmt/--fps: the fallback geometry of raw references."""
+def geometry_options(what: str = ".yuv references") -> Decorator:
+    """--width/--height/--pix-fmt/--fps: the geometry of raw references. Explicit beats inferred: a flag
+    overrides the file's name and sidecar (kit.corpus.sources says so in one line when they differ)."""
     return _stack(
-        click.option("--width", type=int, default=None, help=f"Fallback width for {what}."),
-        click.option("--height", type=int, default=None, help=f"Fallback height for {what}."),
-        click.option("--pix-fmt", default=None, help=f"Fallback pixel format for {what} (default yuv420p)."),
-        click.option("--fps", type=POSITIVE, default=None,
-                     help=f"Fallback frame rate for {what} (default 25; a fraction like 30000/1001 is not "
-                          "needed: 29.97 is read as 30000/1001)."),
+        click.option("--width", type=click.IntRange(min=1), default=None,
+                     help=f"Width of {what} (overrides their name and sidecar)."),
+        click.option("--height", type=click.IntRange(min=1), default=None,
+                     help=f"Height of {what} (overrides their name and sidecar)."),
+        click.option("--pix-fmt", default=None, help=f"Pixel format of {what} (default yuv420p; overrides name and sidecar)."),
+        click.option("--fps", type=FrameRate(), default=None,
+                     help=f"Frame rate of {what}, kept exact: 25, 29.97 or 30000/1001 (default 25; overrides name "
+                          "and sidecar)."),
     )
 
 
-def geometry(width: int | None, height: int | None, pix_fmt: str | None, fps: float | None) -> dict[str, Any]:
+def geometry(width: int | None, height: int | None, pix_fmt: str | None, fps: str | None) -> dict[str, Any]:
     return {"width": width, "height": height, "pix_fmt": pix_fmt, "fps": fps}
 
 

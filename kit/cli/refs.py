@@ -50,9 +50,9 @@ def refs_group() -> None:
               show_default=True, help="Lossless codec (FFV1 is in every ffmpeg build and stores every layout).")
 @jobs_option(JOBS_HELP)
 @ffmpeg_option(FFMPEG_HELP)
-@geometry_options(".yuv files without geometry")
+@geometry_options(".yuv references")
 def refs_pack_cmd(ref_dir: Path, out: Path, codec: str, jobs: int | None, ffmpeg_path: str | None,
-                  width: int | None, height: int | None, pix_fmt: str | None, fps: float | None) -> None:
+                  width: int | None, height: int | None, pix_fmt: str | None, fps: str | None) -> None:
     """Encode every reference losslessly into a pack (directory or tarball) with refs.json.
 
     Every member is decoded again and compared with the source's raw frames before it is kept.

@@ -304,7 +304,8 @@ def run_corpus(run_dir: RunDir, sources: Sequence[Source], encoder_names: Sequen
     present = [c for c in grid if run_dir.cell_path(c.cell_id).exists()]
     summary.missing_cells = len(grid) - len(present)
     if shard is None or summary.missing_cells == 0:
-        summary.corpus_rows = table.assemble([run_dir.cell_path(c.cell_id) for c in present], run_dir.corpus)
+        summary.corpus_rows = table.assemble([run_dir.cell_path(c.cell_id) for c in present], run_dir.corpus,
+                                             names={c.cell_id: c.source.src for c in grid})
         summary.corpus_path = str(run_dir.corpus)
     summary.wall_s = time.perf_counter() - t0
     write_json(run_dir.corpus_summary(shard), summary.to_json())

@@ -67,10 +67,36 @@ def frame_bytes(width: int, height: int, pix_fmt: str) -> int:
     return (luma + 2 * cw * ch) * bps
 
 
+MAX_FPS = 1000  # above this a "frame rate" is a typo or a broken header
+
+
+def parse_rate(value: object, where: str) -> Fraction:
+    """A frame rate as the exact rational it stands for: 25 -> 25, '26.777' or 26.777 -> 26777/1000,
+    '30000/1001' -> 30000/1001 (decimals are read as written, never rounded to a nearby fraction; a float
+    with more digits than anyone types, like 29.97002997002997, is taken as the fraction it approximates).
+    Bad input naming `where` unless it is a finite number above 0 and at most MAX_FPS."""
+    try:
+        if isinstance(value, bool) or not isinstance(value, int | float | str | Fraction):
+            raise ValueError(value)
+        rate = Fraction(value.strip() if isinstance(value, str) else str(value) if isinstance(value, float) else value)
+    except (ValueError, ZeroDivisionError):
+        raise BadInput(f"{where}: frame rate {value!r} is not a number or a fraction like 30000/1001",
+                       hint="e.g. 25, 29.97 or 30000/1001") from None
+    if rate.denominator > 1_000_000:
+        rate = rate.limit_denominator(1001)
+    if not 0 < rate <= MAX_FPS:
+        raise BadInput(f"{where}: frame rate {value!r} is not above 0 and at most {MAX_FPS}", hint="e.g. 25 or 30000/1001")
+    return rate
+
+
+def rate_text(rate: Fraction) -> str:
+    """The exact text of a rate for ffmpeg, refs.json and cell ids: '25', '26777/1000', '30000/1001'."""
+    return str(rate.numerator) if rate.denominator == 1 else f"{rate.numerator}/{rate.denominator}"
+
+
 def fps_arg(fps: float) -> str:
-    """25.0 -> '25', 29.97002997 -> '30000/1001': exact rationals for ffmpeg."""
-    fr = Fraction(fps).limit_denominator(1001)
-    return str(fr.numerator) if fr.denominator == 1 else f"{fr.numerator}/{fr.denominator}"
+    """25.0 -> '25', 29.97002997 -> '30000/1001': a float rate (whose exact value is lost) as ffmpeg's rational."""
+    return rate_text(Fraction(fps).limit_denominator(1001))
 
 
 def bit_depth(pix_fmt: str) -> int:
@@ -97,18 +123,29 @@ def vmaf_raw_layout(pix_fmt: str) -> tuple[str, int]:
 
 # ---- geometry from names -------------------------------------------------------------------------
 
+
+class NameAmbiguity(ValueError):
+    """A file name that states two different sizes or frame rates (the message says which)."""
+
 _SIZE_RE = re.compile(r"(?<![0-9])(\d{2,5})x(\d{2,5})(?![0-9])")
 _FPS_RE = re.compile(r"(?<![0-9.])(\d{1,3}(?:\.\d+)?)\s*fps", re.I)
 _PIXFMT_RE = re.compile("|".join(sorted(RAW_PIX_FMTS, key=len, reverse=True)))
 
 
 def geometry_from_name(name: str) -> dict[str, object]:
-    """'foo_1920x1080_50fps_10bit.yuv' -> {width, height, fps, pix_fmt}; only what the name says."""
+    """'foo_1920x1080_50fps_10bit.yuv' -> {width, height, fps, pix_fmt}; only what the name says. A name
+    that says two different sizes (or rates), like clip_64x96_from_96x64.yuv, says neither: bad input
+    naming both (a flag or a sidecar settles it, see kit.corpus.sources)."""
     out: dict[str, object] = {}
-    if m := _SIZE_RE.search(name):
-        out["width"], out["height"] = int(m.group(1)), int(m.group(2))
-    if m := _FPS_RE.search(name):
-        out["fps"] = float(m.group(1))
+    sizes = list(dict.fromkeys((int(w), int(h)) for w, h in _SIZE_RE.findall(name)))
+    rates = list(dict.fromkeys(_FPS_RE.findall(name)))
+    if len(sizes) > 1 or len(rates) > 1:
+        both = " and ".join(f"{w}x{h}" for w, h in sizes) if len(sizes) > 1 else " and ".join(f"{r}fps" for r in rates)
+        raise NameAmbiguity(both)
+    if sizes:
+        out["width"], out["height"] = sizes[0]
+    if rates:
+        out["fps"] = rates[0]  # the digits as written: parse_rate reads them exactly
     if m := _PIXFMT_RE.search(name.lower()):
         out["pix_fmt"] = m.group(0)
     elif re.search(r"(?<![0-9])10b(it)?(?![a-z])", name, re.I):

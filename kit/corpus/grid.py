@@ -28,7 +28,7 @@ from kit.corpus.vmaf_cli import VmafCli, scorer_fingerprint, scorer_identity
 from kit.env import fingerprint as env_fingerprint
 from kit.env import platform
 
-CELL_SCHEMA_VERSION = 1
+CELL_SCHEMA_VERSION = 2  # 2: every encoder gets the canonical stream of `encoder_input`; ids without the file kind
 
 
 @dataclass(frozen=True)
@@ -134,6 +134,22 @@ def check_cqs(encoder_names: Sequence[str], cqs: Sequence[int]) -> None:
             enc_table.get(name).check_cq(cq)
 
 
+# What is taken off every reference before its frames reach an encoder: the container's timestamps, pixel
+# aspect and colour tags. They change the bitstream (x264 writes them into its headers and paces rate
+# control by the timestamps) but never the pixels libvmaf compares, and they differ between an .mp4, the
+# .y4m of its frames and the unpacked .yuv of a reference pack.
+CANONICAL_TAGS = ("setsar=1,setparams=field_mode=prog:range=unknown:color_primaries=unknown:color_trc=unknown"
+                  ":colorspace=unknown:chroma_location=unspecified")
+
+
+def encoder_input(source: Source) -> str:
+    """The filter that makes what an encoder is fed depend on the frames and the exact rate only: square
+    pixels, no colour tags, frame n at n / fps_rational (a variable-rate source is re-timed to its rate).
+    So the corpus of an unpacked reference pack equals the corpus of the original clips."""
+    rate = source.rate
+    return f"{CANONICAL_TAGS},settb={rate.denominator}/{rate.numerator},setpts=N"
+
+
 def plan_grid(sources: Sequence[Source], encoder_names: Sequence[str], cqs: Sequence[int], ctx: RunContext,
               probes: dict[str, EncoderProbe] | None = None) -> list[Cell]:
     """The full grid in its canonical order (src, encoder, cq); each cell's cq turned into its ffmpeg argv."""
@@ -146,7 +162,7 @@ def plan_grid(sources: Sequence[Source], encoder_names: Sequence[str], cqs: Sequ
             device = probes[name].device if probes and name in probes else None
             pre, vf = enc_table.hw_setup(enc, device, ten_bit=source.bit_depth > 8)
             for cq in sorted(set(cqs)):
-                encode_args = (*(["-vf", vf] if vf else []), *enc.argv(cq))
+                encode_args = ("-vf", ",".join(f for f in (encoder_input(source), vf) if f), *enc.argv(cq))
                 # the id sees the hw setup without the node path: moving to another node is the same cell
                 id_args = [a.replace(device, "<node>") if device else a for a in (*pre, *encode_args)]
                 cid = make_cell_id(cell_key(source, enc, cq, id_args, ctx))
@@ -179,7 +195,9 @@ def write_grid(run_dir: RunDir, grid: Sequence[Cell], ctx: RunContext, encoder_n
         "ffmpeg": {**ctx.ff.identity(), "path": str(ctx.ff.path), "origin": ctx.ff.origin},
         "scorer": ctx.scorer_identity(), "platform": ctx.platform, "box_id": ctx.box_id,
         "env_fingerprint": ctx.env_fingerprint,
-        "sources": sorted({(c.source.src, c.source.src_sha256): c.source.geometry | {"src": c.source.src,
-                           "src_sha256": c.source.src_sha256} for c in grid}.values(), key=lambda d: str(d["src"])),
+        "sources": sorted({(c.source.src, c.source.src_sha256): c.source.geometry | {
+            "src": c.source.src, "src_sha256": c.source.src_sha256, "file": c.source.path.name,
+            "variable_rate": c.source.variable_rate, "encoder_input": encoder_input(c.source)}
+            for c in grid}.values(), key=lambda d: str(d["src"])),
         "cells": [{"cell_id": c.cell_id, "src": c.source.src, "encoder": c.encoder.name, "cq": c.cq} for c in grid],
     })

@@ -1,9 +1,13 @@
 """Reference discovery: per-source geometry, exact frame counts, and a content sha256 for each clip.
 
-Every source carries its own geometry (the old kit forced 1920x1080/25 fps/yuv420p on everything).
-Raw .yuv geometry comes from a `<name>.json` sidecar, else the file name (`_1920x1080_`, `_25fps`,
-`10bit`/`yuv420p10le`), else the --width/--height/--pix-fmt/--fps fallbacks. The sha256 and frame count
-are cached keyed by path+size+mtime, so re-runs do not re-hash 100 GiB of raw video.
+Every source carries its own geometry (the old kit forced 1920x1080/25 fps/yuv420p on everything) and
+its frame rate as an exact rational (`fps_rational`: 26777/1000 stays 26777/1000). Raw .yuv geometry:
+explicit beats inferred. --width/--height/--pix-fmt/--fps (when given) beat a `<name>.json` sidecar,
+which beats the file name (`_1920x1080_`, `_25fps`, `10bit`/`yuv420p10le`); a flag that overrides what
+the name or sidecar says is noted in one line, and a name stating two sizes (or rates) with nothing
+else to settle it is bad input naming both. The sha256 and frame count are cached keyed by path, size,
+mtime, inode and ctime (`cp -p`, `rsync -t` and tar keep mtimes, never ctime), so re-runs do not re-hash
+100 GiB of raw video and a file whose content changed is always probed again.
 """
 
 from __future__ import annotations
@@ -22,16 +26,25 @@ from kit.core.errors import BadInput
 from kit.core.fsio import read_json, sha256_file, write_json
 from kit.core.ids import KEY_LEN, short_id
 from kit.corpus.ffmpeg import FFmpeg, cache_dir
-from kit.corpus.geometry import Y4M_COLORSPACES, bit_depth, fps_arg, frame_bytes, geometry_from_name
+from kit.corpus.geometry import (
+    MAX_FPS,
+    Y4M_COLORSPACES,
+    NameAmbiguity,
+    bit_depth,
+    fps_arg,
+    frame_bytes,
+    geometry_from_name,
+    parse_rate,
+    rate_text,
+)
 from kit.refs import manifest as refs_manifest
 
 RAW_EXTS = frozenset({".yuv"})
 Y4M_EXTS = frozenset({".y4m"})
 CONTAINER_EXTS = frozenset({".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".ts", ".mts", ".m2ts", ".mxf",
                             ".flv", ".mpg", ".mpeg", ".nut", ".264", ".h264", ".265", ".hevc", ".ivf", ".obu"})
-SOURCE_CACHE_VERSION = 1
-DEFAULT_RAW_FPS = 25.0
-MAX_FPS = 1000.0  # above this a "frame rate" is a typo or a broken header
+SOURCE_CACHE_VERSION = 2  # 2: exact rates (fps_rational), variable_rate; inode and ctime in the key
+DEFAULT_RAW_FPS = Fraction(25)
 
 
 @dataclass(frozen=True)
@@ -43,15 +56,25 @@ class Source:
     width: int
     height: int
     pix_fmt: str
-    fps: float
+    fps: float  # float(fps_rational), for arithmetic (durations, bitrates) and the corpus' fps column
     n_frames: int
+    fps_rational: str = ""  # the exact rate ("30000/1001"); what the corpus feeds the encoders
+    variable_rate: bool = False  # its timestamps vary: the encoders get its frames at fps_rational, one after another
+
+    def __post_init__(self) -> None:
+        if not self.fps_rational:  # built from a float rate only (an older cache entry, a test)
+            object.__setattr__(self, "fps_rational", fps_arg(self.fps))
+
+    @property
+    def rate(self) -> Fraction:
+        return Fraction(self.fps_rational)
 
     def input_args(self) -> list[str]:
         """ffmpeg input args (ending in `-i path`) that read exactly the reference frames; map with `N:v:0`."""
         path = str(self.path)
         if self.kind == "yuv":
             return ["-f", "rawvideo", "-pix_fmt", self.pix_fmt, "-video_size", f"{self.width}x{self.height}",
-                    "-framerate", fps_arg(self.fps), "-i", path]
+                    "-framerate", self.fps_rational, "-i", path]
         if self.kind == "y4m":
             return ["-f", "yuv4mpegpipe", "-i", path]
         return ["-noautorotate", "-i", path]
@@ -62,9 +85,11 @@ class Source:
 
     @property
     def geometry(self) -> dict[str, object]:
-        """What, besides the bytes, decides which frames a cell sees: part of every cell_id."""
-        return {"kind": self.kind, "width": self.width, "height": self.height, "pix_fmt": self.pix_fmt,
-                "fps": fps_arg(self.fps), "n_frames": self.n_frames}
+        """What, besides the frames' bytes, decides what a cell's encoder sees: part of every cell_id. Not
+        the file kind: a .y4m, a .yuv and a lossless .mkv of the same frames at the same rate feed the
+        encoders the same stream (kit.corpus.grid.encoder_input)."""
+        return {"width": self.width, "height": self.height, "pix_fmt": self.pix_fmt, "fps": self.fps_rational,
+                "n_frames": self.n_frames}
 
 
 # ---- geometry from sidecars ----------------------------------------------------------------------
@@ -76,39 +101,77 @@ def _sidecar(path: Path) -> dict[str, object]:
             if not isinstance(data, dict):
                 raise BadInput(f"geometry sidecar {cand} must hold a JSON object",
                                hint='e.g. {"width": 1920, "height": 1080, "pix_fmt": "yuv420p", "fps": 25}')
-            return {k: data[k] for k in ("width", "height", "pix_fmt", "fps") if k in data}
+            found = {k: data[k] for k in ("width", "height", "pix_fmt", "fps") if k in data}
+            if "fps_rational" in data:  # refs unpack writes the exact rate beside the float one
+                found["fps"] = data["fps_rational"]
+            return found
     return {}
 
 
 # ---- probing one file --------------------------------------------------------------------------------
 
-def _raw_source(path: Path, size: int, fallback: dict[str, object]) -> dict[str, object]:
-    geo = {k: v for k, v in fallback.items() if v is not None}
-    geo.update(geometry_from_name(path.name))
-    geo.update(_sidecar(path))
+GEOMETRY_FLAGS = {"width": "--width", "height": "--height", "pix_fmt": "--pix-fmt", "fps": "--fps"}
+
+
+def _raw_source(path: Path, size: int, flags: dict[str, object]) -> dict[str, object]:
+    """A .yuv's geometry: explicit beats inferred (flags > sidecar > name), each override said in one line."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    side = _sidecar(path)
+    try:
+        named = geometry_from_name(path.name)
+    except NameAmbiguity as exc:
+        named = {}
+        settled = ("width" in given or "width" in side) and ("height" in given or "height" in side) \
+            if "x" in str(exc) else ("fps" in given or "fps" in side)
+        if not settled:
+            raise BadInput(f"{path.name}: its name states two {'frame sizes' if 'x' in str(exc) else 'frame rates'} "
+                           f"({exc}), so it says neither",
+                           hint=f"pass --width/--height/--fps, or add {path.with_suffix('.json').name} with "
+                                "width/height/pix_fmt/fps") from None
+    geo: dict[str, object] = {**named, **side}
+    differs = [k for k, v in given.items() if k in geo and not _same(k, geo[k], v, path)]
+    if differs:
+        said = "its sidecar" if any(k in side for k in differs) else "its name"
+        warn(f"{path.name}: {', '.join(f'{GEOMETRY_FLAGS[k]} {given[k]}' for k in differs)} override "
+             f"{', '.join(f'{k} {geo[k]}' for k in differs)} from {said}")
+    geo.update(given)
     if "width" not in geo or "height" not in geo:
         raise BadInput(f"{path}: cannot tell the frame size of this raw file",
                        hint=f"name it like clip_1920x1080_25fps.yuv, add {path.with_suffix('.json').name} "
                             "with width/height/pix_fmt/fps, or pass --width/--height")
     try:
         width, height = int(geo["width"]), int(geo["height"])  # type: ignore[call-overload]
-        fps = float(geo.get("fps") or 0) or None  # type: ignore[arg-type]
     except (TypeError, ValueError):
         raise BadInput(f"{path}: geometry {geo} is not numeric", hint="fix the sidecar or the flags") from None
     if width <= 0 or height <= 0:
         raise BadInput(f"{path}: frame size {width}x{height} is not positive", hint="fix the name, sidecar or flags")
-    if fps is not None and not (math.isfinite(fps) and 0 < fps <= MAX_FPS):
-        raise BadInput(f"{path}: frame rate {fps} is not a number from 0 to {MAX_FPS:g}", hint="fix the name, sidecar or --fps")
     pix_fmt = str(geo.get("pix_fmt") or "yuv420p")
-    if fps is None:
-        warn(f"{path.name}: no frame rate in its name, sidecar or --fps; assuming {DEFAULT_RAW_FPS:g} fps")
-        fps = DEFAULT_RAW_FPS
+    if geo.get("fps") is None:
+        warn(f"{path.name}: no frame rate in its name, sidecar or --fps; assuming {DEFAULT_RAW_FPS} fps")
+        rate = DEFAULT_RAW_FPS
+    else:
+        rate = parse_rate(geo["fps"], str(path))
     fb = frame_bytes(width, height, pix_fmt)
     if size % fb:
         raise BadInput(f"{path}: size {size} bytes is not a whole number of {width}x{height} {pix_fmt} frames "
                        f"({fb} bytes each; {size / fb:.3f} frames)",
                        hint="the file is truncated or the geometry is wrong: fix the name, sidecar or flags")
-    return {"kind": "yuv", "width": width, "height": height, "pix_fmt": pix_fmt, "fps": fps, "n_frames": size // fb}
+    return {"kind": "yuv", "width": width, "height": height, "pix_fmt": pix_fmt, **_rate_fields(rate),
+            "n_frames": size // fb}
+
+
+def _same(key: str, a: object, b: object, path: Path) -> bool:
+    """Do a name/sidecar value and a flag value say the same thing (25 and 25.0 do)?"""
+    if key == "fps":
+        return parse_rate(a, str(path)) == parse_rate(b, str(path))
+    try:
+        return int(a) == int(b) if key in ("width", "height") else str(a) == str(b)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return False
+
+
+def _rate_fields(rate: Fraction, variable: bool = False) -> dict[str, object]:
+    return {"fps": float(rate), "fps_rational": rate_text(rate), "variable_rate": variable}
 
 
 def _y4m_source(path: Path, size: int) -> dict[str, object]:
@@ -120,10 +183,10 @@ def _y4m_source(path: Path, size: int) -> dict[str, object]:
         try:
             width, height = int(tags["W"]), int(tags["H"])
             num, den = (int(x) for x in tags.get("F", "25:1").split(":"))
-            fps = num / den
+            rate = Fraction(num, den)
         except (KeyError, ValueError, ZeroDivisionError):
             raise BadInput(f"{path}: Y4M header {header[:80]!r} lacks a valid W/H/F", hint="re-export the clip") from None
-        if width <= 0 or height <= 0 or not 0 < fps <= MAX_FPS:
+        if width <= 0 or height <= 0 or not 0 < rate <= MAX_FPS:
             raise BadInput(f"{path}: Y4M header {header[:80]!r} has an impossible frame size or rate "
                            f"(W{width} H{height} F{tags.get('F', '25:1')})", hint="re-export the clip")
         cs = tags.get("C", "420jpeg")
@@ -145,7 +208,7 @@ def _y4m_source(path: Path, size: int) -> dict[str, object]:
             n += 1
     if n == 0:
         raise BadInput(f"{path}: has a Y4M header but no frames", hint="re-export the clip")
-    return {"kind": "y4m", "width": width, "height": height, "pix_fmt": pix_fmt, "fps": fps, "n_frames": n}
+    return {"kind": "y4m", "width": width, "height": height, "pix_fmt": pix_fmt, **_rate_fields(rate), "n_frames": n}
 
 
 def _split_top(text: str) -> list[str]:
@@ -163,32 +226,46 @@ def _split_top(text: str) -> list[str]:
 
 
 def _container_source(path: Path, ff: FFmpeg) -> dict[str, object]:
-    """Decode the first video stream once: geometry from ffmpeg's stream line, frames counted exactly."""
+    """Decode the first video stream once, as the corpus step will: geometry from ffmpeg's stream line, and
+    from a per-frame listing (framecrc) the exact frame count and the exact rate ffmpeg hands the encoders
+    (its time base is 1/rate: 26777/1000 stays 26777/1000, where the stream line shows "26.78 fps"). Frames
+    whose timestamps do not step evenly make it a variable-rate source."""
     argv = [str(ff.path), "-nostdin", "-hide_banner", "-noautorotate", "-i", str(path), "-map", "0:v:0",
-            "-fps_mode", "passthrough", "-progress", "pipe:1", "-nostats", "-f", "null", "-"]
+            "-fps_mode", "passthrough", "-f", "framecrc", "pipe:1"]
     try:
         done = proc.run(argv, stage="probe", check=False)
     except proc.ToolFailed as exc:
         raise BadInput(f"{path}: cannot run ffmpeg on it: {exc.reason}", hint="check the file and --ffmpeg") from None
     stream = re.search(r"Stream #0:\d+[^:]*: Video: (.*)", done.stderr)
-    frames = re.findall(r"^frame=(\d+)", done.stdout, re.M)
-    if not done.ok or not stream or not frames or int(frames[-1]) == 0:
+    pts = [int(m) for m in re.findall(r"^\d+,\s*(-?\d+),", done.stdout, re.M)]
+    tb = re.search(r"^#tb \d+: (\d+)/(\d+)$", done.stdout, re.M)
+    if not done.ok or not stream or not pts or not tb:
         raise BadInput(f"{path}: ffmpeg cannot decode a video stream from it ({proc.stderr_reason(done.stderr)})",
                        hint="the file is unreadable, truncated or has no video; re-copy or re-export it")
     parts = _split_top(stream.group(1))
     pix_fmt = re.sub(r"\(.*", "", parts[1]).strip() if len(parts) > 1 else "yuv420p"
     size = next((m for p in parts if (m := re.match(r"(\d+)x(\d+)", p))), None)
-    rate = next((m for p in parts if (m := re.match(r"([\d.]+)(k?) (?:fps|tbr)$", p))), None)
     if size is None:
         raise BadInput(f"{path}: ffmpeg reports no frame size for its video stream", hint="re-export the clip")
-    fps = float(rate.group(1)) * (1000 if rate and rate.group(2) else 1) if rate else DEFAULT_RAW_FPS
+    steps = {b - a for a, b in zip(pts, pts[1:], strict=False)}
+    rate = Fraction(int(tb.group(2)), int(tb.group(1)))
+    if not 0 < rate <= MAX_FPS:  # no frame rate known: the time base is the container's; use the mean step
+        span = max(pts) - min(pts)
+        rate = Fraction((len(pts) - 1) * int(tb.group(2)), span * int(tb.group(1))).limit_denominator(1001) \
+            if span > 0 else DEFAULT_RAW_FPS
+    variable = len(steps) > 1
+    if variable:
+        warn(f"{path.name} has a variable frame rate: the corpus feeds its {len(pts)} frames to the encoders one "
+             f"after another at {rate_text(rate)} fps")
     return {"kind": "container", "width": int(size.group(1)), "height": int(size.group(2)), "pix_fmt": pix_fmt,
-            "fps": float(Fraction(fps).limit_denominator(1001)), "n_frames": int(frames[-1])}
+            **_rate_fields(rate, variable), "n_frames": len(pts)}
 
 
 def open_source(path: Path, *, ff: FFmpeg, width: int | None = None, height: int | None = None,
-                pix_fmt: str | None = None, fps: float | None = None) -> Source:
-    """Probe one reference file (cached on path+size+mtime+fallback geometry)."""
+                pix_fmt: str | None = None, fps: float | str | None = None) -> Source:
+    """Probe one reference file. Cached on what identifies its content without reading it: path, size,
+    mtime, inode, ctime and device (ctime changes whenever the content or the name does, even when a copy
+    keeps the mtime), plus the geometry flags and its sidecar."""
     path = Path(path).absolute()  # not resolve(): a symlinked clip keeps the name it has in the ref dir
     try:
         st = path.stat()
@@ -200,8 +277,10 @@ def open_source(path: Path, *, ff: FFmpeg, width: int | None = None, height: int
         raise BadInput(f"reference {path} is empty (0 bytes)", hint="re-copy it or remove it from the folder")
     ext = path.suffix.lower()
     fallback = {"width": width, "height": height, "pix_fmt": pix_fmt, "fps": fps}
-    sidecar_stat = [(c.stat().st_mtime_ns, c.stat().st_size) for c in (path.with_suffix(".json"),) if c.is_file()]
-    key = repr((SOURCE_CACHE_VERSION, str(path), st.st_size, st.st_mtime_ns, sorted(fallback.items()), sidecar_stat,
+    sidecar_stat = [(c.stat().st_mtime_ns, c.stat().st_ctime_ns, c.stat().st_size) for c in (path.with_suffix(".json"),)
+                    if c.is_file()]
+    key = repr((SOURCE_CACHE_VERSION, str(path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, st.st_dev,
+                sorted((k, str(v)) for k, v in fallback.items()), sidecar_stat,
                 ff.version if ext not in RAW_EXTS | Y4M_EXTS else ""))
     cache_file = cache_dir() / "sources" / f"{short_id(key, KEY_LEN)}.json"
     try:
@@ -229,7 +308,7 @@ def open_source(path: Path, *, ff: FFmpeg, width: int | None = None, height: int
 
 
 def discover(ref_dir: Path, *, ff: FFmpeg, width: int | None = None, height: int | None = None,
-             pix_fmt: str | None = None, fps: float | None = None) -> list[Source]:
+             pix_fmt: str | None = None, fps: float | str | None = None) -> list[Source]:
     """Every reference clip in `ref_dir` (not recursive), sorted by name, duplicates by content dropped."""
     ref_dir = Path(ref_dir)
     if not ref_dir.is_dir():

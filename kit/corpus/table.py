@@ -8,7 +8,7 @@ JSONL (the fork's and the old kit's, via `kit.corpus.legacy`), and the training 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +27,16 @@ from kit.corpus import legacy
 VALUE_COLUMNS: tuple[str, ...] = ("enc_bytes", TARGET, *FEATURES)
 
 
-def read_cells(paths: Sequence[Path]) -> pd.DataFrame:
+def read_cells(paths: Sequence[Path], names: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """The rows of these cell files. `names` (cell_id -> the source's current name) relabels `src`: a cell
+    is keyed by its content, so a renamed clip's finished cells are reused, and carry the new name."""
     frames = [pq.read_table(p).to_pandas() for p in paths]
     if not frames:
         return pd.DataFrame({c: pd.Series(dtype=t) for c, t in CORPUS_COLUMNS.items()})
-    return pd.concat(frames, ignore_index=True)
+    df = pd.concat(frames, ignore_index=True)
+    if names:
+        df["src"] = df["cell_id"].map(names).fillna(df["src"])
+    return df
 
 
 def canonical_order(df: pd.DataFrame) -> pd.DataFrame:
@@ -43,9 +48,10 @@ def write_corpus(df: pd.DataFrame, path: Path) -> None:
     write_with(path, lambda tmp: df.to_parquet(tmp, index=False))
 
 
-def assemble(cell_files: Sequence[Path], out: Path) -> int:
-    """corpus.parquet from exactly these cell files, in canonical row order; -> rows."""
-    df = read_cells(cell_files)
+def assemble(cell_files: Sequence[Path], out: Path, names: Mapping[str, str] | None = None) -> int:
+    """corpus.parquet from exactly these cell files (their sources named as `names` says), in canonical
+    row order; -> rows."""
+    df = read_cells(cell_files, names)
     write_corpus(df, out)
     return len(df)
 
@@ -80,7 +86,8 @@ def load_corpus_input(path: Path, *, drop_invalid: bool = False, invalid: legacy
                                hint="pass a run directory made by `ensemble-kit corpus`, or a corpus file")
             grid = read_json(rd.grid_json, what="grid")
             cells = [rd.cell_path(c["cell_id"]) for c in grid["cells"]]
-            return read_cells([c for c in cells if c.is_file()])
+            names = {c["cell_id"]: c["src"] for c in grid["cells"] if isinstance(c.get("src"), str)}
+            return read_cells([c for c in cells if c.is_file()], names)
     if path.suffix == ".jsonl":
         df, skipped = legacy.read_jsonl([path], drop_invalid=drop_invalid)
         _count_invalid(path, skipped, invalid)

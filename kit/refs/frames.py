@@ -116,8 +116,10 @@ def pack_bound(tar_path: Path) -> int:
 
 
 def stat_key(path: Path) -> dict[str, int]:
+    """What says a file is still the one a resume state recorded, without reading it: size and mtime, and
+    inode and ctime (a `cp -p`/`rsync -t` copy of other content keeps the mtime, never the ctime)."""
     st = path.stat()
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino, "ctime_ns": st.st_ctime_ns}
 
 
 def run_parallel(items: list[Any], work: Callable[[Any], Any], jobs: int) -> Iterator[tuple[Any, Future[Any]]]:

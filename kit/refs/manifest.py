@@ -18,7 +18,7 @@ from typing import Any
 from kit import __version__
 from kit.core.errors import BadInput
 from kit.core.fsio import read_json
-from kit.corpus.geometry import RAW_PIX_FMTS, frame_bytes
+from kit.corpus.geometry import MAX_FPS, RAW_PIX_FMTS, frame_bytes
 
 REFS_JSON = "refs.json"
 README = "README.txt"
@@ -41,7 +41,7 @@ class RefEntry:
     height: int
     pix_fmt: str
     fps: float
-    fps_rational: str  # e.g. "30000/1001": exact, for Y4M headers
+    fps_rational: str  # exact ("26777/1000", never rounded to 1339/50): the rate the corpus feeds the encoders
     n_frames: int
     raw_sha256: str
     raw_bytes: int
@@ -49,6 +49,9 @@ class RefEntry:
     packed_bytes: int
     encoder: str
     color_range: str = ""  # "pc" (full), "tv" (limited) or "" (untagged): kept so no step converts ranges
+    # The source's timestamps varied; the pack stores its frames, and the corpus (from the original or
+    # from the pack) feeds them to the encoders one after another at fps_rational (kit.corpus.grid.encoder_input).
+    variable_rate: bool = False
 
     def raw_file(self, *, y4m: bool = False) -> str:
         """File name `refs unpack` gives these frames: `<name>.y4m`, or `<name>.yuv` + a `<name>.json`
@@ -56,7 +59,9 @@ class RefEntry:
         return f"{self.name}.y4m" if y4m else f"{self.name}.yuv"
 
     def sidecar(self) -> dict[str, Any]:
-        return {"width": self.width, "height": self.height, "pix_fmt": self.pix_fmt, "fps": self.fps}
+        """The unpacked .yuv's geometry; kit.corpus.sources reads the exact `fps_rational` first."""
+        return {"width": self.width, "height": self.height, "pix_fmt": self.pix_fmt, "fps": self.fps,
+                "fps_rational": self.fps_rational}
 
     def known_files(self) -> tuple[str, ...]:
         """Every name under which a reference directory may hold exactly these frames."""
@@ -117,7 +122,7 @@ def _entry(path: Path, raw: Any, index: int) -> RefEntry:
         v = raw[key]
         ok = {"int": isinstance(v, int) and not isinstance(v, bool) and v >= 0,
               "float": isinstance(v, int | float) and not isinstance(v, bool) and v > 0,
-              "str": isinstance(v, str)}[kind]
+              "str": isinstance(v, str), "bool": isinstance(v, bool)}[kind]
         if not ok:
             raise _bad_manifest(path, f"sources[{index}].{key} = {v!r} is not a valid {kind}")
         values[key] = float(v) if kind == "float" else v
@@ -135,7 +140,8 @@ def _entry(path: Path, raw: Any, index: int) -> RefEntry:
     if values["raw_bytes"] != values["n_frames"] * frame_bytes(values["width"], values["height"], values["pix_fmt"]):
         raise _bad_manifest(path, f"sources[{index}].raw_bytes disagrees with its geometry and frame count")
     try:
-        Fraction(values["fps_rational"])
+        if not 0 < Fraction(values["fps_rational"]) <= MAX_FPS:
+            raise ValueError(values["fps_rational"])
     except (ValueError, ZeroDivisionError):
         raise _bad_manifest(path, f"sources[{index}].fps_rational {values['fps_rational']!r} is not a fraction") from None
     return RefEntry(**values)

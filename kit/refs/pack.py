@@ -11,7 +11,6 @@ import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from kit.core.archive import write_reproducible_tar
 from kit.core.errors import BadInput, KitError, PrereqError, WorkFailed
 from kit.core.fsio import atomic_path, read_json, sha256_file, write_json, write_text
 from kit.corpus.ffmpeg import FFmpeg, find_ffmpeg
-from kit.corpus.geometry import fps_arg, frame_bytes
+from kit.corpus.geometry import frame_bytes
 from kit.corpus.sources import Source, discover
 from kit.env.fingerprint import fingerprint, fingerprint_id
 from kit.refs.frames import (
@@ -124,7 +123,6 @@ def _pack_one(source: Source, variant: Variant, codec: Codec, ff: FFmpeg, pack_d
     packed = pack_dir / f"{name}{codec.ext}"
     fsize = frame_bytes(source.width, source.height, source.pix_fmt)
     expected = source.n_frames * fsize
-    fps = Fraction(fps_arg(source.fps))
     tagged_range = color_range(source, ff)
     with atomic_path(packed) as tmp:
         argv = [str(ff.path), "-nostdin", "-hide_banner", "-v", "error", "-y", *source.input_args(),
@@ -148,15 +146,15 @@ def _pack_one(source: Source, variant: Variant, codec: Codec, ff: FFmpeg, pack_d
         packed_sha = sha256_file(tmp)
         packed_size = tmp.stat().st_size
     return RefEntry(name=name, source_file=source.path.name, packed_file=packed.name, width=source.width,
-                    height=source.height, pix_fmt=source.pix_fmt, fps=float(source.fps),
-                    fps_rational=f"{fps.numerator}/{fps.denominator}", n_frames=source.n_frames, raw_sha256=sha,
-                    raw_bytes=total, packed_sha256=packed_sha, packed_bytes=packed_size, encoder=variant.encoder,
-                    color_range=tagged_range)
+                    height=source.height, pix_fmt=source.pix_fmt, fps=source.fps, fps_rational=source.fps_rational,
+                    n_frames=source.n_frames, raw_sha256=sha, raw_bytes=total, packed_sha256=packed_sha,
+                    packed_bytes=packed_size, encoder=variant.encoder, color_range=tagged_range,
+                    variable_rate=source.variable_rate)
 
 
 def pack(ref_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, codec: str = DEFAULT_CODEC,
          jobs: int | None = None, ff: FFmpeg | None = None, width: int | None = None, height: int | None = None,
-         pix_fmt: str | None = None, fps: float | None = None, progress: ProgressFn | None = None) -> PackResult:
+         pix_fmt: str | None = None, fps: float | str | None = None, progress: ProgressFn | None = None) -> PackResult:
     """Pack every reference in `ref_dir` losslessly into `out` (a directory, or a `.tar`/`.tar.gz` file).
 
     Resumable: members finished by an interrupted run (recorded in the pack's state file, keyed on the

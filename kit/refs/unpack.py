@@ -17,7 +17,15 @@ from typing import Any
 
 from kit.core.archive import safe_extract
 from kit.core.errors import BadInput, KitError, WorkFailed
-from kit.core.fsio import atomic_path, read_json, sha256_declared, write_bytes, write_json, write_text
+from kit.core.fsio import (
+    atomic_path,
+    canonical_json,
+    read_json,
+    sha256_declared,
+    write_bytes,
+    write_json,
+    write_text,
+)
 from kit.core.ids import shorten
 from kit.corpus.ffmpeg import FFmpeg, find_ffmpeg
 from kit.corpus.geometry import Y4M_TAG, frame_bytes, y4m_header
@@ -99,7 +107,7 @@ def _extract_pack(tar_path: Path, out_dir: Path) -> Path:
     """Extract a pack tarball under the untrusted-archive rules into a staging dir inside `out_dir`."""
     staging = out_dir / f".refs-pack-{tar_path.name}"
     marker = staging / ".extracted"
-    key = f"{tar_path.stat().st_size}:{tar_path.stat().st_mtime_ns}"
+    key = canonical_json(stat_key(tar_path), indent=None)  # another tarball of the same size and mtime: extract again
     if marker.is_file() and marker.read_text() == key:
         return staging
     safe_extract(tar_path, staging, max_total_bytes=pack_bound(tar_path))
