@@ -111,3 +111,19 @@ def test_a_hold_never_ships_models_exported_under_an_earlier_promote(run_copy):
     assert _run("report", "--out-dir", out)[0] == 0
     code, text = _run("verdict", "--out-dir", out, "--mean-plcc", "1.0")
     assert code == ExitCode.HOLD and "moved to" not in text and rd.report_index.is_file()
+
+
+def test_retraining_with_another_config_makes_the_verdict_stale(run_copy):
+    """train again with other settings: the verdict (and what was made under it) is about the old LOSO
+    results, so export, report and bundle refuse until `verdict` is rerun."""
+    out = run_copy
+    assert _run("train", "--out-dir", out, "--seeds", "0", "--epochs", "3", "--hidden", "8", "--quiet")[0] == 0
+    for argv in (["export", "--out-dir", out, "--quiet"], ["report", "--out-dir", out], ["bundle", out]):
+        code, text = _run(*argv)
+        line = _error_line(text)
+        assert code == ExitCode.BAD_INPUT and "was decided on other LOSO results" in line, (argv, text)
+        assert f"rerun `ensemble-kit verdict --out-dir {out}`" in line
+    assert _run("verdict", "--out-dir", out, *GATE_OPEN)[0] == ExitCode.OK  # moves the old models/report aside
+    assert _run("export", "--out-dir", out, "--quiet")[0] == 0
+    assert _run("report", "--out-dir", out)[0] == 0
+    assert _run("bundle", out)[0] == 0
