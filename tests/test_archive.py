@@ -58,6 +58,9 @@ def test_extracts_plain_files_and_dirs(tmp_path):
         (_info("pack/dev", tarfile.CHRTYPE), "device"),
         (_info("pack/blk", tarfile.BLKTYPE), "device"),
         (_info("pack/fifo", tarfile.FIFOTYPE), "FIFO"),
+        (("pack/a\x1b[31m\nb", b"x"), "control or invisible character"),
+        (("pack/\u202eevil", b"x"), "control or invisible character"),
+        (("pack/" + "a" * 300, b"x"), "longer than 255 bytes"),
     ],
 )
 def test_unsafe_member_is_refused_naming_it_and_nothing_is_written(tmp_path, entry, why):
@@ -185,3 +188,17 @@ def test_writer_refuses_names_it_would_refuse_to_extract(tmp_path):
     for name in ("/abs", "../up", "a/../../b"):
         with pytest.raises(BadInput):
             write_reproducible_tar([(name, f)], tmp_path / "x.tar.gz")
+
+
+def test_a_pax_header_bomb_is_stopped_where_it_starts_inflating(tmp_path):
+    """A 64 MiB PAX header (zeros compress ~1000:1) would be read whole into memory by tarfile: bounded first."""
+    info = tarfile.TarInfo("pack/a.txt")
+    info.size = 1
+    info.pax_headers = {"comment": "x" * (64 << 20)}
+    tar = _tar(tmp_path / "pax.tar.gz", [], mode="w:gz")
+    with tarfile.open(tar, "w:gz", format=tarfile.PAX_FORMAT) as tf:
+        tf.addfile(info, io.BytesIO(b"x"))
+    assert tar.stat().st_size < 1 << 20
+    with pytest.raises(BadInput, match="decompression bomb"):
+        safe_extract(tar, tmp_path / "out", max_total_bytes=1 << 20)
+    assert not (tmp_path / "out" / "pack").exists()
