@@ -2,7 +2,8 @@
 
 Builds a finished run whose corpus.parquet is --size-mb of incompressible rows (random features and
 VMAF, canonical order), with every other file written by the kit's own code (write_loso, decide,
-write_decision), bundles it (`make_bundle`), then measures, each in a fresh process (ru_maxrss):
+write_decision), bundles it (`make_bundle`), then measures the peak resident memory of each in a fresh
+process (VmHWM from /proc/self/status; ru_maxrss elsewhere):
 
   idle     python with the modules verify and compare load, doing nothing (the constant floor)
   verify   `ensemble-kit verify BUNDLE` (streamed extraction and hashing, every check re-derived)
@@ -64,7 +65,7 @@ def _chunk(src: str, sha: str, enc: str, cq: int, start: int, n: int, rng: np.ra
         else:
             value = {"src": src, "src_sha256": sha, "encoder": enc, "preset": "medium", "pix_fmt": "yuv420p",
                      "quality_arg": f"-crf {cq}", "cell_id": f"{sha[:8]}{enc}{cq}"}.get(col, "x")
-            cols[col] = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)), pa.array([value]))
+            cols[col] = pa.array(np.full(n, value, dtype=object), type=pa.large_string())  # as pandas writes it
     return pa.table(cols)
 
 
@@ -135,8 +136,14 @@ elif what == "plain":
         corpus_sha256(load_corpus(corpus))                   # the corpus hashed in memory
         df = pd.read_parquet(corpus, columns=["src", "src_sha256", "encoder"])
         {sha: sorted(g["encoder"].unique()) for sha, g in df.groupby("src_sha256")}   # compare's old source table
-print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "seconds": time.perf_counter() - started}))
+def peak_mib():
+    # VmHWM: this process image's own peak (ru_maxrss keeps the forking parent's peak across exec on Linux)
+    try:
+        with open("/proc/self/status") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"peak_rss_mib": peak_mib(), "seconds": time.perf_counter() - started}))
 """
 
 

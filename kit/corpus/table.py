@@ -8,7 +8,7 @@ JSONL (the fork's and the old kit's, via `kit.corpus.legacy`), and the training 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -244,6 +244,15 @@ def _strictly_increasing(keys: list[np.ndarray]) -> bool:
     return bool(less.all())
 
 
+def stream_batches(pf: pq.ParquetFile, columns: Sequence[str]) -> Iterator[Any]:
+    """`columns` of a parquet file in STREAM_BATCH_ROWS record batches, one row group at a time: pyarrow's
+    reader over all row groups keeps memory it has read (measured: it grows with the file), a fresh reader
+    per row group does not, so memory stays one row group's worth whatever the file's size."""
+    for group in range(pf.metadata.num_row_groups):
+        yield from pf.iter_batches(batch_size=STREAM_BATCH_ROWS, row_groups=[group], columns=list(columns),
+                                   use_threads=False)
+
+
 def _streamable(path: Path) -> pq.ParquetFile | None:
     """The parquet file, if it is already what the loader (kit.train.data.load_corpus) makes of it: every
     corpus column present, rows strictly in SORT_KEY order (nothing to re-order or de-duplicate) and no
@@ -257,7 +266,7 @@ def _streamable(path: Path) -> pq.ParquetFile | None:
         return None
     previous: list[np.ndarray] | None = None
     checked = [*_NORMALISED_TEXT, "cq", "frame_index"]
-    for batch in pf.iter_batches(batch_size=STREAM_BATCH_ROWS, columns=list(dict.fromkeys([*SORT_KEY, *checked]))):
+    for batch in stream_batches(pf, list(dict.fromkeys([*SORT_KEY, *checked]))):
         frame = batch.to_pandas()
         if frame[checked].isna().to_numpy().any() or (frame["src_sha256"].astype(str) == "").any():
             return None
@@ -281,7 +290,7 @@ def streamed_corpus_sha256(path: Path) -> str | None:
     for col in CONTENT_COLUMNS:
         h.update(f"\x1e{col}\x1e".encode())
         first = True
-        for batch in pf.iter_batches(batch_size=STREAM_BATCH_ROWS, columns=[col]):
+        for batch in stream_batches(pf, [col]):
             values = batch.column(0).to_pandas()
             if CORPUS_COLUMNS[col] not in ("int64", "float64") and not first and len(values):
                 h.update(b"\x1f")  # the separator `corpus_sha256` puts between rows of one column
@@ -297,7 +306,7 @@ def streamed_jsonl_sha256(path: Path, keep: Callable[[pd.DataFrame], pd.Series])
     if pf is None:
         return None
     h, rows = hashlib.sha256(), 0
-    for batch in pf.iter_batches(batch_size=STREAM_BATCH_ROWS, columns=list(CORPUS_COLUMNS)):
+    for batch in stream_batches(pf, list(CORPUS_COLUMNS)):
         frame = batch.to_pandas().astype(CORPUS_COLUMNS)
         frame = frame[keep(frame)]
         rows += len(frame)

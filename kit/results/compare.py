@@ -31,7 +31,7 @@ from kit.core.errors import BadInput
 from kit.core.fsio import canonical_json, json_safe
 from kit.core.ids import shorten
 from kit.core.rundir import RunDir
-from kit.corpus.table import STREAM_BATCH_ROWS
+from kit.corpus.table import stream_batches
 from kit.env import fingerprint as env_fingerprint
 from kit.results.bundle import (
     CORPUS_SUFFIXES,
@@ -85,8 +85,7 @@ def corpus_facts(run_root: Path) -> CorpusFacts:
     if not corpus.is_file():
         return facts
     try:
-        for batch in pq.ParquetFile(corpus).iter_batches(batch_size=STREAM_BATCH_ROWS,
-                                                          columns=["src_sha256", "src", "encoder", "cq"]):
+        for batch in stream_batches(pq.ParquetFile(corpus), ["src_sha256", "src", "encoder", "cq"]):
             facts.rows += batch.num_rows
             cells = batch.to_pandas().drop_duplicates(["src_sha256", "encoder", "cq"])  # a batch's few cells
             for sha, src, enc, cq in cells.itertuples(index=False):
