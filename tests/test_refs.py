@@ -186,6 +186,7 @@ def test_corrupted_pack_member_is_named_with_exit_code_2_and_leaves_no_output(pa
         if e["packed_file"] == "c444.mkv":
             e["packed_sha256"] = sha256_file(member)
     (bad_pack / "refs.json").write_text(json.dumps(doc))
+    # (The CRC error fails it every time: FFV1's concealment can reproduce the right frames, depending on thread timing.)
     with pytest.raises(BadInput, match=r"c444\.(yuv.*do not match refs\.json.*removed|mkv.*cannot be decoded)"):
         refs_unpack.unpack(bad_pack, out, ff=ff)
     assert not (out / "c444.yuv").exists()

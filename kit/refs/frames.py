@@ -33,8 +33,14 @@ def raw_output(pix_fmt: str) -> list[str]:
 
 
 def stream_sha256(argv: list[str], *, what: str, read_size: int,
-                  sink: Callable[[bytes], None] | None = None) -> tuple[str, int]:
-    """Run ffmpeg writing rawvideo to stdout; hash (and optionally hand on) every byte. -> (sha256, bytes)."""
+                  sink: Callable[[bytes], None] | None = None, clean: bool = False) -> tuple[str, int]:
+    """Run ffmpeg writing rawvideo to stdout; hash (and optionally hand on) every byte. -> (sha256, bytes).
+
+    `clean=True` (decoding a lossless pack member): any error ffmpeg reports is a failure even when it
+    exits 0. WHY: FFV1 conceals a slice whose CRC fails from the previous frame, and whether that frame is
+    ready depends on thread timing, so a damaged member sometimes decodes to the right frames and sometimes
+    not; the CRC message is printed every time.
+    """
     digest = hashlib.sha256()
     total = 0
 
@@ -46,11 +52,13 @@ def stream_sha256(argv: list[str], *, what: str, read_size: int,
             sink(chunk)
 
     try:
-        proc.stream(argv, stage=what, read_size=read_size, sink=take)
+        done = proc.stream(argv, stage=what, read_size=read_size, sink=take)
     except proc.ToolFailed as exc:
         if exc.kind == "start":
             raise PrereqError(f"cannot run ffmpeg {argv[0]}: {exc.reason}", hint="pass a working binary with --ffmpeg") from None
         raise WorkFailed(f"ffmpeg failed on {what}: {proc.last_line(exc.stderr_tail, 'no message')}") from None
+    if clean and done.stderr.strip():  # argv runs at `-v error`: whatever it printed is an error
+        raise WorkFailed(f"ffmpeg reported errors decoding {what}: {proc.stderr_reason(done.stderr)}")
     return digest.hexdigest(), total
 
 
@@ -64,15 +72,17 @@ def hash_file_prefix(path: Path, length: int) -> tuple[str, int]:
     return digest.hexdigest(), total
 
 
-def raw_sha256(source: Source, ff: FFmpeg, *, threads: int = 0) -> str:
-    """sha256 of a source's raw frames (planar, its own pix_fmt): the same for .yuv, .y4m and lossless .mkv."""
+def raw_sha256(source: Source, ff: FFmpeg, *, threads: int = 0, clean: bool = False) -> str:
+    """sha256 of a source's raw frames (planar, its own pix_fmt): the same for .yuv, .y4m and lossless .mkv.
+
+    `clean=True` for a pack's own lossless member: a decoder error fails it (see `stream_sha256`)."""
     expected = source.n_frames * frame_bytes(source.width, source.height, source.pix_fmt)
     if source.kind == "yuv":  # the file IS the raw frames: hash it directly, no ffmpeg round trip
         sha, total = hash_file_prefix(source.path, expected)
     else:
         argv = [str(ff.path), "-nostdin", "-hide_banner", "-v", "error", "-threads", str(threads),
                 *source.input_args(), *raw_output(source.pix_fmt)]
-        sha, total = stream_sha256(argv, what=str(source.path), read_size=CHUNK)
+        sha, total = stream_sha256(argv, what=str(source.path), read_size=CHUNK, clean=clean)
     if total != expected:
         raise WorkFailed(f"{source.path}: decoded {total} bytes of raw frames, expected {expected} "
                          f"({source.n_frames} frames of {source.width}x{source.height} {source.pix_fmt})",

@@ -137,7 +137,8 @@ def _pack_one(source: Source, variant: Variant, codec: Codec, ff: FFmpeg, pack_d
                              hint="the file is truncated or its geometry is wrong")
         check_argv = [str(ff.path), "-nostdin", "-hide_banner", "-v", "error", "-threads", str(threads),
                       "-i", str(tmp), *raw_output(source.pix_fmt)]
-        back, back_total = stream_sha256(check_argv, what=f"{packed.name} (round-trip check)", read_size=CHUNK)
+        back, back_total = stream_sha256(check_argv, what=f"{packed.name} (round-trip check)", read_size=CHUNK,
+                                         clean=True)
         if (back, back_total) != (sha, total):
             raise WorkFailed(f"{variant.encoder} did not reproduce the frames of {source.path} exactly "
                              f"({source.pix_fmt}): the pack would not be lossless",

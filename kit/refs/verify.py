@@ -113,7 +113,7 @@ def _verify_dir(ref_dir: Path, manifest: RefsManifest, jobs: int | None, ff: FFm
                              f"geometry {s.width}x{s.height} {s.pix_fmt} {s.n_frames} frames, refs.json says "
                              f"{e.width}x{e.height} {e.pix_fmt} {e.n_frames} frames")
         try:
-            sha = raw_sha256(s, ff, threads=threads_per_job(jobs, len(pairs)))
+            sha = raw_sha256(s, ff, threads=threads_per_job(jobs, len(pairs)), clean=s.path.name == e.packed_file)
         except KitError as exc:
             return VerifyRow(e.name, s.path.name, "error", exc.message)
         if sha != e.raw_sha256:
