@@ -194,9 +194,14 @@ def confirm(lead_file: Path, collab: Path) -> Confirmation:
 def confirmation_lines(c: Confirmation) -> list[str]:
     """Reasons first, then both gates side by side: what the collaborator mails back."""
     a, b = c.lead_side, c.collab_side
-    head = (f"{c.outcome}: this run ({c.collab}) {'confirms' if c.confirmed else 'does not confirm'} the lead's "
-            f"{a.verdict} ({c.lead}{', ' + a.when if a.when else ''}): this run says {b.verdict}")
-    lines = [head + (f" under the same gate and seeds {_seeds(list(a.per_seed))}" if c.confirmed else "")]
+    lead = f"the lead's {a.verdict} ({c.lead}{', ' + a.when if a.when else ''})"
+    if c.confirmed:
+        head = f"{c.outcome}: this run ({c.collab}) confirms {lead}: this run says {b.verdict} under the same gate " \
+               f"and seeds {_seeds(list(a.per_seed))}"
+    else:  # the verdicts may even agree (another recipe): say why it cannot count, and what this run's gate said
+        why = f"{len(c.reasons)} reason(s) below" if len(c.reasons) != 1 else c.reasons[0]
+        head = f"{c.outcome}: this run ({c.collab}) does not confirm {lead}: {why}; this run's own gate says {b.verdict}"
+    lines = [head]
     lines += [f"  reason: {r}" for r in c.reasons]
     lines += [f"  note: {n}" for n in c.notes]
 
