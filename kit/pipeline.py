@@ -11,13 +11,13 @@ WHY it is built this way:
   environment) is refused with the differences named, unless `--fresh` moves the old run aside
   (`<out-dir>.old-<utc>`; nothing is deleted).
 - The verdict decides PROMOTE/HOLD from `verdict.json` itself, never from which files exist.
-- The corpus options resolve through `kit.corpus.inputs`, exactly as `ensemble-kit corpus` does.
+- The corpus options resolve through `kit.corpus.inputs`, exactly as `ensemble-kit corpus` does; a
+  directory holding only a corpus run (e.g. a cluster's shards) is adopted and its cells reused.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -32,6 +32,7 @@ from kit.core.console import Progress, err, printable, warn
 from kit.core.errors import BadInput
 from kit.core.fsio import append_line, canonical_json, read_json, sha256_file, write_json
 from kit.core.ids import digest
+from kit.core.locking import HeldLock, Holder, try_acquire
 from kit.core.rundir import PIPELINE_DIR, RunDir
 from kit.core.schema import DEFAULT_VMAF_MODEL
 from kit.corpus import demo, engine
@@ -119,17 +120,13 @@ def _say(options: PipelineOptions, text: str) -> None:
 # ---- the run directory: one run, never two mixed -------------------------------------------------------
 
 
-def _acquire(rd: RunDir) -> Any:
-    """One pipeline per run directory at a time: an flock the OS releases even on SIGKILL."""
-    rd.lock_file.parent.mkdir(parents=True, exist_ok=True)
-    fh = open(rd.lock_file, "a+")  # noqa: SIM115 - held for the whole run
-    try:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        fh.close()
-        raise BadInput(f"another ensemble-kit pipeline is running in {rd.root}",
-                       hint="wait for it to finish, or pick another --out-dir") from None
-    return fh
+def _acquire(rd: RunDir) -> HeldLock:
+    """One pipeline per run directory at a time: a lock the OS releases even on SIGKILL, naming its holder."""
+    got = try_acquire(rd.lock_file, {"what": "ensemble-kit pipeline"})
+    if isinstance(got, Holder):
+        raise BadInput(f"another ensemble-kit pipeline is running in {rd.root} ({got.describe()})",
+                       hint="wait for it to finish, or pick another --out-dir")
+    return got
 
 
 def _has_content(root: Path) -> bool:
@@ -158,12 +155,12 @@ def locked_run_dir(options: PipelineOptions) -> Iterator[Path]:
             root.rename(aside)
             root.mkdir()
             new_lock = _acquire(RunDir(root))
-            lock.close()
+            lock.release()
             lock = new_lock
             warn(f"--fresh: the previous run in {root} was moved to {aside} (nothing deleted)")
         yield root
     finally:
-        lock.close()
+        lock.release()
 
 
 def _describe_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -218,7 +215,11 @@ def prepare_run_dir(options: PipelineOptions, resolved: dict[str, Any], fingerpr
             )
         return rd, True
     if root.is_dir():
-        foreign = sorted(p.name for p in root.iterdir() if p.name != PIPELINE_DIR)
+        # A corpus run (`ensemble-kit corpus`, or a cluster's shards + `corpus assemble`) is adopted: cells
+        # are content-addressed and checked, so reusing them cannot mix two runs' results.
+        corpus_run = {rd.corpus_dir.name, rd.corpus.name, rd.corpus_jsonl.name} if rd.grid_json.is_file() else set()
+        adoptable = {PIPELINE_DIR, *corpus_run}
+        foreign = sorted(p.name for p in root.iterdir() if p.name not in adoptable)
         if foreign:
             raise BadInput(f"--out-dir {root} is not empty and holds no pipeline run (found {foreign[0]})",
                            hint="pick an empty or new --out-dir, or pass --fresh to move its contents aside")

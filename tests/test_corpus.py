@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from kit.cli import main
-from kit.core.errors import BadInput, ExitCode
+from kit.core.errors import BadInput, ExitCode, WorkFailed
 from kit.core.rundir import RunDir
 from kit.core.schema import CORPUS_COLUMNS, FEATURES
 from kit.corpus import engine, grid, sources, table
@@ -208,17 +208,24 @@ def test_bad_encoders_and_cqs_are_bad_input(tiny_refs, tmp_path):
     assert all("Traceback" not in x for x in (r.output,))
 
 
-def test_shards_partition_the_grid_and_assemble_the_same_corpus(tmp_path, baseline, refs, kit_ffmpeg, ctx):
+def test_shards_never_assemble_and_assemble_refuses_until_every_cell_is_there(tmp_path, baseline, refs, kit_ffmpeg, ctx):
+    from kit.corpus import assembly
+
     full, _ = baseline
     rd = RunDir(tmp_path / "shared")
     s0 = engine.run_corpus(rd, refs, ["libx264"], [25, 37], ff=kit_ffmpeg, shard=(0, 2), ctx=ctx)
     assert s0.planned == 2 and s0.corpus_path is None and s0.missing_cells == 2 and not rd.corpus.exists()
+    report = assembly.assemble_grid(rd)
+    assert len(report.missing) == 2 and {m["shard"] for m in report.missing} == {"1/2"} and not rd.corpus.exists()
+    with pytest.raises(WorkFailed, match=r"2 of 4 grid cells are missing.*shard 1/2") as exc:
+        report.raise_if_missing()
+    assert exc.value.exit_code == ExitCode.WORK_FAILED and "--array=<K>" in str(exc.value)
     s1 = engine.run_corpus(rd, refs, ["libx264"], [25, 37], ff=kit_ffmpeg, shard=(1, 2), ctx=ctx)
-    assert s1.planned == 2 and s1.done == 2 and s1.corpus_path  # the last shard assembles
+    assert s1.planned == 2 and s1.done == 2 and s1.missing_cells == 0 and s1.corpus_path is None  # never opportunistic
+    report = assembly.assemble_grid(rd)
+    report.raise_if_missing()
+    assert report.corpus_sha256 == table.corpus_sha256(pd.read_parquet(full.corpus))
     pd.testing.assert_frame_equal(_without_timing(rd.corpus), _without_timing(full.corpus))
-    cells = grid.plan_grid(refs, ["libx264"], [25, 37], ctx)
-    parts = [grid.shard_cells(cells, k, 3) for k in range(3)]
-    assert sorted(c.cell_id for p in parts for c in p) == sorted(c.cell_id for c in cells)
 
 
 def test_corpus_holds_exactly_the_current_grid(tmp_path, baseline, refs, kit_ffmpeg, ctx):

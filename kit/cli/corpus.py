@@ -66,12 +66,16 @@ def corpus_cmd(ctx: click.Context, demo: bool, demo_frames: int | None, demo_siz
     Cells (source x encoder x cq) run in parallel and are written atomically; a rerun reuses finished
     cells, so a killed run resumes. Failed cells go to corpus/failures.jsonl and the command ends with
     exit code 4 after finishing the others. --demo builds exactly the pipeline's demo corpus.
+    With --shard only that shard's cells are computed; `corpus assemble` then builds corpus.parquet
+    once every shard is done (docs/cluster.md). A second launch of the same run on the same
+    --out-dir exits 2 naming the running one.
 
     \b
     Examples:
       ensemble-kit corpus --demo --out-dir runs/demo
       ensemble-kit corpus --ref-dir refs/ --encoders libx264,libx265 --cqs 22,27,32 --out-dir runs/x
-      ensemble-kit corpus --ref-dir refs/ --shard $SLURM_ARRAY_TASK_ID/8 --out-dir /shared/run
+      ensemble-kit corpus --ref-dir refs/ --encoders libx264 --shard $SLURM_ARRAY_TASK_ID/8 --out-dir /shared/run
+      ensemble-kit corpus assemble --out-dir /shared/run
       ensemble-kit corpus import old_kit_corpus.jsonl --out-dir runs/imported
     """
     if ctx.invoked_subcommand is not None:
@@ -102,10 +106,36 @@ def corpus_cmd(ctx: click.Context, demo: bool, demo_frames: int | None, demo_siz
             table.export_jsonl(run_dir.corpus, run_dir.corpus_jsonl)
         emit(summary.to_json(), as_json)
         if not as_json and not quiet:
-            where = summary.corpus_path or "(not assembled: other shards' cells are still missing)"
+            where = summary.corpus_path or (f"(shard {shard}: {summary.missing_cells} grid cells not on disk yet; "
+                                            f"`ensemble-kit corpus assemble --out-dir {out_dir}` once every shard is done)")
             note(f"corpus: {summary.done} cells computed, {summary.reused} reused, {len(summary.failed)} failed "
                  f"of {summary.planned}; {summary.corpus_rows} rows -> {where}")
         summary.raise_if_failed(run_dir.failures, hint="fix the cause and rerun the same command: finished cells are reused")
+
+
+@corpus_cmd.command("assemble", epilog=EPILOG_EXIT_CODES)
+@out_dir_option(default=None, required=True, help="The run directory the shards wrote (corpus/grid.json, corpus/cells/).")
+@json_option("Print the report (every missing cell, with its shard) as JSON.")
+def corpus_assemble_cmd(out_dir: Path, as_json: bool) -> None:
+    """Build corpus.parquet from a sharded run once every cell of its grid is there.
+
+    Checks every cell file the grid (corpus/grid.json) lists. With all of them whole, writes
+    corpus.parquet: the same content as one box running the whole grid. Otherwise writes nothing and
+    exits 4 naming the missing cells, the shard that owns each and why it failed. This is what a
+    cluster's assemble job runs (docs/cluster.md).
+
+    \b
+    Example:
+      ensemble-kit corpus assemble --out-dir /shared/runs/r1
+    """
+    from kit.corpus import assembly  # heavy (pandas): imported when the command runs
+
+    report = assembly.assemble_grid(RunDir(out_dir))
+    emit(report.to_json(), as_json)
+    if not as_json and not report.missing:
+        note(f"assembled {report.grid_cells} cells: {report.corpus_rows} rows -> {report.corpus} "
+             f"(content sha256 {report.corpus_sha256})")
+    report.raise_if_missing()
 
 
 @corpus_cmd.command("import")

@@ -5,7 +5,8 @@ belong to a run instead of looking around:
 
     <root>/run.json                    resolved options + environment fingerprint (pipeline)
            corpus/grid.json            the current grid; corpus/cells/<cell_id>.parquet its finished cells
-           corpus/failures.jsonl       failed cells; corpus/summary[-shardKofN].json; corpus/corrupt/
+           corpus/failures.jsonl       failed cells; corpus/summary[-shardKofN].json; assemble.json; corpus/corrupt/
+           corpus/.locks/<writer>.lock the running writers (all, or shardKofN); cells/.work/<writer>/ their cells in flight
            corpus.parquet              the assembled corpus
            loso/summary.json, loso/folds.csv, loso/seed<N>/predictions.parquet, loso/loso_seed<N>.json
            verdict.json + loso/PROMOTE.json or loso/HOLD.json   one decision, ours and the fork's view
@@ -70,8 +71,20 @@ class RunDir:
         """Temporary per-cell folders of cells in flight (never finished files)."""
         return self.cells_dir / ".work"
 
+    def cell_work_dir(self, writer: str) -> Path:
+        """The in-flight cells of one writer (`kit.corpus.writer`): only that writer or its successor deletes them."""
+        return self.cells_work_dir / writer
+
     def cell_path(self, cell_id: str) -> Path:
         return self.cells_dir / f"{cell_id}.parquet"
+
+    @property
+    def writer_locks_dir(self) -> Path:
+        """One lock per corpus writer (the whole grid, or one shard), naming its pid and host."""
+        return self.corpus_dir / ".locks"
+
+    def writer_lock(self, writer: str) -> Path:
+        return self.writer_locks_dir / f"{writer}.lock"
 
     @property
     def grid_json(self) -> Path:
@@ -83,6 +96,11 @@ class RunDir:
 
     def corpus_summary(self, shard: tuple[int, int] | None = None) -> Path:
         return self.corpus_dir / ("summary.json" if shard is None else f"summary-shard{shard[0]}of{shard[1]}.json")
+
+    @property
+    def assemble_report(self) -> Path:
+        """What `corpus assemble` checked and wrote (grid id, cells, corpus content sha256)."""
+        return self.corpus_dir / "assemble.json"
 
     @property
     def corrupt_dir(self) -> Path:

@@ -2,9 +2,11 @@
 
 Where a frame becomes a row: `run_cell` encodes one cell (the argv `kit.corpus.grid` planned), scores
 it with libvmaf (`kit.corpus.scoring`) and turns each scored frame into one corpus row (`_rows`), written
-as `corpus/cells/<cell_id>.parquet` (temp -> fsync -> rename). `run_corpus` runs a grid's cells in
-parallel, reuses valid finished cells, logs failed ones to `corpus/failures.jsonl` while the others go
-on, and assembles `corpus.parquet` from exactly the current grid's cells.
+as `corpus/cells/<cell_id>.parquet` (temp -> fsync -> rename). `run_corpus` becomes the directory's
+writer for its grid or shard (`kit.corpus.writer`), runs the cells in parallel, reuses valid finished
+cells, logs failed ones to `corpus/failures.jsonl` while the others go on, and (whole-grid runs only)
+assembles `corpus.parquet` from exactly the current grid's cells. A shard never assembles: that is the
+explicit `assemble_grid` step (`ensemble-kit corpus assemble`), which refuses while cells are missing.
 """
 
 from __future__ import annotations
@@ -33,10 +35,19 @@ from kit.core.fsio import append_line, canonical_json, owner_tag, write_json, wr
 from kit.core.proc import STDERR_TAIL, ToolFailed
 from kit.core.rundir import RunDir
 from kit.core.schema import CORPUS_COLUMNS, DEFAULT_VMAF_MODEL, FEATURES, TARGET
-from kit.corpus import scoring, table
+from kit.corpus import scoring, table, writer
 from kit.corpus.encoders import HW_SESSION_LIMITS
 from kit.corpus.ffmpeg import FFmpeg
-from kit.corpus.grid import Cell, RunContext, check_cqs, check_encoders, plan_grid, shard_cells, write_grid
+from kit.corpus.grid import (
+    Cell,
+    RunContext,
+    check_cqs,
+    check_encoders,
+    grid_id,
+    plan_grid,
+    shard_cells,
+    write_grid,
+)
 from kit.corpus.sources import Source
 from kit.corpus.vmaf_cli import VmafCli
 from kit.env.platform import cpu_count
@@ -66,13 +77,16 @@ def encode_argv(cell: Cell, ff: FFmpeg, stream: Path) -> list[str]:
 
 
 def run_cell(cell: Cell, ctx: RunContext, run_dir: RunDir, *, vmaf_threads: int | Callable[[], int] = 1,
-             timeout: float | None = None,
-             hw_gate: threading.Semaphore | None = None) -> int:
-    """Encode, score, write `cells/<cell_id>.parquet` atomically; -> rows. Raises proc.ToolFailed."""
+             timeout: float | None = None, hw_gate: threading.Semaphore | None = None,
+             work_dir: Path | None = None) -> int:
+    """Encode, score, write `cells/<cell_id>.parquet` atomically; -> rows. Raises proc.ToolFailed.
+
+    Temporary files go under `work_dir` (the writer's in-flight folder; default `cells/.work/`)."""
     s, ff = cell.source, ctx.ff
     limit = timeout if timeout is not None else cell.timeout
-    run_dir.cells_work_dir.mkdir(parents=True, exist_ok=True)
-    wd = Path(tempfile.mkdtemp(prefix=f"{cell.cell_id}.{owner_tag()}.", dir=run_dir.cells_work_dir))
+    work_root = work_dir or run_dir.cells_work_dir
+    work_root.mkdir(parents=True, exist_ok=True)
+    wd = Path(tempfile.mkdtemp(prefix=f"{cell.cell_id}.{owner_tag()}.", dir=work_root))
     try:
         stream = wd / f"encoded.{cell.stream_format}"
         with hw_gate or contextlib.nullcontext():
@@ -101,13 +115,18 @@ def run_cell(cell: Cell, ctx: RunContext, run_dir: RunDir, *, vmaf_threads: int 
 
 def cell_file_ok(path: Path, cell: Cell) -> bool:
     """A finished cell file is trusted only if it reads back whole and matches its cell exactly."""
+    return cell_rows_ok(path, cell.cell_id, cell.source.n_frames)
+
+
+def cell_rows_ok(path: Path, cell_id: str, n_frames: int) -> bool:
+    """The file holds exactly one cell's rows: every frame once, in order, no missing value."""
     try:
         df = pq.read_table(path).to_pandas()
     except Exception:  # noqa: BLE001 - any unreadable file is simply redone
         return False
-    if list(df.columns) != list(CORPUS_COLUMNS) or len(df) != cell.source.n_frames:
+    if list(df.columns) != list(CORPUS_COLUMNS) or len(df) != n_frames:
         return False
-    if set(df["cell_id"]) != {cell.cell_id} or list(df["frame_index"]) != list(range(cell.source.n_frames)):
+    if set(df["cell_id"]) != {cell_id} or list(df["frame_index"]) != list(range(n_frames)):
         return False
     return non_finite(df) is None
 
@@ -143,6 +162,7 @@ class CorpusSummary:
     grid_cells: int
     shard: tuple[int, int] | None
     planned: int  # cells this run is responsible for (the shard's share)
+    grid_id: str = ""
     done: int = 0
     reused: int = 0
     redone_corrupt: int = 0
@@ -164,7 +184,7 @@ class CorpusSummary:
                              f"{failures_file}); the finished cells are kept", hint=hint)
 
     def to_json(self) -> dict[str, Any]:
-        return {"grid_cells": self.grid_cells, "shard": f"{self.shard[0]}/{self.shard[1]}" if self.shard else None,
+        return {"grid_id": self.grid_id, "grid_cells": self.grid_cells, "shard": f"{self.shard[0]}/{self.shard[1]}" if self.shard else None,
                 "planned": self.planned, "done": self.done, "reused": self.reused,
                 "redone_corrupt": self.redone_corrupt, "failed": len(self.failed),
                 "failures": [{k: f[k] for k in ("cell_id", "src", "encoder", "cq", "stage", "reason")} for f in self.failed],
@@ -209,10 +229,11 @@ def run_corpus(run_dir: RunDir, sources: Sequence[Source], encoder_names: Sequen
                vmaf_threads: int | None = None, model: str = DEFAULT_VMAF_MODEL, timeout: float | None = None,
                vmaf_cli: VmafCli | None = None, progress: ProgressFn | None = None,
                on_plan: Callable[[int], None] | None = None, ctx: RunContext | None = None) -> CorpusSummary:
-    """Run (this shard of) the grid; reuse valid finished cells; assemble corpus.parquet when the grid is whole.
+    """Run (this shard of) the grid; reuse valid finished cells; a whole-grid run assembles corpus.parquet.
 
-    Raises BadInput for unknown/unavailable encoders or out-of-range cqs before any work starts. Cell
-    failures do not raise: they are in `summary.failed` and `corpus/failures.jsonl`.
+    Raises BadInput for unknown/unavailable encoders or out-of-range cqs before any work starts, and
+    when another writer runs an overlapping part of this directory (kit.corpus.writer). Cell failures
+    do not raise: they are in `summary.failed` and `corpus/failures.jsonl`.
     """
     t0 = time.perf_counter()
     run_dir = RunDir(Path(run_dir.root).resolve())  # tools run in temp dirs: paths must be absolute
@@ -223,27 +244,41 @@ def run_corpus(run_dir: RunDir, sources: Sequence[Source], encoder_names: Sequen
     ctx = ctx or RunContext.detect(ff, model=model, vmaf_cli=vmaf_cli)
     grid = plan_grid(sources, encoder_names, cqs, ctx, probes)
     mine = shard_cells(grid, *shard) if shard else list(grid)
-    summary = CorpusSummary(grid_cells=len(grid), shard=shard, planned=len(mine), scorer=ctx.scorer_identity())
+    summary = CorpusSummary(grid_cells=len(grid), shard=shard, planned=len(mine), scorer=ctx.scorer_identity(),
+                            grid_id=grid_id(grid))
     _check_writable(run_dir)
-    write_grid(run_dir, grid, ctx, encoder_names, cqs)
+    with writer.claim(run_dir, shard, summary.grid_id) as work_dir:
+        write_grid(run_dir, grid, ctx, encoder_names, cqs)
+        todo: list[Cell] = []
+        for cell in mine:
+            path = run_dir.cell_path(cell.cell_id)
+            if path.exists():
+                if cell_file_ok(path, cell):
+                    summary.reused += 1
+                    continue
+                _quarantine(run_dir, path)
+                summary.redone_corrupt += 1
+            todo.append(cell)
+        todo.sort(key=lambda c: (-c.cost, c.cell_id))  # longest first: shorter idle tail
+        if on_plan:
+            on_plan(len(todo))
+        _run_cells(todo, ctx, run_dir, summary, work_dir=work_dir, jobs=jobs, vmaf_threads=vmaf_threads,
+                   timeout=timeout, progress=progress)
+        present = [c for c in grid if run_dir.cell_path(c.cell_id).exists()]
+        summary.missing_cells = len(grid) - len(present)
+        if shard is None:  # a shard never assembles: `corpus assemble` does, once every shard is done
+            summary.corpus_rows = table.assemble([run_dir.cell_path(c.cell_id) for c in present], run_dir.corpus,
+                                                 names={c.cell_id: c.source.src for c in grid})
+            summary.corpus_path = str(run_dir.corpus)
+        summary.wall_s = time.perf_counter() - t0
+        write_json(run_dir.corpus_summary(shard), summary.to_json())
+    return summary
 
-    todo: list[Cell] = []
-    for cell in mine:
-        path = run_dir.cell_path(cell.cell_id)
-        if path.exists():
-            if cell_file_ok(path, cell):
-                summary.reused += 1
-                continue
-            _quarantine(run_dir, path)
-            summary.redone_corrupt += 1
-        todo.append(cell)
-    todo.sort(key=lambda c: (-c.cost, c.cell_id))  # longest first: shorter idle tail
-    for cell in todo:  # leftovers of a killed run's in-flight cells (never finished files)
-        for stale in run_dir.cells_work_dir.glob(f"{cell.cell_id}.*"):
-            shutil.rmtree(stale, ignore_errors=True)
-    if on_plan:
-        on_plan(len(todo))
 
+def _run_cells(todo: list[Cell], ctx: RunContext, run_dir: RunDir, summary: CorpusSummary, *, work_dir: Path,
+               jobs: int | None, vmaf_threads: int | None, timeout: float | None,
+               progress: ProgressFn | None) -> None:
+    """Compute `todo` in parallel; failures are logged and counted in `summary`, a full disk stops all."""
     jobs = max(1, jobs or default_jobs())
     cores = cpu_count()
     unfinished = [len(todo)]  # cells not yet finished; read by workers, written by this thread
@@ -261,7 +296,7 @@ def run_corpus(run_dir: RunDir, sources: Sequence[Source], encoder_names: Sequen
         start = time.perf_counter()
         try:
             rows = run_cell(cell, ctx, run_dir, vmaf_threads=scorer_threads, timeout=timeout,
-                            hw_gate=gates.get(cell.encoder.hw or ""))
+                            hw_gate=gates.get(cell.encoder.hw or ""), work_dir=work_dir)
             return CellOutcome(cell, "done", rows=rows, seconds=time.perf_counter() - start)
         except Exception as exc:  # noqa: BLE001 - one failed cell must not stop the others
             if stop.is_set():
@@ -300,16 +335,6 @@ def run_corpus(run_dir: RunDir, sources: Sequence[Source], encoder_names: Sequen
         raise
     pool.shutdown(wait=True)
     summary.failed.sort(key=lambda r: (r["src"], r["encoder"], r["cq"]))
-
-    present = [c for c in grid if run_dir.cell_path(c.cell_id).exists()]
-    summary.missing_cells = len(grid) - len(present)
-    if shard is None or summary.missing_cells == 0:
-        summary.corpus_rows = table.assemble([run_dir.cell_path(c.cell_id) for c in present], run_dir.corpus,
-                                             names={c.cell_id: c.source.src for c in grid})
-        summary.corpus_path = str(run_dir.corpus)
-    summary.wall_s = time.perf_counter() - t0
-    write_json(run_dir.corpus_summary(shard), summary.to_json())
-    return summary
 
 
 def prepare_run_dir(out_dir: Path) -> RunDir:

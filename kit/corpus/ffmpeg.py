@@ -56,7 +56,13 @@ def cache_dir() -> Path:
     Probe caches are best effort (an unwritable cache only costs time); the demo clips need it writable."""
     if env := os.environ.get(CACHE_ENV):
         return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    base = os.environ.get("XDG_CACHE_HOME")
+    if not base:
+        try:
+            base = str(Path.home() / ".cache")
+        except RuntimeError:  # no $HOME and a uid without a passwd entry (a container's arbitrary user)
+            raise PrereqError("no home directory to keep the ensemble-kit cache in",
+                              hint=f"set {CACHE_ENV} (or XDG_CACHE_HOME) to a writable folder, e.g. {CACHE_ENV}=/tmp/ekit-cache") from None
     return Path(base) / "ensemble-kit"
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kit.core.errors import BadInput
-from kit.core.fsio import write_json
+from kit.core.fsio import read_json, write_json
 from kit.core.ids import KEY_LEN, object_id
 from kit.core.rundir import RunDir
 from kit.core.schema import DEFAULT_VMAF_MODEL
@@ -187,10 +187,16 @@ def shard_cells(cells: Sequence[Cell], k: int, n: int) -> list[Cell]:
     return [c for i, c in enumerate(cells) if i % n == k]
 
 
+def grid_id(grid: Sequence[Cell]) -> str:
+    """One id for a whole grid (its cell ids in canonical order): shards of one grid share it."""
+    return object_id([c.cell_id for c in grid])
+
+
 def write_grid(run_dir: RunDir, grid: Sequence[Cell], ctx: RunContext, encoder_names: Sequence[str],
                cqs: Sequence[int]) -> None:
     """corpus/grid.json: the current grid (which cells corpus.parquet must hold) and what made it."""
     write_json(run_dir.grid_json, {
+        "grid_id": grid_id(grid),
         "encoders": list(encoder_names), "cqs": sorted(set(cqs)), "model": ctx.model,
         "ffmpeg": {**ctx.ff.identity(), "path": str(ctx.ff.path), "origin": ctx.ff.origin},
         "scorer": ctx.scorer_identity(), "platform": ctx.platform, "box_id": ctx.box_id,
@@ -199,5 +205,40 @@ def write_grid(run_dir: RunDir, grid: Sequence[Cell], ctx: RunContext, encoder_n
             "src": c.source.src, "src_sha256": c.source.src_sha256, "file": c.source.path.name,
             "variable_rate": c.source.variable_rate, "encoder_input": encoder_input(c.source)}
             for c in grid}.values(), key=lambda d: str(d["src"])),
-        "cells": [{"cell_id": c.cell_id, "src": c.source.src, "encoder": c.encoder.name, "cq": c.cq} for c in grid],
+        "cells": [{"cell_id": c.cell_id, "src": c.source.src, "encoder": c.encoder.name, "cq": c.cq,
+                   "n_frames": c.source.n_frames} for c in grid],
     })
+
+
+@dataclass(frozen=True)
+class GridCell:
+    """A cell as grid.json lists it: enough to check its file and name it, without ffmpeg or the clips."""
+
+    index: int  # position in the canonical grid order (which shard owns it: index mod N)
+    cell_id: str
+    src: str
+    encoder: str
+    cq: int
+    n_frames: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.src} {self.encoder} cq{self.cq}"
+
+
+def read_grid(run_dir: RunDir) -> tuple[str, list[GridCell]]:
+    """(grid id, cells) of the run directory's current grid; BadInput naming grid.json when absent or damaged."""
+    path = run_dir.grid_json
+    if not path.is_file():
+        raise BadInput(f"{path} does not exist: no corpus run has planned a grid in {run_dir.root}",
+                       hint="run the corpus (or its shards) into this --out-dir first")
+    doc = read_json(path, what="grid.json")
+    try:
+        frames_by_src = {str(s["src"]): int(s["n_frames"]) for s in doc.get("sources", [])}
+        cells = [GridCell(i, str(c["cell_id"]), str(c["src"]), str(c["encoder"]), int(c["cq"]),
+                          int(c.get("n_frames", frames_by_src.get(str(c["src"]), -1))))
+                 for i, c in enumerate(doc["cells"])]
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise BadInput(f"{path} is damaged (not the grid a corpus run writes)",
+                       hint="rerun one corpus shard (or the whole corpus) to write it again: finished cells are reused") from None
+    return str(doc.get("grid_id") or object_id([c.cell_id for c in cells])), cells
