@@ -18,7 +18,7 @@ import traceback
 import click
 
 from kit import __version__
-from kit.cli import corpus, env, pipeline, refs, results, train
+from kit.cli import corpus, deploy, env, pipeline, refs, results, train
 from kit.cli.options import CONTEXT, EPILOG_EXIT_CODES
 from kit.core import proc
 from kit.core.console import err, printable
@@ -102,6 +102,6 @@ def main() -> None:
     """
 
 
-for _family in (corpus, train, results, env, refs, pipeline):
+for _family in (corpus, train, results, env, refs, pipeline, deploy):
     for _command in _family.COMMANDS:
         main.add_command(_command)

@@ -1,0 +1,1 @@
+"""Running the kit elsewhere: OCI images (`image`) and cluster job files (`cluster`)."""
