@@ -152,4 +152,45 @@ def k8s_cmd(image: str, pvc: str, mount: str, name: str, namespace: str | None, 
     _report(paths, as_json, str(dest / cluster.K8S_SUBMIT))
 
 
-COMMANDS = (cluster_group,)
+@click.group("image")
+def image_group() -> None:
+    """OCI images of the kit, built from the locks without a daemon (docs/cluster.md)."""
+
+
+@image_group.command("build", epilog=EPILOG_EXIT_CODES)
+@click.option("--env", "env", type=click.Choice(["cpu", "nvidia", "intel"]), default="cpu", show_default=True,
+              help="cpu; nvidia (NVENC through the host driver); intel (VA-API/oneVPL runtime inside).")
+@click.option("--out", "out", type=click.Path(path_type=Path), default=Path("images"), show_default=True,
+              help="Folder for the image and its record (ensemble-kit-<env>.oci or .tar, ensemble-kit-<env>.json).")
+@click.option("--format", "fmt", type=click.Choice(["oci", "docker-archive"]), default="oci", show_default=True,
+              help="An OCI layout folder (skopeo/podman/buildah load it) or a docker-archive tarball (docker load).")
+@click.option("--source", type=click.Path(path_type=Path), help="The kit's git checkout to build from (default: this one).")
+@click.option("--rootfs", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="A Debian rootfs tarball made earlier (default: the cached one, else mmdebstrap makes it).")
+@click.option("--rebuild-rootfs", is_flag=True, help="Run mmdebstrap again (picks up Debian point releases).")
+@json_option("Print digests, sizes and step times as JSON.")
+def image_build_cmd(env: str, out: Path, fmt: str, source: Path | None, rootfs: Path | None, rebuild_rootfs: bool,
+                    as_json: bool) -> None:
+    """Build the kit's image reproducibly: mmdebstrap + buildah + skopeo, no daemon, no registry.
+
+    The same checkout, locks and rootfs give the same digest. The image carries the digest of its
+    inputs; pass its own digest when you run it (-e ENSEMBLE_KIT_IMAGE_DIGEST=...), so results record
+    which image made them.
+
+    \b
+    Examples:
+      ensemble-kit image build --out images/
+      ensemble-kit image build --env intel --format docker-archive --out images/
+      podman run --rm -v $PWD/runs:/work/runs oci:images/ensemble-kit-cpu.oci:cpu pipeline --demo --out-dir runs/demo
+    """
+    from kit.deploy import image  # heavy tools and the lock data: only for this command
+
+    result = image.build_image(env, out, fmt=fmt, source=source, rootfs=rootfs, rebuild_rootfs=rebuild_rootfs,
+                               say=lambda line: None if as_json else note(f"image: {line}"))
+    emit(result.to_json(), as_json, text=[f"{result.env} image {result.manifest_digest} (config {result.config_digest})",
+                                         *(f"  {k}: {v} ({result.sizes[k] / 1e6:.0f} MB)" for k, v in result.outputs.items()),
+                                         f"  inputs {result.inputs_digest}; record {result.record}; "
+                                         f"{result.seconds.get('total', 0):.0f} s"])
+
+
+COMMANDS = (cluster_group, image_group)

@@ -28,6 +28,7 @@ from kit.core.console import printable
 from kit.core.errors import BadInput
 from kit.core.fsio import write_text
 from kit.corpus import encoders as enc_table
+from kit.env.fingerprint import IMAGE_DIGEST_ENV
 
 # Flags the job files set themselves (a --pipeline-args value may not set them again).
 OWNED_FLAGS = ("--out-dir", "--ref-dir", "--demo", "--demo-size", "--demo-frames", "--encoders", "--cqs", "--jobs",
@@ -188,7 +189,7 @@ def _slurm_kit(job: CorpusJob, opts: SlurmOptions) -> list[str]:
         return [Expanded(" ".join(shlex.quote(w) for w in shlex.split(opts.kit_command)))]
     binds = sorted({d for d in (str(PurePosixPath(job.out_dir).parent), job.ref_dir) if d})
     digest = DIGEST_RE.search(opts.apptainer_image)
-    env = ["--env", f"ENSEMBLE_KIT_IMAGE_DIGEST={digest.group(1)}"] if digest else []
+    env = ["--env", f"{IMAGE_DIGEST_ENV}={digest.group(1)}"] if digest else []
     return ["apptainer", "exec", "--cleanenv", *env, "--bind", ",".join(binds), opts.apptainer_image, "ensemble-kit"]
 
 
@@ -300,7 +301,7 @@ def _pod_spec(job: CorpusJob, opts: K8sOptions, *, container: str, args: Sequenc
           args: [{", ".join(map(_k8s_arg, args))}]
           env:
             # the image cannot hold its own digest: the launcher says which image this is (host fingerprint)
-            - {{name: ENSEMBLE_KIT_IMAGE_DIGEST, value: {_yaml(image_digest(opts.image))}}}
+            - {{name: {IMAGE_DIGEST_ENV}, value: {_yaml(image_digest(opts.image))}}}
             - {{name: XDG_CACHE_HOME, value: "/tmp/cache"}}
             - {{name: MPLCONFIGDIR, value: "/tmp/matplotlib"}}
           resources:

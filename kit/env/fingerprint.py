@@ -12,7 +12,8 @@ honest boxes installed from the same lock share it. It is an allowlist, so insta
 kit does not move it; replacing the ffmpeg binary does.
 
 `host` is what describes the machine: CPU (model, ISA), OS, GPUs and driver, full Python version, the
-lock file and installer, and the container image digest ($ENSEMBLE_KIT_IMAGE_DIGEST, set by the image).
+lock file and installer, and, inside the kit's image, its flavour and inputs digest (set in the image)
+and its digest ($ENSEMBLE_KIT_IMAGE_DIGEST, set by the launcher: an image cannot contain its own digest).
 It is recorded beside `result_env` in every artefact and never compared. Nothing in either part varies
 between runs on one box (no free memory, time, hostname or checkout path).
 
@@ -66,7 +67,8 @@ CONDA_RESULT_PACKAGES = ("libblas", "libcblas", "liblapack", "libopenblas", "mkl
 # Environment variables that change numerics when set (instruction sets, MKL reproducibility mode).
 NUMERIC_ENV_VARS = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA",
                     "DNNL_MAX_CPU_ISA", "OPENBLAS_CORETYPE", "NPY_DISABLE_CPU_FEATURES")
-IMAGE_DIGEST_ENV = "ENSEMBLE_KIT_IMAGE_DIGEST"
+IMAGE_DIGEST_ENV = "ENSEMBLE_KIT_IMAGE_DIGEST"  # set by the launcher (podman -e, the k8s Job, Slurm's apptainer)
+IMAGE_ENV_ENV, IMAGE_INPUTS_ENV = "ENSEMBLE_KIT_IMAGE_ENV", "ENSEMBLE_KIT_IMAGE_INPUTS"  # set in the image itself
 # Files of a dist-info directory an installer writes for itself, not part of the wheel.
 INSTALLER_FILES = frozenset({"INSTALLER", "REQUESTED", "direct_url.json", "RECORD", "uv_cache.json"})
 KIT_DIR = Path(kit.__file__).resolve().parent
@@ -313,6 +315,10 @@ def make_host(host: Any | None = None, *, lock: dict[str, Any] | None = None, ff
         "installer": _installer(),
         "pixi_environment": os.environ.get("PIXI_ENVIRONMENT_NAME"),
         "ffmpeg_origin": ff.origin if ff is not None else None,
+        # inside an ensemble-kit image (kit.deploy.image): the flavour and inputs digest it carries, and the
+        # digest only its launcher knows (an image cannot contain its own digest)
+        "image_env": os.environ.get(IMAGE_ENV_ENV) or None,
+        "image_inputs": os.environ.get(IMAGE_INPUTS_ENV) or None,
         "image_digest": os.environ.get(IMAGE_DIGEST_ENV) or None,
     }
 
@@ -451,6 +457,7 @@ def describe(fp: dict[str, Any]) -> list[tuple[str, str]]:
         ("gpus", gpus),
         ("lock", lock_text),
     ]
-    if host.get("image_digest"):
-        rows.append(("image", str(host["image_digest"])))
+    if host.get("image_env") or host.get("image_digest"):
+        rows.append(("image", f"{host.get('image_env') or '?'} image, digest {host.get('image_digest') or 'not given by the launcher'}"
+                              f", inputs {_short(host.get('image_inputs'))}"))
     return rows
