@@ -105,7 +105,7 @@ def slurm_cmd(partition: str | None, account: str | None, time_limit: str, cpus_
           --out-dir /shared/runs/r1 --partition cpu --dest slurm/
       slurm/submit.sh
     """
-    from kit.deploy import cluster
+    from kit.deploy import cluster  # the lock data and fingerprint constants: only when writing job files
 
     job = _corpus_job(kw)
     opts = cluster.SlurmOptions(partition=partition, account=account, time=time_limit, cpus_per_task=cpus_per_task,
@@ -142,7 +142,7 @@ def k8s_cmd(image: str, pvc: str, mount: str, name: str, namespace: str | None, 
           --image registry.example/ensemble-kit@sha256:<digest> --pvc ek-shared --dest k8s/
       k8s/submit.sh
     """
-    from kit.deploy import cluster
+    from kit.deploy import cluster  # the lock data and fingerprint constants: only when writing job files
 
     job = _corpus_job(kw)
     opts = cluster.K8sOptions(image=image, pvc=pvc, mount=mount, name=name, namespace=namespace, cpu=cpu,
