@@ -209,3 +209,25 @@ def test_k8s_indexes_then_the_assemble_job_reproduce_a_single_box_pipeline(tmp_p
     compared = _cli("compare", str(single), str(bundle))
     assert compared.exit_code == 0 and "REPRODUCED" in compared.output, compared.output
     shutil.rmtree(tmp_path / "data", ignore_errors=True)
+
+
+def test_the_pipeline_adopts_a_corpus_run_but_nothing_else(tmp_path):
+    """What the assemble job relies on: `pipeline` may start in a directory the shards filled."""
+    from kit import pipeline
+    from kit.core.errors import BadInput
+
+    shards = RunDir(tmp_path / "shards")
+    shards.cells_dir.mkdir(parents=True)
+    shards.grid_json.write_text("{}")
+    shards.corpus.write_bytes(b"assembled")
+    rd, resumed = pipeline.prepare_run_dir(pipeline.PipelineOptions(out_dir=shards.root), {}, {}, "fp")
+    assert not resumed and rd.run_json.is_file()
+    other = tmp_path / "other"
+    (other / "corpus" / "cells").mkdir(parents=True)  # cells but no grid.json: not a corpus run
+    with pytest.raises(BadInput, match="holds no pipeline run"):
+        pipeline.prepare_run_dir(pipeline.PipelineOptions(out_dir=other), {}, {}, "fp")
+    (tmp_path / "mixed" / "corpus").mkdir(parents=True)
+    (tmp_path / "mixed" / "corpus" / "grid.json").write_text("{}")
+    (tmp_path / "mixed" / "notes.txt").write_text("mine")
+    with pytest.raises(BadInput, match="notes.txt"):
+        pipeline.prepare_run_dir(pipeline.PipelineOptions(out_dir=tmp_path / "mixed"), {}, {}, "fp")

@@ -118,6 +118,7 @@ class Container:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # two builds (mmdebstrap twice) and two demo pipelines: 15-25 min on 2 busy cores
 def test_cpu_image_builds_reproducibly_and_reproduces_the_host_run(tmp_path, monkeypatch):
     _skip_without_tools()
     monkeypatch.setenv("ENSEMBLE_KIT_CACHE", str(tmp_path / "cache"))  # a private rootfs cache: mmdebstrap runs

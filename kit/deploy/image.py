@@ -177,7 +177,9 @@ def build_rootfs(flavour: Flavour, *, rebuild: bool = False) -> Path:
     if target.is_file() and not rebuild:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.partial")
+    tmp = target.with_name(f".{target.stem}.partial.tar")  # mmdebstrap picks its output format by the suffix
+    if tmp.is_dir():  # left by an interrupted run
+        shutil.rmtree(tmp)
     tmp.unlink(missing_ok=True)
     try:
         proc.run(mmdebstrap_argv(flavour, tmp), stage="mmdebstrap", timeout=STEP_TIMEOUT_S, stdout=False,
