@@ -210,17 +210,25 @@ def _git(source: Path, *args: str) -> str:
     return proc.run(["git", "-c", "safe.directory=*", "-C", str(source), *args], stage="git", timeout=120).stdout.strip()
 
 
-def lock_files(source: Path) -> tuple[Path, str]:
-    """(the hash-pinned runtime lock for linux-64 CPU, the torch pin) in the checkout."""
+def lock_files(source: Path) -> tuple[str, str | None]:
+    """(the checkout's hash-pinned linux-64 CPU runtime lock without its index options, the torch pin when
+    the lock leaves torch out). Index options go: the wheels come from `_torch_source()` and PyPI here,
+    and the image installs offline."""
     lock = next((p for p in (source / "kit" / "locks" / "linux-64-cpu.txt", source / "environments" / "linux-cpu.txt")
-                 if p.is_file()), None)
-    torch_file = source / "environments" / "torch-cpu.txt"
-    pins = [line.strip() for line in torch_file.read_text().splitlines()
-            if line.strip().startswith("torch==")] if torch_file.is_file() else []
-    if lock is None or not pins:
-        raise BadInput(f"--source {source} has no linux-64 CPU lock (environments/linux-cpu.txt and torch-cpu.txt)",
+                 if p.is_file() and not p.read_text().lstrip("#\n ").startswith("-r")), None)
+    if lock is None:
+        raise BadInput(f"--source {source} has no linux-64 CPU lock (kit/locks/linux-64-cpu.txt)",
                        hint="build from a checkout of the kit at a commit that has its locks")
-    return lock, pins[0].split()[0]
+    lines = [line for line in lock.read_text().splitlines() if not line.startswith("-")]
+    if any(line.startswith("torch==") for line in lines):
+        return "\n".join(lines) + "\n", None
+    torch_file = source / "environments" / "torch-cpu.txt"  # older checkouts: torch pinned apart, unhashed
+    pins = [line.split()[0] for line in (torch_file.read_text().splitlines() if torch_file.is_file() else [])
+            if line.startswith("torch==")]
+    if not pins:
+        raise BadInput(f"--source {source}: {lock.name} does not pin torch and there is no environments/torch-cpu.txt",
+                       hint="build from a checkout of the kit at a commit that has its locks")
+    return "\n".join(lines) + "\n", pins[0]
 
 
 def _platform_args() -> list[str]:
@@ -251,7 +259,9 @@ def build_wheelhouse(source: Path, commit: str, epoch: int, work: Path) -> Path:
     for d in (wheels, src):
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir(parents=True)
-    lock, torch_pin = lock_files(source)
+    lock_text, torch_pin = lock_files(source)
+    lock = work / "lock.txt"
+    write_text(lock, lock_text)
     archive = work / "src.tar"
     _git(source, "archive", "--format=tar", "-o", str(archive), commit)
     with tarfile.open(archive) as tar:
@@ -259,7 +269,7 @@ def build_wheelhouse(source: Path, commit: str, epoch: int, work: Path) -> Path:
     archive.unlink()
     write_json(src / "kit" / "_build.json", {"commit": commit, "dirty": False})  # git archive: committed content only
     constraints = work / "build-constraints.txt"  # the build backend from the index, pinned to the lock's setuptools
-    write_text(constraints, "".join(f"{line.split()[0]}\n" for line in lock.read_text().splitlines()
+    write_text(constraints, "".join(f"{line.split()[0]}\n" for line in lock_text.splitlines()
                                     if line.startswith("setuptools==")))
     if importlib.util.find_spec("pip") is None:
         raise PrereqError(f"image build needs pip in this environment ({sys.executable})",
@@ -269,13 +279,16 @@ def build_wheelhouse(source: Path, commit: str, epoch: int, work: Path) -> Path:
     proc.run([*pip, "wheel", "-q", "--no-deps", "-w", str(wheels), str(src)], stage="kit wheel", timeout=STEP_TIMEOUT_S,
              env=build_env)
     shutil.rmtree(src)
-    proc.run([*pip, "download", "-q", "--require-hashes", "--no-deps", *_platform_args(), "-r", str(lock), "-d", str(wheels)],
-             stage="locked wheels", timeout=STEP_TIMEOUT_S)
-    proc.run([*pip, "download", "-q", "--no-deps", *_platform_args(), *_torch_source(), torch_pin, "-d", str(wheels)],
-             stage="torch wheel", timeout=STEP_TIMEOUT_S)
-    extra = [_wheel_requirement(w) for w in sorted(wheels.glob("*.whl")) if w.name.startswith(("torch-", "ensemble_kit-"))]
+    proc.run([*pip, "download", "-q", "--require-hashes", "--no-deps", *_platform_args(), *_torch_source(),
+              "-r", str(lock), "-d", str(wheels)], stage="locked wheels", timeout=STEP_TIMEOUT_S)
+    if torch_pin:
+        proc.run([*pip, "download", "-q", "--no-deps", *_platform_args(), *_torch_source(), torch_pin, "-d", str(wheels)],
+                 stage="torch wheel", timeout=STEP_TIMEOUT_S)
+    added = ("ensemble_kit-", "torch-") if torch_pin else ("ensemble_kit-",)  # what the lock does not hash itself
+    extra = [_wheel_requirement(w) for w in sorted(wheels.glob("*.whl")) if w.name.startswith(added)]
     requirements = wheels / "requirements.txt"
-    write_text(requirements, lock.read_text() + "\n".join(extra) + "\n")
+    write_text(requirements, lock_text + "\n".join(extra) + "\n")
+    lock.unlink()
     return requirements
 
 
