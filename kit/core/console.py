@@ -63,11 +63,6 @@ def info(message: str) -> None:
     err.print(printable(message), markup=False)
 
 
-def printable(text: object) -> str:
-    """A string from a file or another process, safe for a terminal: control characters become '?'."""
-    return "".join(c if c.isprintable() else "?" for c in str(text))
-
-
 class Progress:
     """One progress display for every long step.
 
