@@ -127,7 +127,7 @@ def assemble_grid(run_dir: RunDir) -> AssembleReport:
     if report.missing:
         report.running = _running_writers(run_dir)
         return report
-    df = table.read_cells([run_dir.cell_path(c.cell_id) for c in cells])
+    df = table.read_cells([run_dir.cell_path(c.cell_id) for c in cells], {c.cell_id: c.src for c in cells})
     table.write_corpus(df, run_dir.corpus)
     report.corpus, report.corpus_rows, report.corpus_sha256 = str(run_dir.corpus), len(df), table.corpus_sha256(df)
     write_json(run_dir.assemble_report, report.to_json())
