@@ -173,3 +173,18 @@ def test_shards_cover_every_cell_exactly_once(n, tiny_refs, kit_ffmpeg):
     ids = [c.cell_id for part in parts for c in part]
     assert sorted(ids) == sorted(c.cell_id for c in cells) and len(ids) == len(set(ids)) == 12
     assert max(map(len, parts)) - min(map(len, parts)) <= 1  # balanced
+
+
+def test_sweep_clears_dead_cells_in_a_writers_folder_and_keeps_live_ones(tmp_path):
+    from kit.core.fsio import owner_tag
+
+    rd = RunDir(tmp_path / "run")
+    dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout.strip()  # a pid that has exited
+    host = owner_tag().rsplit("-p", 1)[0]
+    dead = rd.cell_work_dir("shard0of2") / f"{'a' * 24}.{host}-p{dead_pid}.x1"
+    live = rd.cell_work_dir("shard0of2") / f"{'b' * 24}.{owner_tag()}.x2"
+    for d in (dead, live):
+        d.mkdir(parents=True)
+    assert rd.sweep_temp() == 1
+    assert not dead.exists() and live.exists()

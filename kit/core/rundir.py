@@ -309,8 +309,9 @@ class RunDir:
         """Remove what a dead (SIGKILLed) run left here: atomic writes' `.*.tmp` files and in-flight cell
         folders whose process is gone (never a live run's). Every command that writes a run calls it first."""
         removed = sweep_temp_files(self.root)
-        if self.cells_work_dir.is_dir():
-            removed += remove_stale(self.cells_work_dir.iterdir())
+        if self.cells_work_dir.is_dir():  # cell folders directly in .work/ (older runs) or in a writer's folder
+            entries = list(self.cells_work_dir.iterdir())
+            removed += remove_stale([*entries, *(p for d in entries if d.is_dir() for p in d.iterdir())])
         return removed
 
     def relative(self, path: Path) -> str:
