@@ -378,7 +378,7 @@ def step_verdict(ctx: Context) -> StepReport:
     if ctx.rd.step_done("verdict", key) is not None:
         ctx.verdict = read_json(ctx.rd.verdict, what="verdict.json")
         return StepReport("verdict", "reused", _verdict_line(ctx.verdict))
-    ctx.verdict = gate.write_verdict(ctx.root, **ctx.gate)
+    ctx.verdict = gate.write_verdict(ctx.root, **ctx.gate, given_from="the pipeline's options (run.json)")
     ctx.rd.mark_done("verdict", key, ctx.rd.verdict_files(), {"verdict": ctx.verdict["verdict"]})
     return StepReport("verdict", "done", _verdict_line(ctx.verdict))
 

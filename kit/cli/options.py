@@ -250,6 +250,13 @@ def gate_options(*, with_short_flags: bool) -> Decorator:
     return _stack(*decorators)
 
 
+def gate_given(ctx: click.Context, **values: float) -> dict[str, float]:
+    """The `verdict` thresholds typed on the command line (a flag left at its shown default is not given:
+    the run's carried thresholds, else the defaults, apply)."""
+    return {name: value for name, value in values.items()
+            if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT}
+
+
 def gate_overrides(values: dict[str, Any]) -> dict[str, Any]:
     """The gate thresholds given on the command line (pipeline's --gate-* flags)."""
     names = {f.name for f in fields(Thresholds)}

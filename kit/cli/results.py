@@ -9,6 +9,7 @@ import click
 
 from kit.cli.options import (
     EPILOG_EXIT_CODES,
+    gate_given,
     gate_options,
     json_option,
     max_memory_option,
@@ -31,6 +32,9 @@ from kit.results.thresholds import PROMOTE
 def verdict_cmd(out_dir: Path, mean_plcc: float, plcc_spread_max: float, per_seed_min: float, as_json: bool) -> None:
     """Apply the PROMOTE/HOLD gate to OUT_DIR/loso/ and write OUT_DIR/verdict.json (the one verdict file).
 
+    A run trained with `train --corpus RUN|BUNDLE` carries that run's thresholds (loso/summary.json):
+    they are used unless a flag is given; verdict.json records each value and where it came from.
+
     Exit 0 on PROMOTE, 1 on HOLD (not an error), 2 when there are no LOSO results.
 
     \b
@@ -40,7 +44,12 @@ def verdict_cmd(out_dir: Path, mean_plcc: float, plcc_spread_max: float, per_see
     from kit.results import gate  # heavy (pandas): imported when the command runs
 
     RunDir(out_dir).sweep_temp()
-    doc = gate.write_verdict(out_dir, mean_plcc=mean_plcc, plcc_spread_max=plcc_spread_max, per_seed_min=per_seed_min)
+    given = gate_given(click.get_current_context(), mean_plcc=mean_plcc, plcc_spread_max=plcc_spread_max,
+                       per_seed_min=per_seed_min)
+    doc = gate.write_verdict(out_dir, **given)
+    carried = sorted({where for where in doc.get(gate.THRESHOLDS_FROM_KEY, {}).values()} - {"command line", "default"})
+    if carried and not as_json:
+        note(f"gate thresholds from {', '.join(carried)} (carried from the run trained on); flags override them")
     emit(doc, as_json, text=doc["recommendation"])
     sys.exit(int(ExitCode.OK if doc["verdict"] == PROMOTE else ExitCode.HOLD))
 

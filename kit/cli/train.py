@@ -50,7 +50,8 @@ def train_cmd(corpus_path: Path | None, drop_invalid: bool, out_dir: Path, seeds
 
     A --corpus run directory or results bundle also brings the training config and seeds it recorded:
     they are used unless a flag says otherwise (and the command says which), so retraining a
-    collaborator's bundle repeats their training.
+    collaborator's bundle repeats their training. Its gate thresholds are recorded in
+    loso/summary.json, so a later `verdict` decides with them unless its flags say otherwise.
 
     \b
     Examples:
@@ -76,7 +77,8 @@ def train_cmd(corpus_path: Path | None, drop_invalid: bool, out_dir: Path, seeds
         adopt_corpus(df, rd.corpus)
     with Progress("train", quiet=quiet, unit="epochs") as bar:
         result = loso.run_loso(df, config, seed_list, rd, progress=bar.tick, environment=env_fingerprint.current(),
-                               corpus_notes=invalid.to_dict() if invalid.count else None, max_memory=max_memory)
+                               corpus_notes=invalid.to_dict() if invalid.count else None, max_memory=max_memory,
+                               gate_thresholds=recorded.gate if recorded else None)
     per_seed = result.per_seed()
     emit({str(s): v for s, v in per_seed.items()}, as_json,
          text=[f"seed {seed}: mean PLCC {v['mean']:.4f} (min {v['min']:.4f}, max {v['max']:.4f}, "
@@ -102,6 +104,9 @@ def training_plan(recorded: bundle.RecordedTraining | None, given: dict[str, Any
     shown = ", ".join(f"{k} {v}" for k, v in sorted(adopted.items()) if k not in given)
     note(f"training config from {source} ({recorded.where}): {shown or 'none left'}"
          + ("" if seeds else f"; seeds {','.join(map(str, seed_list))}"))
+    if recorded.gate is not None:
+        note(f"gate thresholds from {source}: {', '.join(f'{k} {v}' for k, v in recorded.gate.items())}; recorded in "
+             "loso/summary.json for `ensemble-kit verdict` (its flags override them)")
     overridden = [flag_of(k) for k in sorted(given)] + (["--seeds"] if seeds else [])
     if overridden:
         note(f"overridden by the command line: {', '.join(overridden)}")

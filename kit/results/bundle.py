@@ -16,7 +16,7 @@ import re
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,8 @@ from kit.core.rundir import RunDir
 from kit.env import platform as kit_platform
 from kit.results import provenance
 from kit.results.provenance import corpus_sha
-from kit.results.thresholds import VERDICTS
+from kit.results.thresholds import RECORDED_AS, VERDICTS, checked_thresholds, recorded_thresholds
+from kit.train.config import SUMMARY_GATE_KEY
 
 BUNDLE_SCHEMA = "ensemble-kit/results-bundle"
 BUNDLE_SCHEMA_VERSION = 2  # 2: manifest.json is the first member, and only what it lists may follow
@@ -384,30 +385,50 @@ def extract_bundle(bundle: Path, dest: Path | None = None, *,
 
 @dataclass(frozen=True)
 class RecordedTraining:
-    """How a run trained, as its verdict.json (else loso/summary.json) records it."""
+    """How a run trained, as its verdict.json (else loso/summary.json) records it, and the gate thresholds
+    it was (or is to be) decided with: what `train --corpus RUN|BUNDLE` carries into the new run."""
 
     where: str  # the file it came from, for messages
     config: dict[str, Any]
     seeds: tuple[int, ...]
+    gate: dict[str, float] | None = None  # checked thresholds (kit.results.thresholds), None when none recorded
 
 
-def recorded_training(run_root: Path) -> RecordedTraining | None:
-    """The training config and seeds a finished run recorded (None when it recorded none)."""
+def recorded_gate(run_root: Path, label: str | None = None) -> tuple[str, dict[str, float]] | None:
+    """(file, thresholds) a run recorded: verdict.json's gate (what its verdict used), else loso/summary.json's
+    SUMMARY_GATE_KEY (what `train --corpus` carried in for a later `verdict`). Range-checked as untrusted input (bad input naming `label`'s file and
+    key when one is not a threshold); None when it recorded none."""
+    rd = RunDir(run_root)
+    verdict, summary = _read_json_if(rd.verdict), _read_json_if(rd.loso_summary)
+    if isinstance(verdict.get("gate"), dict):
+        path, values, keys = rd.verdict, recorded_thresholds(verdict["gate"]), RECORDED_AS
+    elif isinstance(summary.get(SUMMARY_GATE_KEY), dict):
+        path, values, keys = rd.loso_summary, summary[SUMMARY_GATE_KEY], None
+    else:
+        return None
+    where = rd.relative(path)
+    return where, asdict(checked_thresholds(values, f"{label or run_root}: {where}", keys))
+
+
+def recorded_training(run_root: Path, label: str | None = None) -> RecordedTraining | None:
+    """The training config, seeds and gate thresholds a finished run recorded (None when it recorded none)."""
     rd = RunDir(run_root)
     for path in (rd.verdict, rd.loso_summary):
         doc = _read_json_if(path)
         config, seeds = doc.get("config"), doc.get("seeds")
         if isinstance(config, dict) and isinstance(seeds, list) and all(isinstance(s, int) for s in seeds):
-            return RecordedTraining(where=rd.relative(path), config=config, seeds=tuple(seeds))
+            gate = recorded_gate(run_root, label)
+            return RecordedTraining(where=rd.relative(path), config=config, seeds=tuple(seeds),
+                                    gate=gate[1] if gate else None)
     return None
 
 
 def training_source(path: Path, dest: Path | None = None) -> tuple[Path, RecordedTraining | None]:
     """(corpus file, the training it was recorded with) behind `train --corpus PATH`: a run directory or a
-    results bundle (verified first) carries its config and seeds, a plain corpus file carries none."""
+    results bundle (verified first) carries its config, seeds and gate thresholds, a plain corpus file none."""
     corpus = corpus_from(path, dest)
     p = Path(path)
-    return corpus, (recorded_training(corpus.parent) if p.is_dir() or is_bundle(p) else None)
+    return corpus, (recorded_training(corpus.parent, str(p)) if p.is_dir() or is_bundle(p) else None)
 
 
 def corpus_from(path: Path, dest: Path | None = None) -> Path:

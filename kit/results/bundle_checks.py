@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 
 from kit.core.archive import Listed
 from kit.core.console import printable
+from kit.core.errors import BadInput
 from kit.core.fsio import canonical_json, json_safe
 from kit.core.ids import shorten
 from kit.core.rundir import MEMBER_FILE_KEYS, RunDir
@@ -47,7 +48,15 @@ from kit.corpus.table import corpus_sha256, jsonl_sha256, streamed_corpus_sha256
 from kit.results import contract
 from kit.results.bundle import MANIFEST_NAME, TamperedBundle, corpus_sha
 from kit.results.gate import FORK_GATE_KEYS, decide
-from kit.results.thresholds import GATE_EPS, PROMOTE, VERDICTS, Thresholds, recorded_thresholds
+from kit.results.thresholds import (
+    GATE_EPS,
+    PROMOTE,
+    RECORDED_AS,
+    VERDICTS,
+    Thresholds,
+    checked_thresholds,
+    recorded_thresholds,
+)
 from kit.train.config import TrainConfig, result_train_config
 from kit.train.data import check_trainable, load_corpus, usable
 from kit.train.metrics import nan_safe_summary
@@ -256,11 +265,11 @@ def _csv_fold_plccs(b: BundleView) -> dict[tuple[int, str], float]:
 
 
 def _thresholds(b: BundleView) -> Thresholds:
-    values = recorded_thresholds(b.verdict()["gate"])
-    bad = [k for k, x in values.items() if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x)]
-    if bad:
-        raise Problem(f"verdict.json: gate threshold(s) {', '.join(bad)} missing or not numbers")
-    return Thresholds(**{k: float(x) for k, x in values.items()})  # type: ignore[arg-type]
+    """The thresholds verdict.json records, each range-checked as the flags are (NaN, a negative spread: refused)."""
+    try:
+        return checked_thresholds(recorded_thresholds(b.verdict()["gate"]), "verdict.json", RECORDED_AS)
+    except BadInput as exc:
+        raise Problem(exc.message) from None
 
 
 def check_gate_reapplied(b: BundleView) -> list[str]:

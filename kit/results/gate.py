@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,11 +32,14 @@ from kit import __version__
 from kit.core.fsio import json_safe, write_json
 from kit.core.rundir import RunDir
 from kit.results import provenance
-from kit.results.thresholds import GATE_EPS, HOLD, PROMOTE, Thresholds
+from kit.results.thresholds import GATE_DEFAULTS, GATE_EPS, HOLD, PROMOTE, Thresholds, checked_thresholds
+from kit.train.config import SUMMARY_GATE_KEY
 from kit.train.loso_files import LosoResult, load_loso
 
 SCHEMA_VERSION = 1
 DEFAULT_THRESHOLDS = Thresholds()
+# verdict.json: where each threshold came from (the command line, loso/summary.json, the default).
+THRESHOLDS_FROM_KEY = "gate_thresholds_from"
 
 
 @dataclass
@@ -122,7 +125,8 @@ def _recommendation(gate: dict[str, Any], per_seed: dict[int, float], nan_folds:
 
 
 def verdict_document(verdict: Verdict, loso: LosoResult, *, now: datetime | None = None,
-                     inputs: dict[str, Any] | None = None) -> dict[str, Any]:
+                     inputs: dict[str, Any] | None = None,
+                     thresholds_from: dict[str, str] | None = None) -> dict[str, Any]:
     """The verdict.json content: everything a reviewer needs to trust or re-derive the verdict, and
     (`inputs`, kit.results.provenance) exactly which LOSO results it was decided on."""
     stamp = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -143,13 +147,15 @@ def verdict_document(verdict: Verdict, loso: LosoResult, *, now: datetime | None
         "fingerprint": loso.fingerprint,
         "fingerprint_id": loso.fingerprint_id,
         **({provenance.INPUTS_KEY: inputs} if inputs is not None else {}),
+        **({THRESHOLDS_FROM_KEY: thresholds_from} if thresholds_from is not None else {}),
     })
 
 
 def write_verdict_file(path: str | Path, verdict: Verdict, loso: LosoResult, *, now: datetime | None = None,
-                       inputs: dict[str, Any] | None = None) -> dict[str, Any]:
+                       inputs: dict[str, Any] | None = None,
+                       thresholds_from: dict[str, str] | None = None) -> dict[str, Any]:
     """Write verdict.json's document (only) atomically to `path`; a run directory gets `write_decision`."""
-    doc = verdict_document(verdict, loso, now=now, inputs=inputs)
+    doc = verdict_document(verdict, loso, now=now, inputs=inputs, thresholds_from=thresholds_from)
     write_json(path, doc)
     return doc
 
@@ -217,7 +223,7 @@ def fork_verdict_document(verdict: Verdict, loso: LosoResult, *, now: datetime |
 
 
 def write_decision(run_dir: RunDir | str | Path, verdict: Verdict, loso: LosoResult, *,
-                   now: datetime | None = None) -> dict[str, Any]:
+                   now: datetime | None = None, thresholds_from: dict[str, str] | None = None) -> dict[str, Any]:
     """Write both views of one decision: loso/PROMOTE.json or loso/HOLD.json, then verdict.json.
 
     Every old view goes first, so at no moment does a PROMOTE.json sit beside a newer HOLD (or an old
@@ -232,7 +238,8 @@ def write_decision(run_dir: RunDir | str | Path, verdict: Verdict, loso: LosoRes
         path.unlink(missing_ok=True)
     write_json(rd.fork_verdict(verdict.verdict), fork_verdict_document(verdict, loso, now=now))
     doc = write_verdict_file(rd.verdict, verdict, loso, now=now,
-                             inputs=provenance.verdict_inputs(rd, loso.corpus.get("sha256")))
+                             inputs=provenance.verdict_inputs(rd, loso.corpus.get("sha256")),
+                             thresholds_from=thresholds_from)
     provenance.set_aside_outdated(rd, doc)
     return doc
 
@@ -240,17 +247,29 @@ def write_decision(run_dir: RunDir | str | Path, verdict: Verdict, loso: LosoRes
 def write_verdict(
     run_dir: str | Path,
     *,
-    mean_plcc: float = Thresholds.mean_plcc,
-    plcc_spread_max: float = Thresholds.plcc_spread_max,
-    per_seed_min: float = Thresholds.per_seed_min,
+    mean_plcc: float | None = None,
+    plcc_spread_max: float | None = None,
+    per_seed_min: float | None = None,
+    given_from: str = "command line",
     now: datetime | None = None,
 ) -> dict[str, Any]:
     """`ensemble-kit verdict`: read run_dir/loso/, apply the gate, write verdict.json and the fork's file.
 
+    Each threshold is the one given (not None, from `given_from`), else the one loso/summary.json carries
+    (`train --corpus RUN|BUNDLE` took it from that run; checked as untrusted input), else the default.
+    verdict.json's `gate` records the values and `gate_thresholds_from` where each came from.
     Refused (bad input) when loso/ was trained on another corpus than the run's corpus.parquet now holds.
     """
     rd = RunDir(Path(run_dir))
     loso = load_loso(rd)
     provenance.check(rd, verdict=False, models=False, report=False)
-    verdict = decide(loso, Thresholds(mean_plcc, plcc_spread_max, per_seed_min))
-    return write_decision(rd, verdict, loso, now=now)
+    given = {k: v for k, v in {"mean_plcc": mean_plcc, "plcc_spread_max": plcc_spread_max,
+                               "per_seed_min": per_seed_min}.items() if v is not None}
+    carried: dict[str, float] = {}
+    where = rd.relative(rd.loso_summary)
+    if loso.gate_thresholds is not None and given.keys() != GATE_DEFAULTS.keys():  # all given: none needed
+        values = loso.gate_thresholds if isinstance(loso.gate_thresholds, dict) else {}
+        carried = asdict(checked_thresholds(values, f"{rd.loso_summary}: {SUMMARY_GATE_KEY}"))
+    sources = {name: given_from if name in given else where if name in carried else "default" for name in GATE_DEFAULTS}
+    thresholds = Thresholds(**{**GATE_DEFAULTS, **carried, **given})
+    return write_decision(rd, decide(loso, thresholds), loso, now=now, thresholds_from=sources)

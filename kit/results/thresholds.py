@@ -7,6 +7,7 @@ The rule itself is `kit.results.gate.decide`.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 
 from kit.core.errors import BadInput
@@ -31,12 +32,20 @@ class Thresholds:
     def __post_init__(self) -> None:
         """A threshold outside its range (or NaN, which no comparison passes) is bad input naming its flag."""
         for f in fields(self):
-            lo, hi = f.metadata["range"]
-            value = getattr(self, f.name)
-            if not (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-                    and lo <= value <= hi):
-                raise BadInput(f"gate threshold {f.metadata['flag']} (--gate-{f.name.replace('_', '-')}): {value!r} "
-                               f"is not a number from {lo:g} to {hi:g}", hint=f"the default is {f.default}")
+            problem = threshold_problem(f.name, getattr(self, f.name))
+            if problem:
+                raise BadInput(f"gate threshold {f.metadata['flag']} (--gate-{f.name.replace('_', '-')}): {problem}",
+                               hint=f"the default is {f.default}")
+
+
+def threshold_problem(name: str, value: object) -> str | None:
+    """Why `value` cannot be the threshold `name` (None when it can): a finite number (not a bool) in the
+    field's range. The one rule for flags and for thresholds read from files someone else wrote."""
+    lo, hi = Thresholds.__dataclass_fields__[name].metadata["range"]
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and lo <= value <= hi:
+        return None
+    shown = repr(value)
+    return f"{shown if len(shown) <= 40 else shown[:37] + '...'} is not a number from {lo:g} to {hi:g}"
 
 
 GATE_DEFAULTS: dict[str, float] = asdict(Thresholds())
@@ -49,3 +58,17 @@ RECORDED_AS: dict[str, str] = {"mean_plcc": "mean_plcc_threshold", "plcc_spread_
 def recorded_thresholds(gate: dict[str, object]) -> dict[str, object]:
     """{threshold name: value} as a recorded gate states them (values unchecked: it may be untrusted)."""
     return {name: gate.get(key) for name, key in RECORDED_AS.items()}
+
+
+def checked_thresholds(values: Mapping[str, object], where: str, keys: Mapping[str, str] | None = None) -> Thresholds:
+    """Thresholds read from a file (a bundle's verdict.json gate, a run's loso/summary.json): untrusted, so
+    every value is range-checked as the flags are; a missing or bad one is bad input naming `where` and
+    its key (`keys`: the name each threshold has in that file, default its field name)."""
+    for name in GATE_DEFAULTS:
+        key = (keys or {}).get(name, name)
+        problem = "missing" if name not in values else threshold_problem(name, values[name])
+        if problem:
+            raise BadInput(f"{where}: gate threshold {key} {problem}",
+                           hint="the file was edited or damaged; ask for the original, or pass the thresholds yourself "
+                                "(--mean-plcc, --spread-max, --per-seed-min)")
+    return Thresholds(**{name: float(values[name]) for name in GATE_DEFAULTS})  # type: ignore[arg-type]

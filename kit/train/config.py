@@ -108,6 +108,11 @@ def result_train_config(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in RESULT_NEUTRAL_TRAIN}
 
 
+# The key under which loso/summary.json carries the gate thresholds a `train --corpus RUN|BUNDLE` took from
+# that run (kit.results.bundle.recorded_gate), for a later `verdict` on the new run. Absent otherwise.
+SUMMARY_GATE_KEY = "gate_thresholds"
+
+
 def parse_seeds(text: str) -> tuple[int, ...]:
     """'0,1,2' or '0-4' -> sorted unique seeds; `--seeds` is authoritative (never silently replaced)."""
     seeds: set[int] = set()

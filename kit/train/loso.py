@@ -75,6 +75,7 @@ def run_loso(
     environment: tuple[dict[str, Any], str] = ({}, ""),
     corpus_notes: dict[str, Any] | None = None,
     max_memory: int | None = None,
+    gate_thresholds: dict[str, float] | None = None,
 ) -> LosoResult:
     """Train seeds x folds together, evaluate each on its held-out source, write run_dir/loso/ (if given).
 
@@ -82,6 +83,7 @@ def run_loso(
     (the trainer does not look for the tools the fingerprint describes). `corpus_notes` (e.g. invalid rows
     skipped on input) are recorded with the corpus summary, so the verdict carries them. Training that would
     need more than `max_memory` bytes (default: most of this box's memory) is refused before it starts.
+    `gate_thresholds` (taken from a --corpus run or bundle) are recorded for a later `verdict`.
     """
     seeds = tuple(sorted({int(s) for s in seeds}))
     if not seeds:
@@ -138,6 +140,7 @@ def run_loso(
         fingerprint=fp,
         fingerprint_id=fp_id,
         wall_time_s=wall_time_s,
+        gate_thresholds=gate_thresholds,
     )
     if run_dir is not None:
         write_loso(result, RunDir.of(run_dir))

@@ -3,6 +3,7 @@
   folds.csv                     one row per (seed, fold): frame- and encode-level PLCC/SROCC/KROCC/RMSE
   seed<N>/predictions.parquet   held-out predictions of seed N, one row per corpus frame
   summary.json                  seeds, config, codec layout, corpus summary, per-seed aggregates, environment
+                                (+ gate_thresholds, when `train --corpus RUN|BUNDLE` carried that run's in)
   loso_seed<N>.json             the fork's per-seed file (train_fr_regressor_v2_ensemble_loso.py's keys):
                                 what its gate (validate_ensemble_seeds.py) reads, so `loso/` is a fork loso dir
 
@@ -30,7 +31,7 @@ import pyarrow.parquet as pq
 from kit.core.errors import BadInput
 from kit.core.fsio import json_safe, read_json, write_json, write_text, write_with
 from kit.core.rundir import RunDir
-from kit.train.config import TrainConfig
+from kit.train.config import SUMMARY_GATE_KEY, TrainConfig
 from kit.train.metrics import nan_safe_summary
 
 SCHEMA_VERSION = 1
@@ -48,6 +49,8 @@ class LosoResult:
     fingerprint: dict[str, Any] = field(default_factory=dict)
     fingerprint_id: str = ""
     wall_time_s: float = math.nan  # measured (the one non-deterministic number); only the fork's files carry it
+    # the gate thresholds a `train --corpus RUN|BUNDLE` took from that run, for a later `verdict` (None: none)
+    gate_thresholds: dict[str, float] | None = None
 
     def per_seed(self) -> dict[int, dict[str, float | int]]:
         """NaN-safe mean/std/min/max of the fold PLCCs of each seed."""
@@ -63,6 +66,7 @@ class LosoResult:
             "per_seed": {str(s): v for s, v in self.per_seed().items()},
             "fingerprint": self.fingerprint,
             "fingerprint_id": self.fingerprint_id,
+            **({SUMMARY_GATE_KEY: self.gate_thresholds} if self.gate_thresholds is not None else {}),
         }
 
 
@@ -138,4 +142,5 @@ def load_loso(run_dir: RunDir | str | Path, *, with_predictions: bool = False) -
         codec=summary.get("codec") or {},
         fingerprint=summary.get("fingerprint", {}),
         fingerprint_id=summary.get("fingerprint_id", ""),
+        gate_thresholds=summary.get(SUMMARY_GATE_KEY),
     )
