@@ -315,3 +315,40 @@ def test_honest_bundle_still_verifies_and_leaves_nothing(tmp_path, good, temp_di
     assert not list(temp_dir.glob("ekit-*"))
     root = unpack(good, tmp_path / "plain")
     assert (root / "manifest.json").is_file()
+
+
+@pytest.fixture
+def other_run(tmp_path, fake_run) -> Path:
+    """Another run with the same corpus and numbers, in another environment: its records are not the bundle's."""
+    from conftest import fake_fingerprint
+
+    return fake_run(tmp_path / "other", fingerprint=fake_fingerprint(torch="2.14.0"))
+
+
+def _from_other(rel: str):
+    def edit(top: Path, other: Path) -> None:
+        shutil.copyfile(other / rel, top / rel)
+    return edit
+
+
+def _models_of_other_verdict(top: Path, other: Path) -> None:
+    from kit.results import provenance
+
+    their = provenance.verdict_id(json.loads((other / "verdict.json").read_text()))
+    edit_json("models/ensemble.json", lambda e: e["inputs"].update(verdict=their))(top)
+
+
+@pytest.mark.parametrize(("edit", "phrase"), [
+    (_from_other("loso/summary.json"), "verdict.json (PROMOTE) was decided on other LOSO results than those now in loso"),
+    (_from_other("report/inputs.json"), "report shows another verdict than verdict.json (both PROMOTE of"),
+    (_models_of_other_verdict, "models were exported under another verdict than verdict.json"),
+])
+def test_parts_of_different_runs_are_refused_even_when_their_numbers_agree(tmp_path, good, other_run, temp_dir,
+                                                                            edit, phrase):
+    """Same corpus, same fold PLCCs, rehashed manifest: only the run-consistency rule (kit.results.provenance,
+    what every step checks at home) sees that a part was made in another run."""
+    bad = edited(good, tmp_path / "mixed.tar.gz", lambda top: edit(top, other_run), rehash_manifest=True)
+    line = _refused(["verify", str(bad)], "[run-consistent]", temp_dir)
+    assert phrase in line and str(temp_dir) not in line, line
+    result = CliRunner().invoke(main, ["compare", str(good), str(bad)])
+    assert result.exit_code == ExitCode.HOLD and "run-consistent" in result.output.splitlines()[1], result.output

@@ -15,6 +15,9 @@ rehash the manifest. So each claim a bundle makes is recomputed from the other f
     models-verdict      models ride only with a PROMOTE (or an export marked forced), promoted as the verdict says
     fork-files          the fork's views of the same decision: loso/PROMOTE.json or loso/HOLD.json (exactly
                         one, beside verdict.json) and loso/loso_seed<N>.json per seed, numbers and all
+    run-consistent      one run, not parts of several: kit.results.provenance.problems, the rule every step
+                        applies at home (loso/ trained on this corpus, verdict.json decided on this
+                        loso/summary.json, models/ and report/ made under this verdict)
 
 Each check is one row of `CHECKS`; a new file a run writes gets a new row. A failed check names the
 file and what disagrees; `run_checks` raises one TamperedBundle line naming every failed check.
@@ -40,12 +43,12 @@ import pyarrow.parquet as pq
 
 from kit.core.archive import Listed
 from kit.core.console import printable
-from kit.core.errors import BadInput
+from kit.core.errors import BadInput, KitError
 from kit.core.fsio import canonical_json, json_safe
 from kit.core.ids import shorten
 from kit.core.rundir import MEMBER_FILE_KEYS, RunDir
 from kit.corpus.table import corpus_sha256, jsonl_sha256, streamed_corpus_sha256, streamed_jsonl_sha256
-from kit.results import contract
+from kit.results import contract, provenance
 from kit.results.bundle import MANIFEST_NAME, TamperedBundle, corpus_sha
 from kit.results.gate import FORK_GATE_KEYS, decide
 from kit.results.thresholds import (
@@ -529,6 +532,23 @@ def check_fork_files(b: BundleView) -> list[str]:
     return problems
 
 
+def check_run_consistent(b: BundleView) -> list[str]:
+    """The run-consistency rule every step applies at home (kit.results.provenance: loso/ trained on this
+    corpus, the verdict decided on these LOSO results, models and report made under this verdict), applied
+    to the bundle: it catches parts of different runs whose numbers happen to agree (e.g. a report/ or a
+    loso/summary.json from another run), which the checks above cannot see."""
+    try:
+        found = provenance.problems(b.rd, corpus_sha256=b.corpus_sha256())
+    except KitError as exc:  # a record that is not a JSON object
+        return [_in_bundle(b, exc.message)]
+    return [_in_bundle(b, stale.what) for stale in found]
+
+
+def _in_bundle(b: BundleView, text: str) -> str:
+    """A message about the extracted copy, with the bundle's own relative paths (not the temp folder's)."""
+    return printable(text.replace(f"{b.root}/", "").replace(str(b.root), "the bundle"))
+
+
 def _plcc_or_nan(value: Any) -> float:
     try:
         return _number(value)
@@ -554,6 +574,7 @@ CHECKS: tuple[Check, ...] = (
     Check("models-corpus", check_models_corpus),
     Check("models-verdict", check_models_verdict),
     Check("fork-files", check_fork_files),
+    Check("run-consistent", check_run_consistent),
 )
 
 

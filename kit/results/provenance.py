@@ -114,21 +114,30 @@ def _describe_verdict(doc: dict[str, Any]) -> str:
     return f"{doc.get('verdict_name') or doc.get('verdict') or '?'} of {doc.get('verdict_generated_at_utc') or doc.get('generated_at_utc') or '?'}"
 
 
+def _made_under(what: str, made: str, verdict: dict[str, Any]) -> str:
+    """`what` was made under verdict `made`, not under verdict.json; said so even when both read alike."""
+    now = _describe_verdict(verdict)
+    if made == now:  # same name and time, other content (e.g. another run's records)
+        return f"{what} another verdict than verdict.json (both {now}, but not the same decision)"
+    return f"{what} verdict {made}, but verdict.json is now {now}"
+
+
 def problems(rd: RunDir, *, corpus: Path | None = None, verdict: bool = True, models: bool = True,
-             report: bool = True) -> list[Stale]:
+             report: bool = True, corpus_sha256: str | None = None) -> list[Stale]:
     """Every way the run's files do not belong together, upstream first (empty: one consistent run).
 
     Checked when both sides exist: the corpus (`corpus`, default the run's corpus.parquet) against what
     loso/ was trained on; verdict.json against loso/ and the corpus; models/ and report/ against the
     verdict. `verdict`/`models`/`report` False leave that part out (a step does not check its own
-    outputs before it rewrites them).
+    outputs before it rewrites them). `corpus_sha256`: the corpus's content hash when the caller has it
+    already (`verify` streams it), so the corpus is not loaded again.
     """
     root = rd.root
     found: list[Stale] = []
     corpus_path = Path(corpus) if corpus is not None else rd.corpus
     summary = _read(rd.loso_summary, "loso/summary.json") if rd.loso_summary.is_file() else None
     trained_on = corpus_sha(summary) if summary else None
-    here = corpus_id(corpus_path) if corpus_path.is_file() and (trained_on or verdict) else None
+    here = (corpus_sha256 or corpus_id(corpus_path)) if corpus_path.is_file() and (trained_on or verdict) else None
     if summary and trained_on and here and trained_on != here:
         found.append(Stale(
             f"{rd.loso_dir} was trained on corpus {shorten(trained_on)}{_rows(summary)}, but {corpus_path} now holds "
@@ -162,8 +171,8 @@ def problems(rd: RunDir, *, corpus: Path | None = None, verdict: bool = True, mo
             made = _read(rd.report_inputs, "report/inputs.json").get(INPUTS_KEY) or {}
             if made.get("verdict") != verdict_id(doc):
                 found.append(Stale(
-                    f"{rd.report_dir} shows verdict {_describe_verdict(made)}, but verdict.json is "
-                    f"{doc.get('verdict')} of {doc.get('generated_at_utc')}", f"rerun `ensemble-kit report --out-dir {root}`"))
+                    _made_under(f"{rd.report_dir} shows", _describe_verdict(made), doc),
+                    f"rerun `ensemble-kit report --out-dir {root}`"))
     return found
 
 
@@ -182,8 +191,7 @@ def _stale_models(rd: RunDir, ensemble: dict[str, Any], verdict: dict[str, Any])
         return Stale(f"{rd.models_dir} were exported from corpus {shorten(ens_corpus)}, but verdict.json is about "
                      f"corpus {shorten(verdict_corpus)}", _models_fix(rd, verdict))
     if not same:
-        return Stale(f"{rd.models_dir} were exported under verdict {under}, but verdict.json is now "
-                     f"{verdict.get('verdict')} of {verdict.get('generated_at_utc')}", _models_fix(rd, verdict))
+        return Stale(_made_under(f"{rd.models_dir} were exported under", under, verdict), _models_fix(rd, verdict))
     return None
 
 
