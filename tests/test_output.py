@@ -103,3 +103,19 @@ def test_error_lines_are_escaped(tmp_path):
     assert result.exit_code == ExitCode.BAD_INPUT
     assert "\x1b" not in result.output and len(result.output.strip().splitlines()) == 1
     assert "\\u001b[31m\\u000aname.tar.gz" in result.output
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["-h"], ["verdict", "--help"]])
+def test_help_and_version_into_a_closed_pipe_are_the_same_quiet_exit(argv):
+    """`ensemble-kit --help | head -1`: printed while the options are parsed, before any command runs
+    (click's own handling used to exit 1 there); the same 141 and silence as any command."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(_kit(*argv), stdout=write_end, stderr=subprocess.PIPE, timeout=120)
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (ExitCode.PIPE_CLOSED, b""), done.stderr.decode()
+    # an open pipe still gets the help and exit 0
+    done = subprocess.run(_kit(*argv), capture_output=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith((b"Usage:", b"ensemble-kit, version")), done.stderr

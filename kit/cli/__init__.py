@@ -14,6 +14,7 @@ import contextlib
 import os
 import sys
 import traceback
+from typing import Any
 
 import click
 
@@ -32,9 +33,19 @@ class KitGroup(click.Group):
     SIGTERM is Ctrl-C for every command (exit 130), so `finally` blocks remove the kit's temp folders;
     folders a SIGKILLed run left in the temp dir are removed when the next command starts.
 
-    A reader that goes away (`ensemble-kit compare a b | head -1`) ends any command quietly with
-    ExitCode.PIPE_CLOSED, after its `finally` blocks ran (temp folders removed).
+    A reader that goes away (`ensemble-kit compare a b | head -1`, `ensemble-kit --help | head -1`) ends
+    any command quietly with ExitCode.PIPE_CLOSED, after its `finally` blocks ran (temp folders removed).
     """
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        """`--help` and `--version` print while the options are parsed, before `invoke`: a reader that is
+        gone by then is the same quiet PIPE_CLOSED (click itself would exit 1)."""
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except BrokenPipeError:
+            _reader_gone()
+            raise  # not reached: _reader_gone exits
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         sweep_temp_dirs()
