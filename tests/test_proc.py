@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -88,3 +89,42 @@ def test_kill_all_ends_every_running_tool():
         t.join(timeout=10)
     assert not any(t.is_alive() for t in threads)
     assert len(errors) == 2 and all(isinstance(e, proc.ToolFailed) and e.returncode == -signal.SIGKILL for e in errors)
+
+
+def test_an_interrupt_during_wait_first_is_raised_only_after_the_wait(monkeypatch):
+    """SIGTERM landing inside concurrent.futures.wait (which takes the futures' locks one by one) once left
+    a worker blocked on a lock the main thread held: the run never exited. wait_first holds it back."""
+    finished_inside: list[bool] = []
+
+    def wait_that_gets_signalled(pending, timeout):
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered now, in the middle of the wait
+        for _ in range(1000):  # bytecodes on which an asynchronous KeyboardInterrupt would land
+            pass
+        finished_inside.append(True)
+        return set(pending), set()
+
+    monkeypatch.setattr(proc, "_wait_first", wait_that_gets_signalled)
+    with ThreadPoolExecutor(max_workers=1) as pool, proc.sigterm_as_interrupt():
+        fut = pool.submit(lambda: 1)
+        with pytest.raises(KeyboardInterrupt):
+            proc.wait_first({fut})
+        assert finished_inside == [True]
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # sigterm_as_interrupt's handler is back
+        with pytest.raises(KeyboardInterrupt):  # ... and still turns SIGTERM into an interrupt outside the wait
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+
+
+def test_wait_first_keeps_an_ignored_sigint_ignored():
+    """A job launched with `&` has SIGINT ignored; waiting must not start catching it."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            fut = pool.submit(time.sleep, 0.2)
+            pending = {fut}
+            while pending:
+                os.kill(os.getpid(), signal.SIGINT)
+                _, pending = proc.wait_first(pending, timeout=0.05)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)

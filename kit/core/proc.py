@@ -17,7 +17,8 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,38 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def wait_first(pending: Collection[Future[Any]], timeout: float = 0.5) -> tuple[set[Future[Any]], set[Future[Any]]]:
+    """`concurrent.futures.wait(FIRST_COMPLETED)` with Ctrl-C/SIGTERM held back until it has returned.
+
+    An interrupt raised inside `wait` can land while it holds the futures' locks (it takes them one by
+    one); the worker that finishes such a future then blocks forever, `shutdown(wait=True)` with it, and
+    the run never exits (seen under load: SIGTERM mid-corpus, no exit after 120 s). So a signal that
+    arrives during the wait is recorded and raised as KeyboardInterrupt once the wait is over.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return _wait_first(pending, timeout)
+    received: list[int] = []
+
+    def record(signum: int, frame: Any) -> None:
+        received.append(signum)  # no lock taken here: the interrupted code may hold any of them
+
+    held = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) not in (signal.SIG_IGN, None)]
+    previous = {s: signal.signal(s, record) for s in held}
+    try:
+        done, still = _wait_first(pending, timeout)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if received:
+        raise KeyboardInterrupt
+    return done, still
+
+
+def _wait_first(pending: Collection[Future[Any]], timeout: float) -> tuple[set[Future[Any]], set[Future[Any]]]:
+    done, still = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
+    return set(done), set(still)
 
 
 def kill_all() -> None:

@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -315,7 +315,7 @@ def _run_cells(todo: list[Cell], ctx: RunContext, run_dir: RunDir, summary: Corp
     try:
         pending: set[Future[CellOutcome]] = {pool.submit(work, c) for c in todo}
         while pending:
-            done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            done, pending = proc.wait_first(pending)
             for fut in done:
                 outcome = fut.result()
                 if outcome.status == "fatal":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +137,11 @@ def run_parallel(items: list[Any], work: Callable[[Any], Any], jobs: int) -> Ite
     pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="refs")
     try:
         futures = {pool.submit(work, item): item for item in items}
-        for fut in as_completed(futures):
-            yield futures[fut], fut
+        order = {fut: i for i, fut in enumerate(futures)}
+        pending = set(futures)
+        while pending:
+            done, pending = proc.wait_first(pending)
+            for fut in sorted(done, key=order.__getitem__):
+                yield futures[fut], fut
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

@@ -27,13 +27,14 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from kit.core import proc
 from kit.core.errors import BadInput, WorkFailed
 from kit.train import kernels
 from kit.train.config import TrainConfig
@@ -388,7 +389,9 @@ def train_models(
         with ThreadPoolExecutor(max_workers=len(groups), thread_name_prefix="train-group") as pool:
             futures = [pool.submit(work, g, offset, group) for g, (offset, group) in enumerate(groups)]
             try:
-                wait(futures)
+                pending = set(futures)
+                while pending:
+                    _, pending = proc.wait_first(pending)
             except BaseException:  # Ctrl-C / SIGTERM: stop every group at its next epoch, then leave
                 stop.set()
                 raise
