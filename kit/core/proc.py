@@ -121,6 +121,13 @@ def wait_first(pending: Collection[Future[Any]], timeout: float = 0.5) -> tuple[
     return done, still
 
 
+def wait_all(futures: Collection[Future[Any]]) -> None:
+    """Until every future is done, interrupts held back as in `wait_first`."""
+    pending = set(futures)
+    while pending:
+        _, pending = wait_first(pending)
+
+
 def _wait_first(pending: Collection[Future[Any]], timeout: float) -> tuple[set[Future[Any]], set[Future[Any]]]:
     done, still = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
     return set(done), set(still)

@@ -389,9 +389,7 @@ def train_models(
         with ThreadPoolExecutor(max_workers=len(groups), thread_name_prefix="train-group") as pool:
             futures = [pool.submit(work, g, offset, group) for g, (offset, group) in enumerate(groups)]
             try:
-                pending = set(futures)
-                while pending:
-                    _, pending = proc.wait_first(pending)
+                proc.wait_all(futures)
             except BaseException:  # Ctrl-C / SIGTERM: stop every group at its next epoch, then leave
                 stop.set()
                 raise
