@@ -17,6 +17,7 @@ import tarfile
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -303,6 +304,48 @@ def test_names_with_terminal_escapes_never_reach_the_terminal(tmp_path, good, te
     result = CliRunner().invoke(main, ["compare", str(good), str(bad)])
     assert result.exit_code == ExitCode.BAD_INPUT and ESC not in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+DEEP = "[" * 100_000 + "]" * 100_000  # exhausts the parser's stack: RecursionError, not JSONDecodeError
+
+
+def _append_key(name: str, key_and_value: str) -> Callable[[Path], None]:
+    """An edit that adds `"key": value` (raw JSON text) at the end of top/name's object."""
+    def edit(top: Path) -> None:
+        text = (top / name).read_text().rstrip()
+        (top / name).write_text(f"{text[:-1]}, {key_and_value}}}\n")
+    return edit
+
+
+def test_json_that_python_cannot_or_should_not_parse_is_refused(tmp_path, good, temp_dir):
+    """Deep nesting and 5000-digit integers make json.loads raise RecursionError / plain ValueError (they
+    read 'internal error', exit 4); a key given twice means one thing to Python and another to a reader
+    that keeps the first value: each is one error line, exit 2, naming the file."""
+    top, manifest = _manifest(good)
+    text = json.dumps(manifest)[:-1] + f', "x": {DEEP}}}'  # raw text: json.dumps would recurse as deep
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        info = tarfile.TarInfo(f"{top}/manifest.json")
+        info.size = len(text.encode())
+        tf.addfile(info, io.BytesIO(text.encode()))
+    deep_manifest = tmp_path / "deep-manifest.tar.gz"
+    deep_manifest.write_bytes(gzip.compress(buf.getvalue(), mtime=0))
+    _refused(["verify", str(deep_manifest)], "manifest.json is not valid JSON: nested too deeply", temp_dir)
+    cases = {
+        "deep": (_append_key("verdict.json", f'"x": {DEEP}'), "nested too deeply"),
+        "digits": (_append_key("verdict.json", '"x": ' + "9" * 5000), "4300 digits"),
+        "twice": (_append_key("verdict.json", '"verdict": "HOLD"'), "key 'verdict' appears twice"),
+    }
+    for name, (edit, phrase) in cases.items():
+        bad = edited(good, tmp_path / f"{name}.tar.gz", edit, rehash_manifest=True)
+        line = _refused(["verify", str(bad)], phrase, temp_dir)
+        assert "verdict.json is not valid JSON" in line
+    _refused(["train", "--corpus", str(tmp_path / "digits.tar.gz"), "--out-dir", str(tmp_path / "t")],
+             "4300 digits", temp_dir)
+    # the same parser reads a JSONL corpus line by line
+    jsonl = tmp_path / "deep.jsonl"
+    jsonl.write_text(DEEP + "\n")
+    _refused(["corpus", "import", str(jsonl), "--out-dir", str(tmp_path / "imp")], "deep.jsonl:1", temp_dir)
 
 
 def test_honest_bundle_still_verifies_and_leaves_nothing(tmp_path, good, temp_dir, outside):

@@ -260,19 +260,49 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
+class JSONProblem(ValueError):
+    """Text that is not one unambiguous JSON document; the message says why in a few words."""
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        dup = next(k for k in keys if keys.count(k) > 1)
+        raise JSONProblem(f"key {dup!r} appears twice in one object (readers disagree on which value counts)")
+    return dict(pairs)
+
+
+def parse_json(text: str | bytes) -> Any:
+    """Parse JSON someone else wrote. Everything Python's parser raises on hostile text becomes
+    JSONProblem: invalid syntax, nesting deep enough to exhaust the stack (RecursionError), an integer
+    with more digits than Python converts (plain ValueError), and a key given twice in one object
+    (json.loads keeps the last value, other readers the first: the document means two things)."""
+    try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except JSONProblem:
+        raise
+    except UnicodeDecodeError:
+        raise JSONProblem("not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise JSONProblem(f"{exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise JSONProblem("nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer over sys.get_int_max_str_digits() digits
+        raise JSONProblem(str(exc).split(";")[0]) from None
+
+
 def read_json(path: str | os.PathLike[str], *, what: str = "file") -> Any:
     """Read JSON a user handed us; a missing or corrupt file is bad input naming the file."""
     p = Path(path)
     try:
-        return json.loads(p.read_text(encoding="utf-8"))
+        return parse_json(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise BadInput(f"{what} not found: {p}", hint="check the path") from None
     except IsADirectoryError:
         raise BadInput(f"{what} {p} is a folder, not a file", hint="pass the file itself") from None
     except OSError as exc:
         raise BadInput(f"cannot read {what} {p}: {exc.strerror or exc}", hint="check the path and its permissions") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, JSONProblem) as exc:
         raise BadInput(f"{what} is not valid JSON: {p}: {exc}", hint="regenerate it or pass another file") from None
-    except RecursionError:  # e.g. 100k nested brackets: hostile or broken, never a kit bug
-        raise BadInput(f"{what} is not valid JSON: {p}: nested too deeply",
-                       hint="regenerate it or pass another file") from None

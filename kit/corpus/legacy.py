@@ -30,7 +30,7 @@ from typing import Any
 import pandas as pd
 
 from kit.core.errors import BadInput
-from kit.core.fsio import atomic_open
+from kit.core.fsio import JSONProblem, atomic_open, parse_json
 from kit.core.ids import KEY_LEN, short_id
 from kit.core.schema import CORPUS_COLUMNS, FEATURES, LEGACY_JSONL_COLUMNS, TARGET
 
@@ -157,9 +157,9 @@ def read_jsonl(paths: Sequence[Path], *, drop_invalid: bool = False) -> tuple[pd
         for n, line in _lines(Path(path)):
             try:
                 try:
-                    obj = json.loads(line)
-                except ValueError:
-                    raise InvalidRow("not valid JSON (truncated line?)") from None
+                    obj = parse_json(line)
+                except JSONProblem as exc:
+                    raise InvalidRow(f"not valid JSON ({exc}; truncated line?)") from None
                 rows.append(parse_row(obj))
             except InvalidRow as exc:
                 invalid.add(f"{path}:{n}", str(exc))

@@ -7,7 +7,6 @@ the checked folder itself, a file, a pack directory, or a pack tarball (read fro
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from pathlib import Path
 from kit.core import proc
 from kit.core.archive import read_member, safe_extract
 from kit.core.errors import BadInput, KitError
+from kit.core.fsio import JSONProblem, parse_json
 from kit.core.ids import shorten
 from kit.corpus.ffmpeg import FFmpeg, find_ffmpeg
 from kit.corpus.sources import Source, discover
@@ -55,8 +55,8 @@ def load_refs_json(where: str | os.PathLike[str]) -> RefsManifest:
         data = read_member(where, REFS_JSON, max_bytes=MAX_REFS_JSON_BYTES, max_total_bytes=pack_bound(where))
         label = where / REFS_JSON
         try:
-            doc = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            doc = parse_json(data)
+        except JSONProblem as exc:
             raise BadInput(f"{label} is not valid JSON: {exc}", hint="ask the sender for a fresh pack") from None
         return manifest_from(doc, label)
     if where.is_dir() and not (where / REFS_JSON).is_file():

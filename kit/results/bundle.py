@@ -11,7 +11,6 @@ from someone else is untrusted input: it is only ever opened through `kit.core.a
 from __future__ import annotations
 
 import atexit
-import json
 import re
 import shutil
 from collections.abc import Callable, Iterator
@@ -27,9 +26,11 @@ from kit.core.archive import ArchiveMismatch, Listed, extract_listed, write_repr
 from kit.core.console import printable
 from kit.core.errors import BadInput
 from kit.core.fsio import (
+    JSONProblem,
     canonical_json,
     make_temp_dir,
     out_target,
+    parse_json,
     read_json,
     sha256_file,
     temp_dir,
@@ -282,8 +283,8 @@ def _manifest_reader(bundle: Path) -> Callable[[bytes], list[Listed]]:
 
     def parse(data: bytes) -> list[Listed]:
         try:
-            manifest = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            manifest = parse_json(data)
+        except JSONProblem as exc:
             raise BadInput(f"{label} is not valid JSON: {exc}", hint="ask the sender for a fresh bundle") from None
         if not isinstance(manifest, dict) or manifest.get("schema") != BUNDLE_SCHEMA:
             raise BadInput(f"{bundle}: not an ensemble-kit results bundle ({MANIFEST_NAME} is not a bundle manifest)",
@@ -338,7 +339,7 @@ def opened_bundle(bundle: Path, *, max_total_bytes: int = DEFAULT_MAX_BUNDLE_BYT
             if not got.top:
                 raise BadInput(f"{bundle}: {MANIFEST_NAME} is not inside a top-level folder",
                                hint="ask the sender for the file `ensemble-kit bundle` wrote")
-            manifest = json.loads(got.manifest)
+            manifest = parse_json(got.manifest)
             from kit.results import (
                 bundle_checks,  # heavy (pandas, pyarrow): loaded only when a bundle is opened
             )

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +43,7 @@ import pyarrow.parquet as pq
 from kit.core.archive import Listed
 from kit.core.console import printable
 from kit.core.errors import BadInput, KitError
-from kit.core.fsio import canonical_json, json_safe
+from kit.core.fsio import JSONProblem, canonical_json, json_safe, parse_json
 from kit.core.ids import shorten
 from kit.core.rundir import MEMBER_FILE_KEYS, RunDir
 from kit.corpus.table import corpus_sha256, jsonl_sha256, streamed_corpus_sha256, streamed_jsonl_sha256
@@ -123,9 +122,9 @@ class BundleView:
             return None
         if rel not in self._docs:
             try:
-                value = json.loads(self.text(path))
-            except json.JSONDecodeError as exc:
-                raise Problem(f"{rel} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+                value = parse_json(self.text(path))
+            except JSONProblem as exc:
+                raise Problem(f"{rel} is not valid JSON ({exc})") from None
             if not isinstance(value, dict):
                 raise Problem(f"{rel} is not a JSON object")
             self._docs[rel] = value
