@@ -271,6 +271,11 @@ def _edge_cases(tmp: Path, refs: Path, corpus: Path, good: Path, fake_run) -> li
     df.loc[0, "cq"] = "twenty"
     string_cqs = tmp / "string_cqs.parquet"
     df.to_parquet(string_cqs, index=False)
+    # a parquet corpus with a row whose encoder is null (sorting the encoders raised TypeError: exit 4)
+    df = pd.read_parquet(corpus)
+    df.loc[0, "encoder"] = None
+    null_encoder = tmp / "null_encoder.parquet"
+    df.to_parquet(null_encoder, index=False)
     manifest_list = _edited_copy(good, tmp / "verdict_list.tar.gz", "manifest.json",
                                  lambda m: m.update(verdict=["PROMOTE"]))
     ro_home = {"HOME": str(ro), "XDG_CACHE_HOME": None, "ENSEMBLE_KIT_CACHE": None}
@@ -309,6 +314,8 @@ def _edge_cases(tmp: Path, refs: Path, corpus: Path, good: Path, fake_run) -> li
         (["merge", str(corpus), "--out", str(a_file / "m.parquet")], {}, "a_file"),
         (["merge", str(corpus), "--out", str(ro / "m.parquet")], {}, str(ro)),
         (["merge", str(string_cqs), "--out", str(tmp / "m.parquet")], {}, "column cq must hold integers"),
+        (["train", "--corpus", str(null_encoder), "--out-dir", str(tmp / "t")], {}, "column encoder must name"),
+        (["merge", str(null_encoder), "--out", str(tmp / "m.parquet")], {}, "column encoder must name"),
         (["bundle", str(fake_run(tmp / "run_for_out")), "--out", str(a_file / "b.tar.gz")], {}, "a_file"),
         (["bundle", str(fake_run(tmp / "run_for_ro")), "--out", str(ro) + "/"], {}, str(ro)),
         (["bundle", str(linked_run)], {}, "symbolic link"),

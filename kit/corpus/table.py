@@ -103,9 +103,19 @@ def load_corpus_input(path: Path, *, drop_invalid: bool = False, invalid: legacy
     return check_types(df[list(CORPUS_COLUMNS)], path)
 
 
+# Text columns every row needs: training groups folds by source and one-hot encodes the encoder.
+REQUIRED_TEXT_COLUMNS: tuple[str, ...] = ("src", "encoder")
+
+
 def check_types(df: pd.DataFrame, where: Path | str) -> pd.DataFrame:
     """A corpus file is untrusted: every number column must hold numbers (integers where CORPUS_COLUMNS
-    says int64, no gaps there); else bad input naming the file, the column and a bad value. -> typed frame."""
+    says int64, no gaps there), and the text columns that name a row's source and encoder must hold text;
+    else bad input naming the file, the column and a bad value. -> typed frame."""
+    for col in REQUIRED_TEXT_COLUMNS:
+        missing = df[col].isna()
+        if missing.any():
+            raise BadInput(f"{where}: column {col} must name every row's {col}, but {int(missing.sum())} row(s) "
+                           "hold null", hint="regenerate the corpus with `ensemble-kit corpus`, or fix that column")
     for col, dtype in CORPUS_COLUMNS.items():
         if dtype not in ("int64", "float64"):
             continue
