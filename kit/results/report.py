@@ -8,10 +8,13 @@ Plots (PNG, matplotlib's Agg backend, no display needed):
 
 from __future__ import annotations
 
+import functools
 import html
 import math
+import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import matplotlib
 
@@ -21,6 +24,7 @@ import matplotlib.ticker as ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from kit.core.console import printable  # noqa: E402
 from kit.core.errors import BadInput  # noqa: E402
 from kit.core.fsio import read_json, write_text, write_with  # noqa: E402
 from kit.core.ids import shorten  # noqa: E402
@@ -32,6 +36,22 @@ from kit.train.data import canonical_order, load_corpus, normalise  # noqa: E402
 from kit.train.loso_files import load_loso  # noqa: E402
 
 PNG_META = {"Software": None}  # no matplotlib version stamp: same data -> same image bytes
+
+
+Plot = TypeVar("Plot", bound=Callable[..., None])
+
+
+def _names_as_plain_text(plot: Plot) -> Plot:
+    """Source and encoder names are the user's file names: drawn as plain text, never as matplotlib
+    mathtext (two '$' in a name made savefig raise a ParseException), and a glyph the font lacks (CJK,
+    a control character) is a box in the image, not a UserWarning on stderr that carries the raw
+    character to the terminal. Labels go through `printable`, so a control character shows as an escape."""
+    @functools.wraps(plot)
+    def draw(*args: Any, **kwargs: Any) -> None:
+        with plt.rc_context({"text.parse_math": False}), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from font", category=UserWarning)
+            plot(*args, **kwargs)
+    return draw  # type: ignore[return-value]
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
@@ -49,6 +69,7 @@ def _grid(n: int) -> tuple[plt.Figure, list[plt.Axes]]:
     return fig, flat[:n]
 
 
+@_names_as_plain_text
 def plot_fold_plcc(folds: pd.DataFrame, threshold: float, path: Path) -> None:
     sources = sorted(folds["fold_src"].astype(str).unique())
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(sources) + 2), 4))
@@ -59,7 +80,7 @@ def plot_fold_plcc(folds: pd.DataFrame, threshold: float, path: Path) -> None:
         dx = (k - (len(seeds) - 1) / 2) * min(0.12, 0.6 / max(1, len(seeds)))
         ax.plot(x + dx, [part.get(s, np.nan) for s in sources], marker="o", linestyle="", alpha=0.85, label=f"seed {seed}")
     ax.axhline(threshold, color="crimson", linestyle="--", linewidth=1, label=f"threshold {threshold}")
-    ax.set_xticks(x, sources, rotation=30, ha="right")
+    ax.set_xticks(x, [printable(s) for s in sources], rotation=30, ha="right")
     ax.set_ylabel("PLCC (held-out source, per frame)")
     ax.set_title("LOSO: per-fold PLCC per seed")
     ax.grid(alpha=0.3)
@@ -67,6 +88,7 @@ def plot_fold_plcc(folds: pd.DataFrame, threshold: float, path: Path) -> None:
     _save(fig, path)
 
 
+@_names_as_plain_text
 def plot_pred_vs_actual(predictions: pd.DataFrame, path: Path) -> None:
     mean = predictions.groupby(["src", "encoder", "cq", "frame_index"], sort=True)[["pred", "vmaf"]].mean().reset_index()
     sources = sorted(mean["src"].astype(str).unique())
@@ -75,11 +97,11 @@ def plot_pred_vs_actual(predictions: pd.DataFrame, path: Path) -> None:
         part = mean[mean["src"] == src]
         for enc in sorted(part["encoder"].unique()):
             e = part[part["encoder"] == enc]
-            ax.scatter(e["vmaf"], e["pred"], s=6, alpha=0.6, label=enc)
+            ax.scatter(e["vmaf"], e["pred"], s=6, alpha=0.6, label=printable(enc))
         lo = float(min(part["vmaf"].min(), part["pred"].min()))
         hi = float(max(part["vmaf"].max(), part["pred"].max()))
         ax.plot([lo, hi], [lo, hi], color="grey", linewidth=1)
-        ax.set_title(src, fontsize=9)
+        ax.set_title(printable(src), fontsize=9)
         ax.set_xlabel("measured VMAF")
         ax.set_ylabel("predicted (held out)")
         ax.legend(fontsize=7)
@@ -87,6 +109,7 @@ def plot_pred_vs_actual(predictions: pd.DataFrame, path: Path) -> None:
     _save(fig, path)
 
 
+@_names_as_plain_text
 def plot_rate_quality(corpus: pd.DataFrame, path: Path) -> None:
     rate_col = "bitrate_kbps" if "bitrate_kbps" in corpus.columns and corpus["bitrate_kbps"].notna().any() else "enc_bytes"
     cells = corpus.groupby(["src", "encoder", "cq"], sort=True).agg(rate=(rate_col, "first"), vmaf=("vmaf", "mean")).reset_index()
@@ -96,13 +119,13 @@ def plot_rate_quality(corpus: pd.DataFrame, path: Path) -> None:
         part = cells[cells["src"] == src]
         for enc in sorted(part["encoder"].unique()):
             e = part[part["encoder"] == enc].sort_values("rate")
-            ax.plot(e["rate"], e["vmaf"], marker="o", label=enc)
+            ax.plot(e["rate"], e["vmaf"], marker="o", label=printable(enc))
         ax.set_xscale("log")
         # Plain numbers on the log axis; minor labels like "3x10^1" collide on narrow ranges.
         ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(ticker.NullFormatter())
-        ax.set_title(src, fontsize=9)
+        ax.set_title(printable(src), fontsize=9)
         ax.set_xlabel("bitrate (kbit/s)" if rate_col == "bitrate_kbps" else "encoded bytes")
         ax.set_ylabel("mean VMAF")
         ax.grid(alpha=0.3)
