@@ -96,6 +96,24 @@ def test_discover_reports_duplicates_once_and_rejects_name_clashes(tmp_path, kit
         sources.discover(tmp_path, ff=kit_ffmpeg)
 
 
+def test_what_discover_leaves_out_is_never_silent(tmp_path, kit_ffmpeg, capsys):
+    """A clip in a subfolder, a file that is no clip, and a link to a clip on an unmounted share were all
+    skipped without a word: the corpus silently had fewer sources than the user's folder."""
+    lavfi_clip(kit_ffmpeg, "testsrc2=s=64x48:r=25", tmp_path / "a.y4m", frames=2)
+    (tmp_path / "more").mkdir()
+    lavfi_clip(kit_ffmpeg, "testsrc2=s=64x48:r=25", tmp_path / "more" / "b.y4m", frames=2)
+    (tmp_path / "c.rgb").write_bytes(b"x")
+    (tmp_path / "a.json").write_text("{}")  # a sidecar-shaped file and notes are expected beside clips
+    (tmp_path / "notes.txt").write_text("n")
+    assert [s.src for s in sources.discover(tmp_path, ff=kit_ffmpeg)] == ["a"]
+    err = capsys.readouterr().err
+    assert "not used: c.rgb, more/" in err and "folders are not searched" in err
+    assert "a.json" not in err and "notes.txt" not in err
+    (tmp_path / "nas.mp4").symlink_to(tmp_path / "unmounted" / "nas.mp4")
+    with pytest.raises(BadInput, match="nas.mp4 is a symbolic link to .*unmounted/nas.mp4, which does not exist"):
+        sources.discover(tmp_path, ff=kit_ffmpeg)
+
+
 def test_missing_empty_and_unreadable_inputs_are_bad_input(tmp_path, kit_ffmpeg):
     with pytest.raises(BadInput, match="not a directory"):
         sources.discover(tmp_path / "missing", ff=kit_ffmpeg)

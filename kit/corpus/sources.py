@@ -314,7 +314,9 @@ def discover(ref_dir: Path, *, ff: FFmpeg, width: int | None = None, height: int
     if not ref_dir.is_dir():
         raise BadInput(f"--ref-dir {ref_dir} is not a directory", hint="pass the folder holding your reference clips")
     known = RAW_EXTS | Y4M_EXTS | CONTAINER_EXTS
-    files = sorted(p for p in ref_dir.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in known)
+    entries = sorted(p for p in ref_dir.iterdir() if not p.name.startswith("."))
+    files = [p for p in entries if p.is_file() and p.suffix.lower() in known]
+    _check_left_out(ref_dir, [p for p in entries if p not in files], known)
     if not files:
         raise BadInput(f"--ref-dir {ref_dir} holds no reference clips",
                        hint="add .yuv (with geometry in the name or a sidecar), .y4m or video files such as .mp4")
@@ -334,6 +336,22 @@ def discover(ref_dir: Path, *, ff: FFmpeg, width: int | None = None, height: int
         by_sha[s.src_sha256] = by_src[s.src] = s
         sources.append(s)
     return sources
+
+
+def _check_left_out(ref_dir: Path, left_out: list[Path], known: frozenset[str]) -> None:
+    """What `discover` does not use is never dropped silently: a clip's symbolic link whose target is gone
+    (an unmounted share) is bad input, and folders (not searched) and files that are not clips are named
+    in one warning. Sidecars (.json) and the notes people keep beside clips (.txt, .md) are expected."""
+    for p in left_out:
+        if p.is_symlink() and not p.exists() and p.suffix.lower() in known:
+            raise BadInput(f"--ref-dir {ref_dir}: {p.name} is a symbolic link to {p.readlink()}, which does not exist",
+                           hint="mount or copy the clip it points to, or remove the link")
+    ignored = [f"{p.name}/" if p.is_dir() else p.name for p in left_out
+               if p.is_dir() or p.suffix.lower() not in {".json", ".txt", ".md"}]
+    if ignored:
+        shown = ", ".join(ignored[:5]) + (f" and {len(ignored) - 5} more" if len(ignored) > 5 else "")
+        warn(f"--ref-dir {ref_dir}: not used: {shown} (only clips directly in the folder are read: "
+             f"{', '.join(sorted(known))}; folders are not searched)")
 
 
 def raw_rekeyer(ref_dir: Path) -> Callable[[Source], Source]:
