@@ -193,6 +193,36 @@ def test_corrupted_pack_member_is_named_with_exit_code_2_and_leaves_no_output(pa
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_a_member_that_decodes_to_more_than_refs_json_says_is_stopped_there(pack_dir, ff, tmp_path, monkeypatch):
+    """A hostile pack: a small FFV1 member of many big black frames, its packed sha256 and size rewritten
+    in refs.json, its raw size left small. Decoding wrote every byte (here 27 MB for a 46 KB entry; more frames
+    fills a disk) before the sizes were compared; now it stops just past what refs.json declares."""
+    bad_pack = tmp_path / "pack"
+    shutil.copytree(pack_dir, bad_pack)
+    member = bad_pack / "c444.mkv"
+    subprocess.run([str(ff.path), "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", "color=black:s=1280x720:r=25",
+                    "-frames:v", "10", "-pix_fmt", "yuv444p", "-c:v", "ffv1", "-level", "3", str(member)], check=True)
+    doc = json.loads((bad_pack / "refs.json").read_text())
+    (entry,) = [e for e in doc["sources"] if e["packed_file"] == "c444.mkv"]
+    entry.update(packed_sha256=sha256_file(member), packed_bytes=member.stat().st_size)
+    (bad_pack / "refs.json").write_text(json.dumps(doc))
+    written = [0]
+    real_stream = refs_unpack.stream_sha256
+
+    def counting_stream(argv, *, sink, what, **kwargs):  # the bytes handed on to c444's output file
+        def count(chunk: bytes) -> None:
+            written[0] += len(chunk) if what == "c444.mkv" else 0
+            sink(chunk)
+        return real_stream(argv, sink=count, what=what, **kwargs)
+
+    monkeypatch.setattr(refs_unpack, "stream_sha256", counting_stream)
+    out = tmp_path / "out"
+    with pytest.raises(BadInput, match=r"c444\.mkv decodes to more than the \d+ bytes"):
+        refs_unpack.unpack(bad_pack, out, ff=ff, jobs=1)
+    assert not (out / "c444.yuv").exists()
+    assert written[0] <= entry["raw_bytes"]  # the chunk that went past the limit was never written
+
+
 def test_pack_resumes_and_a_rerun_keeps_finished_members(ref_dir, ff, tmp_path):
     src = tmp_path / "src"
     src.mkdir()

@@ -32,14 +32,22 @@ def raw_output(pix_fmt: str) -> list[str]:
     return ["-map", "0:v:0", "-fps_mode", "passthrough", "-pix_fmt", pix_fmt, "-f", "rawvideo", "pipe:1"]
 
 
-def stream_sha256(argv: list[str], *, what: str, read_size: int,
-                  sink: Callable[[bytes], None] | None = None, clean: bool = False) -> tuple[str, int]:
+class _PastLimit(Exception):
+    """Raised from inside the stream (which kills the tool) once it produced more than it may."""
+
+
+def stream_sha256(argv: list[str], *, what: str, read_size: int, sink: Callable[[bytes], None] | None = None,
+                  clean: bool = False, max_bytes: int | None = None) -> tuple[str, int]:
     """Run ffmpeg writing rawvideo to stdout; hash (and optionally hand on) every byte. -> (sha256, bytes).
 
     `clean=True` (decoding a lossless pack member): any error ffmpeg reports is a failure even when it
     exits 0. WHY: FFV1 conceals a slice whose CRC fails from the previous frame, and whether that frame is
     ready depends on thread timing, so a damaged member sometimes decodes to the right frames and sometimes
     not; the CRC message is printed every time.
+
+    `max_bytes`: the most raw bytes the input may decode to; past it the tool is killed and this is
+    WorkFailed. WHY: a 240 KB FFV1 file can decode to gigabytes, and a hostile pack member whose refs.json
+    says 18 KB must not fill the disk before the sizes are compared.
     """
     digest = hashlib.sha256()
     total = 0
@@ -48,11 +56,15 @@ def stream_sha256(argv: list[str], *, what: str, read_size: int,
         nonlocal total
         digest.update(chunk)
         total += len(chunk)
+        if max_bytes is not None and total > max_bytes:
+            raise _PastLimit
         if sink is not None:
             sink(chunk)
 
     try:
         done = proc.stream(argv, stage=what, read_size=read_size, sink=take)
+    except _PastLimit:
+        raise WorkFailed(f"{what} decodes to more than the {max_bytes} bytes of raw frames expected (stopped there)") from None
     except proc.ToolFailed as exc:
         if exc.kind == "start":
             raise PrereqError(f"cannot run ffmpeg {argv[0]}: {exc.reason}", hint="pass a working binary with --ffmpeg") from None
@@ -82,7 +94,7 @@ def raw_sha256(source: Source, ff: FFmpeg, *, threads: int = 0, clean: bool = Fa
     else:
         argv = [str(ff.path), "-nostdin", "-hide_banner", "-v", "error", "-threads", str(threads),
                 *source.input_args(), *raw_output(source.pix_fmt)]
-        sha, total = stream_sha256(argv, what=str(source.path), read_size=CHUNK, clean=clean)
+        sha, total = stream_sha256(argv, what=str(source.path), read_size=CHUNK, clean=clean, max_bytes=expected)
     if total != expected:
         raise WorkFailed(f"{source.path}: decoded {total} bytes of raw frames, expected {expected} "
                          f"({source.n_frames} frames of {source.width}x{source.height} {source.pix_fmt})",

@@ -89,7 +89,7 @@ def _unpack_one(entry: RefEntry, pack_dir: Path, out_dir: Path, y4m: bool, ff: F
             sink = fh.write
         try:
             sha, total = stream_sha256(argv, what=entry.packed_file, read_size=fsize if y4m else CHUNK, sink=sink,
-                                        clean=True)
+                                        clean=True, max_bytes=entry.raw_bytes)
         except WorkFailed as exc:  # its sha256 matched refs.json, yet it does not decode: the pack is bad
             raise BadInput(f"pack member {entry.packed_file} cannot be decoded ({exc.message}); "
                            f"no {target.name} was written",
