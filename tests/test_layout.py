@@ -126,3 +126,22 @@ def test_function_level_imports_say_why():
             if not any("#" in ln for ln in window):
                 silent.append(f"{name}:{node.lineno}")
     assert not silent, f"function-level imports without a comment saying why: {silent}"
+
+
+def test_untrusted_text_is_escaped_in_one_place():
+    """`kit.core.console.printable` (and `printable_short` for a value quoted in a message) is the one
+    escaping of text the kit did not write: no module filters characters itself (the `?`-replacing copies
+    in kit.corpus.legacy and kit.results.contract let bidi and zero-width characters through as `?`
+    while the rest of the kit escapes them, and truncated in their own way)."""
+    own = [f"{name}:{node.lineno}" for name, path in MODULES.items() if name != "kit.core.console"
+           for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+           if isinstance(node, ast.Attribute) and node.attr == "isprintable"]
+    assert not own, f"character filtering outside kit.core.console (use printable/printable_short): {own}"
+
+
+def test_printable_short_cuts_then_escapes():
+    from kit.core.console import printable, printable_short
+
+    assert printable_short("x" * 100, 10) == "xxxxxxx..."
+    hostile = "\x1b[2J\u202eabc"
+    assert printable_short(hostile, 40) == printable(hostile) == "\\u001b[2J\\u202eabc"

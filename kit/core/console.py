@@ -5,7 +5,8 @@ fits, reference bytes): a rich bar with ETA for a person at a terminal, plain li
 
 `printable` is the one escaping of text the kit did not write itself (member names, source and encoder
 names, values from a bundle's JSON, error messages that quote them): every line the kit prints passes
-through it, so no control character reaches a terminal and nothing splits a line.
+through it, so no control character reaches a terminal and nothing splits a line; `printable_short`
+is the same for a value quoted inside a message (cut to a length first).
 """
 
 from __future__ import annotations
@@ -48,6 +49,13 @@ def printable(text: object, *, keep_newlines: bool = False) -> str:
         return text
     return "".join(c if (keep_newlines and c == "\n") or unicodedata.category(c) not in _UNSAFE_CATEGORIES
                    else _escape_char(c) for c in text)
+
+
+def printable_short(text: object, limit: int = 80) -> str:
+    """An untrusted value quoted inside a message: cut to `limit` characters (ending in "..."), then
+    `printable`, so a long or hostile value neither floods nor splits the line."""
+    text = str(text)
+    return printable(text if len(text) <= limit else text[: limit - 3] + "...")
 
 
 def progress_enabled(quiet: bool = False) -> bool:

@@ -29,6 +29,7 @@ from typing import Any
 
 import pandas as pd
 
+from kit.core.console import printable_short
 from kit.core.errors import BadInput
 from kit.core.fsio import JSONProblem, atomic_open, parse_json
 from kit.core.ids import KEY_LEN, short_id
@@ -106,9 +107,8 @@ def _text(obj: dict[str, Any], key: str, *, required: bool = False) -> str | Non
 def _shown(value: Any) -> str:
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**30:
         return "a huge integer"
-    text = "null" if value is None else json.dumps(value) if isinstance(value, bool | str) else repr(value)
-    text = "".join(c if c.isprintable() else "?" for c in text)
-    return text if len(text) <= 40 else text[:37] + "..."
+    return printable_short("null" if value is None else json.dumps(value) if isinstance(value, bool | str) else repr(value),
+                           40)
 
 
 def parse_row(obj: Any) -> dict[str, Any]:

@@ -41,7 +41,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from kit.core.archive import Listed
-from kit.core.console import printable
+from kit.core.console import printable, printable_short
 from kit.core.errors import BadInput, KitError
 from kit.core.fsio import JSONProblem, canonical_json, json_safe, parse_json
 from kit.core.ids import shorten
@@ -83,8 +83,7 @@ def same(a: Any, b: Any) -> bool:
 
 def shown(value: Any) -> str:
     """A recorded value in a message: short, one line, escaped."""
-    text = canonical_json(json_safe(value), indent=None).strip()
-    return printable(text if len(text) <= 80 else text[:77] + "...")
+    return printable_short(canonical_json(json_safe(value), indent=None).strip(), 80)
 
 
 @dataclass

@@ -23,7 +23,7 @@ from typing import Any
 import jsonschema
 
 from kit import __version__
-from kit.core.console import warn
+from kit.core.console import printable_short, warn
 from kit.core.errors import BadInput
 from kit.core.schema import FEATURES
 from kit.train.codec import DEFAULT_VOCAB, CodecSpec
@@ -227,6 +227,5 @@ def check(doc: Any, schema: dict[str, Any], *, where: str, hint: str) -> None:
 
 
 def _short(text: str, limit: int = 160) -> str:
-    """One printable line: jsonschema quotes the offending (untrusted) value."""
-    text = "".join(c if c.isprintable() else "?" for c in " ".join(text.split()))
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    """One printable line: jsonschema quotes the offending (untrusted) value, pretty-printed over lines."""
+    return printable_short(" ".join(text.split()), limit)

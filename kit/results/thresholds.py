@@ -10,6 +10,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 
+from kit.core.console import printable_short
 from kit.core.errors import BadInput
 
 PROMOTE, HOLD = "PROMOTE", "HOLD"
@@ -44,8 +45,7 @@ def threshold_problem(name: str, value: object) -> str | None:
     lo, hi = Thresholds.__dataclass_fields__[name].metadata["range"]
     if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and lo <= value <= hi:
         return None
-    shown = repr(value)
-    return f"{shown if len(shown) <= 40 else shown[:37] + '...'} is not a number from {lo:g} to {hi:g}"
+    return f"{printable_short(repr(value), 40)} is not a number from {lo:g} to {hi:g}"
 
 
 GATE_DEFAULTS: dict[str, float] = asdict(Thresholds())
