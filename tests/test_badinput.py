@@ -342,3 +342,43 @@ def test_awkward_values_battery(tmp_path, tiny_refs, synthetic_parquet, good_bun
             failures.append(f"{argv[:3]}...: not one error line: {text!r}")
     assert not failures, "\n".join(failures)
     assert not (tmp_path / "o" / "corpus" / "cells").is_dir() or not any((tmp_path / "o" / "corpus" / "cells").glob("*.parquet"))
+
+
+def test_a_read_only_home_shows_only_the_kits_own_lines(tmp_path, tiny_pipeline_args):
+    """`pipeline --demo` with a read-only HOME: matplotlib and onnxruntime used to print their own warnings
+    about it first. Now: without a cache, only the kit's one error line; with ENSEMBLE_KIT_CACHE, a clean
+    run (nothing on stderr with --quiet) whose matplotlib files stay in that cache."""
+    import sys
+
+    ro = _unwritable_dir(tmp_path)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "ENSEMBLE_KIT_CACHE", "MPLCONFIGDIR", "ORT_DISABLE_TELEMETRY")}
+    env.update(HOME=str(ro), TMPDIR=str(tmp_path / "tmp"), CI="true")
+    (tmp_path / "tmp").mkdir()
+    kit = [sys.executable, "-c", "from kit.cli import main; main()", "pipeline", "--demo", *tiny_pipeline_args, "--quiet"]
+    done = subprocess.run([*kit, "--out-dir", str(tmp_path / "a")], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == ExitCode.BAD_INPUT, done.stderr
+    assert done.stderr.splitlines() == [_one_error_line(done.stderr)] and "ENSEMBLE_KIT_CACHE" in done.stderr, done.stderr
+    assert not list((tmp_path / "tmp").iterdir())  # the temp matplotlib folder went with the process
+
+    env["ENSEMBLE_KIT_CACHE"] = str(tmp_path / "cache")
+    done = subprocess.run([*kit, "--out-dir", str(tmp_path / "b")], env=env, capture_output=True, text=True, timeout=600)
+    assert (done.returncode, done.stderr) == (ExitCode.OK, ""), done.stderr
+    assert done.stdout.startswith("PROMOTE ")
+    assert (tmp_path / "cache" / "matplotlib").is_dir()
+
+
+def test_onnxruntime_says_nothing_about_a_read_only_home(tmp_path):
+    """onnxruntime prints a coloured warning at import when it cannot persist its telemetry id under ~/.cache."""
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("XDG_CACHE_HOME", "ORT_DISABLE_TELEMETRY", "MPLCONFIGDIR")}
+    env.update(HOME=str(_unwritable_dir(tmp_path)), TMPDIR=str(tmp_path))
+    code = "from kit.env import homes; print(sorted(homes.settle(None))); import onnxruntime"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stderr) == (0, ""), done.stderr
+    assert done.stdout.strip() == "['MPLCONFIGDIR', 'ORT_DISABLE_TELEMETRY']"
+    # a writable home is left alone: nothing set
+    env["HOME"] = str(tmp_path)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "[]", done.stderr

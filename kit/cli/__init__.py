@@ -14,6 +14,7 @@ import contextlib
 import os
 import sys
 import traceback
+from pathlib import Path
 from typing import Any
 
 import click
@@ -25,6 +26,8 @@ from kit.core import proc
 from kit.core.console import err, printable
 from kit.core.errors import INTERRUPTED_MESSAGE, BadInput, ExitCode, KitError, from_os_error
 from kit.core.fsio import sweep_temp_dirs
+from kit.corpus import ffmpeg
+from kit.env import homes
 
 
 class KitGroup(click.Group):
@@ -49,6 +52,7 @@ class KitGroup(click.Group):
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         sweep_temp_dirs()
+        homes.settle(_kit_cache())  # before matplotlib/onnxruntime are imported: no warnings of theirs about $HOME
         try:
             with proc.sigterm_as_interrupt():
                 try:
@@ -76,6 +80,13 @@ class KitGroup(click.Group):
             _fail(expected)
         except Exception as exc:  # a bug: say so in one line, keep the traceback for the report
             raise _internal(exc) from None
+
+
+def _kit_cache() -> Path | None:
+    try:
+        return ffmpeg.cache_dir()
+    except KitError:  # no home and no ENSEMBLE_KIT_CACHE: the command that needs the cache says so
+        return None
 
 
 def _fail(exc: KitError) -> None:
