@@ -35,7 +35,7 @@ from kit.core.ids import digest
 from kit.core.locking import HeldLock, Holder, try_acquire
 from kit.core.rundir import PIPELINE_DIR, RunDir
 from kit.core.schema import DEFAULT_VMAF_MODEL
-from kit.corpus import demo, engine
+from kit.corpus import dask_executor, demo, engine
 from kit.corpus.ffmpeg import FFmpeg, find_ffmpeg
 from kit.corpus.inputs import CorpusRequest, ResolvedCorpus, resolve
 from kit.corpus.sources import Source
@@ -67,6 +67,8 @@ class PipelineOptions:
     cqs: tuple[int, ...] | None = None  # None: kit.corpus.encoders.DEFAULT_CQS (DEMO_CQS for the demo)
     seeds: tuple[int, ...] = DEFAULT_SEEDS
     jobs: int | None = None  # cells in parallel; does not change results
+    executor: str = "threads"  # what runs the cells (kit.corpus.dask_executor.EXECUTORS); does not change results
+    dask_scheduler: str | None = None  # --executor dask: a running scheduler (None: a LocalCluster)
     train_overrides: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields given on the CLI
     gate_overrides: dict[str, Any] = field(default_factory=dict)  # gate thresholds given on the CLI
     ffmpeg: str | None = None
@@ -278,6 +280,7 @@ def check_options(options: PipelineOptions) -> None:
     Thresholds(**{**GATE_DEFAULTS, **{k: v for k, v in options.gate_overrides.items() if v is not None}})
     if not options.seeds:
         raise BadInput("--seeds is empty", hint="e.g. --seeds 0,1,2,3,4")
+    dask_executor.check(options.executor, options.dask_scheduler)
 
 
 def check_prereqs(options: PipelineOptions) -> prereqs.PrereqReport:
@@ -345,7 +348,8 @@ def step_corpus(ctx: Context) -> StepReport:
         return StepReport("corpus", "reused", "corpus.parquet from the earlier run")
     with _progress(ctx, "corpus", "cells") as bar:  # run_corpus kills its tools itself when interrupted
         summary = engine.run_corpus(ctx.rd, ctx.sources, ctx.encoders, ctx.cqs, ff=ctx.ff, jobs=ctx.options.jobs,
-                                    vmaf_cli=ctx.vmaf_cli, progress=engine.progress_callback(bar), on_plan=bar.plan)
+                                    vmaf_cli=ctx.vmaf_cli, progress=engine.progress_callback(bar), on_plan=bar.plan,
+                                    executor=ctx.options.executor, dask_scheduler=ctx.options.dask_scheduler)
     summary.raise_if_failed(ctx.rd.failures,
                             hint="fix the cause (see `ensemble-kit prereqs`) and rerun the same command: it resumes")
     ctx.rd.mark_done("corpus", key, [ctx.rd.corpus], {"rows": summary.corpus_rows})

@@ -16,6 +16,7 @@ from kit.cli.options import (
     drop_invalid_option,
     encoder_options,
     encoders_and_cqs,
+    executor_options,
     ffmpeg_option,
     geometry,
     geometry_options,
@@ -45,6 +46,7 @@ from kit.results import bundle
 @encoder_options(encoders_help="Comma-separated encoders (default: this box's working ones, by real test encodes).")
 @jobs_option("Cells in parallel (default: one per core).")
 @click.option("--shard", help="Run only shard K/N of the grid (0-based: 0/4 .. 3/4), e.g. from a Slurm array index.")
+@executor_options()
 @out_dir_option(help="Run directory: corpus/cells/*.parquet, corpus/failures.jsonl, corpus.parquet.")
 @ffmpeg_option()
 @click.option("--threads", "--vmaf-threads", "vmaf_threads", type=click.IntRange(min=1),
@@ -58,7 +60,8 @@ from kit.results import bundle
 @click.pass_context
 def corpus_cmd(ctx: click.Context, demo: bool, demo_frames: int | None, demo_size: str | None, ref_dir: Path | None,
                width: int | None, height: int | None, pix_fmt: str | None, fps: str | None, encoders: str | None,
-               cqs: str | None, jobs: int | None, shard: str | None, out_dir: Path, ffmpeg_path: str | None,
+               cqs: str | None, jobs: int | None, shard: str | None, executor: str, dask_scheduler: str | None,
+               out_dir: Path, ffmpeg_path: str | None,
                vmaf_threads: int | None, scorer: str, cell_timeout: float | None, fmt: str, quiet: bool,
                as_json: bool) -> None:
     """Encode every reference at every cq with every encoder and score each frame with libvmaf.
@@ -76,14 +79,16 @@ def corpus_cmd(ctx: click.Context, demo: bool, demo_frames: int | None, demo_siz
       ensemble-kit corpus --ref-dir refs/ --encoders libx264,libx265 --cqs 22,27,32 --out-dir runs/x
       ensemble-kit corpus --ref-dir refs/ --encoders libx264 --shard $SLURM_ARRAY_TASK_ID/8 --out-dir /shared/run
       ensemble-kit corpus assemble --out-dir /shared/run
+      ensemble-kit corpus --ref-dir refs/ --encoders libx264 --executor dask --dask-scheduler tcp://head:8786 --out-dir /shared/run
       ensemble-kit corpus import old_kit_corpus.jsonl --out-dir runs/imported
     """
     if ctx.invoked_subcommand is not None:
         return
     # heavy (pandas): imported when the command runs, so `ensemble-kit --help` stays fast
-    from kit.corpus import engine, table
+    from kit.corpus import dask_executor, engine, table
 
     with proc.sigterm_as_interrupt():
+        dask_executor.check(executor, dask_scheduler)  # before any probing: a missing dask is one line
         refs_dir = references(demo, ref_dir, demo_by_default=False)  # said before any probing
         names, cq_values = encoders_and_cqs(encoders, cqs)
         size, frames = demo_settings(demo_size, demo_frames)
@@ -101,7 +106,8 @@ def corpus_cmd(ctx: click.Context, demo: bool, demo_frames: int | None, demo_siz
         with Progress("corpus", quiet=quiet, unit="cells") as bar:  # run_corpus kills its tools itself when interrupted
             summary = engine.run_corpus(run_dir, corpus.sources, corpus.encoders, corpus.cqs, ff=ff, jobs=jobs,
                                         shard=shard_kn, vmaf_threads=vmaf_threads, timeout=cell_timeout,
-                                        vmaf_cli=vmaf_cli, progress=engine.progress_callback(bar), on_plan=bar.plan)
+                                        vmaf_cli=vmaf_cli, progress=engine.progress_callback(bar), on_plan=bar.plan,
+                                        executor=executor, dask_scheduler=dask_scheduler)
         if fmt == "jsonl" and summary.corpus_path:
             table.export_jsonl(run_dir.corpus, run_dir.corpus_jsonl)
         emit(summary.to_json(), as_json)

@@ -18,6 +18,7 @@ import click
 
 from kit.core.errors import BadInput
 from kit.corpus import demo
+from kit.corpus.dask_executor import EXECUTORS
 from kit.corpus.encoders import DEFAULT_CQS, parse_cqs, parse_encoders
 from kit.corpus.geometry import parse_rate, parse_size, rate_text
 from kit.corpus.vmaf_cli import SCORERS
@@ -148,6 +149,18 @@ FINITE = BoundedNumber(-math.inf, math.inf)
 # cell or per score, torch per model group).
 def jobs_option(help: str = "Work in parallel (default: one per core).") -> Decorator:  # noqa: A002
     return click.option("--jobs", "-j", type=click.IntRange(min=1), default=None, help=help)
+
+
+def executor_options() -> Decorator:
+    """--executor, --dask-scheduler: what runs the corpus cells in parallel; never what they compute."""
+    return _stack(
+        click.option("--executor", type=click.Choice(EXECUTORS), default="threads", show_default=True,
+                     help="Run corpus cells in this process's threads, or as dask.distributed tasks (needs "
+                          "pip install 'ensemble-kit[dask]'; docs/cluster.md). Same cell files, same corpus."),
+        click.option("--dask-scheduler", metavar="tcp://HOST:PORT", default=None,
+                     help="With --executor dask: a running scheduler, whose workers must see --out-dir at the "
+                          "same path (default: a LocalCluster of --jobs worker processes on this box)."),
+    )
 
 
 def max_memory_option() -> Decorator:

@@ -14,6 +14,7 @@ from kit.cli.options import (
     demo_settings,
     encoder_options,
     encoders_and_cqs,
+    executor_options,
     ffmpeg_option,
     gate_options,
     gate_overrides,
@@ -40,6 +41,7 @@ from kit.train.config import parse_seeds
 @click.option("--seeds", default="0,1,2,3,4", show_default=True, help="Training seeds, e.g. 0,1,2,3,4 or 0-4.")
 @out_dir_option(default=None, help="Run directory (default runs/demo for the demo, runs/pipeline otherwise).")
 @jobs_option("Corpus cells in parallel, and model groups trained side by side (default: one per core).")
+@executor_options()
 @ffmpeg_option()
 @scorer_option()
 @click.option("--fresh", is_flag=True, help="Move an existing run in --out-dir aside (<out-dir>.old-<utc>) and start anew.")
@@ -49,7 +51,7 @@ from kit.train.config import parse_seeds
 @gate_options(with_short_flags=False)
 def pipeline_cmd(ref_dir: Path | None, demo: bool, demo_frames: int | None, demo_size: str | None,
                  encoders: str | None, cqs: str | None, seeds: str, out_dir: Path | None, jobs: int | None,
-                 ffmpeg_path: str | None, scorer: str, fresh: bool, max_memory: int | None, quiet: bool,
+                 executor: str, dask_scheduler: str | None, ffmpeg_path: str | None, scorer: str, fresh: bool, max_memory: int | None, quiet: bool,
                  **overrides: Any) -> None:
     """The whole job: prereqs, corpus, train, verdict, export (on PROMOTE), report, bundle.
 
@@ -74,6 +76,8 @@ def pipeline_cmd(ref_dir: Path | None, demo: bool, demo_frames: int | None, demo
         cqs=cq_values,
         seeds=parse_seeds(seeds),
         jobs=jobs,
+        executor=executor,
+        dask_scheduler=dask_scheduler,
         train_overrides=train_overrides({**overrides, "workers": jobs}),
         gate_overrides=gate_overrides(overrides),
         ffmpeg=ffmpeg_path,

@@ -3,7 +3,8 @@
 Where a frame becomes a row: `run_cell` encodes one cell (the argv `kit.corpus.grid` planned), scores
 it with libvmaf (`kit.corpus.scoring`) and turns each scored frame into one corpus row (`_rows`), written
 as `corpus/cells/<cell_id>.parquet` (temp -> fsync -> rename). `run_corpus` becomes the directory's
-writer for its grid or shard (`kit.corpus.writer`), runs the cells in parallel, reuses valid finished
+writer for its grid or shard (`kit.corpus.writer`), runs the cells in parallel (threads here, or dask
+tasks: `kit.corpus.dask_executor`, both through `compute_cell`), reuses valid finished
 cells, logs failed ones to `corpus/failures.jsonl` while the others go on, and (whole-grid runs only)
 assembles `corpus.parquet` from exactly the current grid's cells. A shard never assembles: that is the
 explicit `assemble_grid` step (`ensemble-kit corpus assemble`), which refuses while cells are missing.
@@ -12,6 +13,7 @@ explicit `assemble_grid` step (`ensemble-kit corpus assemble`), which refuses wh
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import shutil
 import tempfile
@@ -35,7 +37,7 @@ from kit.core.fsio import append_line, canonical_json, owner_tag, write_json, wr
 from kit.core.proc import STDERR_TAIL, ToolFailed
 from kit.core.rundir import RunDir
 from kit.core.schema import CORPUS_COLUMNS, DEFAULT_VMAF_MODEL, FEATURES, TARGET
-from kit.corpus import scoring, table, writer
+from kit.corpus import dask_executor, scoring, table, writer
 from kit.corpus.encoders import HW_SESSION_LIMITS
 from kit.corpus.ffmpeg import FFmpeg
 from kit.corpus.grid import (
@@ -151,10 +153,11 @@ def result_tail(result: scoring.ScoreResult) -> str:
 @dataclass
 class CellOutcome:
     cell: Cell
-    status: str  # "done" | "reused" | "failed"
+    status: str  # "done" | "failed" | "fatal" (a full disk: the run stops) | "cancelled"
     rows: int = 0
     reason: str = ""
     seconds: float = 0.0
+    record: dict[str, Any] | None = None  # a failed cell's failures.jsonl line
 
 
 @dataclass
@@ -209,6 +212,58 @@ def _failure_record(cell: Cell, exc: BaseException) -> dict[str, Any]:
 ProgressFn = Callable[[CellOutcome, int, int], None]
 
 
+def compute_cell(cell: Cell, ctx: RunContext, run_dir: RunDir, *, work_dir: Path,
+                 vmaf_threads: int | Callable[[], int] = 1, timeout: float | None = None,
+                 hw_gate: contextlib.AbstractContextManager[Any] | None = None) -> CellOutcome:
+    """One cell, whichever executor runs it (a thread here, a dask task on a worker): its file written by
+    `run_cell`, or why not. A cell's own failure is returned, not raised: the run logs it once."""
+    start = time.perf_counter()
+    try:
+        rows = run_cell(cell, ctx, run_dir, vmaf_threads=vmaf_threads, timeout=timeout, hw_gate=hw_gate,
+                        work_dir=work_dir)
+    except Exception as exc:  # noqa: BLE001 - one failed cell must not stop the others
+        return failed_outcome(cell, exc, time.perf_counter() - start)
+    return CellOutcome(cell, "done", rows=rows, seconds=time.perf_counter() - start)
+
+
+def failed_outcome(cell: Cell, exc: BaseException, seconds: float = 0.0) -> CellOutcome:
+    """A failed cell's outcome with its failures.jsonl record; a full disk is fatal to the whole run."""
+    if is_out_of_space(exc):  # every further cell would fail the same way: stop, keep what is done
+        return CellOutcome(cell, "fatal", reason=str(exc))
+    record = _failure_record(cell, exc)
+    return CellOutcome(cell, "failed", reason=f"{record['stage']}: {record['reason']}", seconds=seconds,
+                       record=record)
+
+
+class CellTally:
+    """The run's side of each finished cell, whichever executor ran it (so failures.jsonl has one writer):
+    counts, the failure record, progress; a fatal outcome (full disk) stops the run as bad input."""
+
+    def __init__(self, run_dir: RunDir, summary: CorpusSummary, total: int, progress: ProgressFn | None) -> None:
+        self.run_dir, self.summary, self.total, self.progress = run_dir, summary, total, progress
+        self.finished = 0
+
+    @property
+    def unfinished(self) -> int:
+        return self.total - self.finished
+
+    def __call__(self, outcome: CellOutcome) -> None:
+        if outcome.status == "fatal":
+            raise BadInput(f"--out-dir {self.run_dir.root}: no space left on device (or it became unwritable) "
+                           f"while writing cell {outcome.cell.label}",
+                           hint="free space (or pick another --out-dir) and rerun: finished cells are kept")
+        if outcome.record is not None:
+            append_line(self.run_dir.failures, canonical_json(outcome.record, indent=None))
+            self.summary.failed.append(outcome.record)
+        elif outcome.status == "done":
+            self.summary.done += 1
+        self.finished += 1
+        if self.progress:
+            self.progress(outcome, self.finished, self.total)
+
+
+
+
 def progress_callback(bar: Progress) -> ProgressFn:
     """Feeds a run's cells into the shared progress display; a failed cell is one line above the bar."""
     def on_cell(outcome: CellOutcome, done: int, total: int) -> None:
@@ -228,14 +283,17 @@ def run_corpus(run_dir: RunDir, sources: Sequence[Source], encoder_names: Sequen
                ff: FFmpeg, jobs: int | None = None, shard: tuple[int, int] | None = None,
                vmaf_threads: int | None = None, model: str = DEFAULT_VMAF_MODEL, timeout: float | None = None,
                vmaf_cli: VmafCli | None = None, progress: ProgressFn | None = None,
-               on_plan: Callable[[int], None] | None = None, ctx: RunContext | None = None) -> CorpusSummary:
+               on_plan: Callable[[int], None] | None = None, ctx: RunContext | None = None,
+               executor: str = "threads", dask_scheduler: str | None = None) -> CorpusSummary:
     """Run (this shard of) the grid; reuse valid finished cells; a whole-grid run assembles corpus.parquet.
 
     Raises BadInput for unknown/unavailable encoders or out-of-range cqs before any work starts, and
     when another writer runs an overlapping part of this directory (kit.corpus.writer). Cell failures
-    do not raise: they are in `summary.failed` and `corpus/failures.jsonl`.
+    do not raise: they are in `summary.failed` and `corpus/failures.jsonl`. `executor` runs the cells
+    in this process's threads or as dask tasks (kit.corpus.dask_executor): same cell files either way.
     """
     t0 = time.perf_counter()
+    dask_executor.check(executor, dask_scheduler)
     run_dir = RunDir(Path(run_dir.root).resolve())  # tools run in temp dirs: paths must be absolute
     if not sources:
         raise BadInput("no reference sources", hint="pass --ref-dir with clips, or --demo")
@@ -263,7 +321,7 @@ def run_corpus(run_dir: RunDir, sources: Sequence[Source], encoder_names: Sequen
         if on_plan:
             on_plan(len(todo))
         _run_cells(todo, ctx, run_dir, summary, work_dir=work_dir, jobs=jobs, vmaf_threads=vmaf_threads,
-                   timeout=timeout, progress=progress)
+                   timeout=timeout, progress=progress, executor=executor, dask_scheduler=dask_scheduler)
         present = [c for c in grid if run_dir.cell_path(c.cell_id).exists()]
         summary.missing_cells = len(grid) - len(present)
         if shard is None:  # a shard never assembles: `corpus assemble` does, once every shard is done
@@ -277,64 +335,54 @@ def run_corpus(run_dir: RunDir, sources: Sequence[Source], encoder_names: Sequen
 
 def _run_cells(todo: list[Cell], ctx: RunContext, run_dir: RunDir, summary: CorpusSummary, *, work_dir: Path,
                jobs: int | None, vmaf_threads: int | None, timeout: float | None,
-               progress: ProgressFn | None) -> None:
+               progress: ProgressFn | None, executor: str = "threads", dask_scheduler: str | None = None) -> None:
     """Compute `todo` in parallel; failures are logged and counted in `summary`, a full disk stops all."""
     jobs = max(1, jobs or default_jobs())
+    tally = CellTally(run_dir, summary, len(todo), progress)
+    if executor == "dask":
+        cell_task = functools.partial(compute_cell, ctx=ctx, run_dir=run_dir, work_dir=work_dir, timeout=timeout)
+        dask_executor.run_cells(todo, cell_task, tally, on_error=failed_outcome, jobs=jobs,
+                                scheduler=dask_scheduler, vmaf_threads=vmaf_threads, work_dir=work_dir, ff=ctx.ff)
+    else:
+        _run_threads(todo, ctx, run_dir, tally, work_dir=work_dir, jobs=jobs, vmaf_threads=vmaf_threads,
+                     timeout=timeout)
+    summary.failed.sort(key=lambda r: (r["src"], r["encoder"], r["cq"]))
+
+
+def _run_threads(todo: list[Cell], ctx: RunContext, run_dir: RunDir, tally: CellTally, *, work_dir: Path, jobs: int,
+                 vmaf_threads: int | None, timeout: float | None) -> None:
+    """The default executor: `jobs` threads in this process, each running cells' tools."""
     cores = cpu_count()
-    unfinished = [len(todo)]  # cells not yet finished; read by workers, written by this thread
 
     def scorer_threads() -> int:
         """cores / cells running: one libvmaf thread each in the bulk, all cores for the last few (the
         tail would otherwise leave cores idle). Threads never change the values, so not in the cell id."""
-        return vmaf_threads or max(1, cores // max(1, min(jobs, unfinished[0])))
+        return vmaf_threads or max(1, cores // max(1, min(jobs, tally.unfinished)))
     gates = {hw: threading.Semaphore(n) for hw, n in HW_SESSION_LIMITS.items()}
     stop = threading.Event()
 
     def work(cell: Cell) -> CellOutcome:
         if stop.is_set():
             return CellOutcome(cell, "cancelled")
-        start = time.perf_counter()
-        try:
-            rows = run_cell(cell, ctx, run_dir, vmaf_threads=scorer_threads, timeout=timeout,
-                            hw_gate=gates.get(cell.encoder.hw or ""), work_dir=work_dir)
-            return CellOutcome(cell, "done", rows=rows, seconds=time.perf_counter() - start)
-        except Exception as exc:  # noqa: BLE001 - one failed cell must not stop the others
-            if stop.is_set():
-                return CellOutcome(cell, "cancelled")
-            if is_out_of_space(exc):  # every further cell would fail the same way: stop, keep what is done
-                stop.set()
-                return CellOutcome(cell, "fatal", reason=str(exc))
-            record = _failure_record(cell, exc)
-            append_line(run_dir.failures, canonical_json(record, indent=None))
-            summary.failed.append(record)
-            return CellOutcome(cell, "failed", reason=f"{record['stage']}: {record['reason']}",
-                               seconds=time.perf_counter() - start)
+        outcome = compute_cell(cell, ctx, run_dir, work_dir=work_dir, vmaf_threads=scorer_threads, timeout=timeout,
+                               hw_gate=gates.get(cell.encoder.hw or ""))
+        if stop.is_set() and outcome.status != "done":  # killed by the stop, not failed
+            return CellOutcome(cell, "cancelled")
+        return outcome
 
-    finished = 0
     pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="cell")
     try:
         pending: set[Future[CellOutcome]] = {pool.submit(work, c) for c in todo}
         while pending:
             done, pending = proc.wait_first(pending)
             for fut in done:
-                outcome = fut.result()
-                if outcome.status == "fatal":
-                    raise BadInput(f"--out-dir {run_dir.root}: no space left on device (or it became unwritable) "
-                                   f"while writing cell {outcome.cell.label}",
-                                   hint="free space (or pick another --out-dir) and rerun: finished cells are kept")
-                finished += 1
-                unfinished[0] = len(todo) - finished
-                if outcome.status == "done":
-                    summary.done += 1
-                if progress:
-                    progress(outcome, finished, len(todo))
+                tally(fut.result())
     except BaseException:
         stop.set()
         proc.kill_all()
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
-    summary.failed.sort(key=lambda r: (r["src"], r["encoder"], r["cq"]))
 
 
 def prepare_run_dir(out_dir: Path) -> RunDir:
