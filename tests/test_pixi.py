@@ -78,12 +78,14 @@ def _deps(feature: str | None) -> set[str]:
 
 def test_environments_lean_default_one_solve_group_and_what_each_box_needs():
     envs = MANIFEST["environments"]
-    assert set(envs) == {"default", "test", "intel-media", "osx", "cuda", "lint"}
+    assert set(envs) == {"default", "test", "intel-media", "osx", "cuda", "lint", "dask"}
     assert set(platform.PIXI_ENVS.values()) <= set(envs)  # the family -> environment table names real ones
     tools = {"pytest", "pytest-timeout", "check-jsonschema", "meson", "ninja", "ruff", "pixi-to-conda-lock"}
-    for env in ("default", "intel-media", "osx", "cuda"):  # user environments carry no test tooling
+    for env in ("default", "intel-media", "osx", "cuda", "dask"):  # user environments carry no test tooling
         assert not tools & set().union(_deps(None), *(_deps(f) for f in _features(env))), env
-    assert {env for env, spec in envs.items() if spec.get("solve-group") == "main"} == {"default", "test", "intel-media", "osx"}
+    assert {env for env, spec in envs.items() if spec.get("solve-group") == "main"} == {"default", "test", "intel-media", "osx",
+                                                                                         "dask"}
+    assert "dask" not in envs["default"].get("features", [])  # optional: only its own environment and the tests
     assert envs["cuda"]["solve-group"] == "cuda" and envs["lint"]["no-default-feature"] is True
     assert MANIFEST["feature"]["osx"]["platforms"] == ["osx-arm64", "osx-64"]
     assert MANIFEST["dependencies"]["onnxruntime"]["build"] == "*_cpu"
