@@ -138,7 +138,7 @@ def _client(scheduler: str | None, jobs: int) -> Iterator[Any]:
         if scheduler is None:
             with _sigint_ignored():  # inherited by the workers spawned now: no traceback from a Ctrl-C at start
                 cluster = stack.enter_context(LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True,
-                                                           dashboard_address=None, silence_logs=logging.ERROR,
+                                                           dashboard_address=None, silence_logs=logging.CRITICAL,
                                                            preload=[__name__]))
             client = stack.enter_context(Client(cluster))
         else:
