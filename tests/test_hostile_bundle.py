@@ -348,6 +348,21 @@ def test_json_that_python_cannot_or_should_not_parse_is_refused(tmp_path, good, 
     _refused(["corpus", "import", str(jsonl), "--out-dir", str(tmp_path / "imp")], "deep.jsonl:1", temp_dir)
 
 
+def test_files_the_bundle_never_writes_are_refused_with_look_alikes_shown(tmp_path, hold, good, temp_dir):
+    """Rehashed, an added file passed every check: a `loso/PR\u041eMOTE.json` (Cyrillic O) saying PROMOTE beside the
+    honest HOLD.json lists as 'PROMOTE.json' to a human, and a script rode along. verify said OK for both."""
+    def look_alike(top: Path) -> None:
+        text = (top / "loso" / "HOLD.json").read_text().replace('"HOLD"', '"PROMOTE"')
+        (top / "loso" / "PR\u041eMOTE.json").write_text(text)
+
+    bad = edited(hold, tmp_path / "look-alike.tar.gz", look_alike, rehash_manifest=True)
+    line = _refused(["verify", str(bad)], "[run-files-only] loso/PR\\u041eMOTE.json is not a file", temp_dir)
+    assert "\u041e" not in line  # the look-alike letter itself never reaches the terminal
+    script = edited(good, tmp_path / "script.tar.gz", lambda top: (top / "report" / "open.sh").write_text("rm -rf ~\n"),
+                    rehash_manifest=True)
+    _refused(["verify", str(script)], "report/open.sh is not a file ensemble-kit bundles", temp_dir)
+
+
 def test_honest_bundle_still_verifies_and_leaves_nothing(tmp_path, good, temp_dir, outside):
     result = CliRunner().invoke(main, ["verify", str(good)])
     assert result.exit_code == 0, result.output

@@ -234,6 +234,14 @@ class RunDir:
         return [self.report_index, *(p for p in (self.report_inputs,) if p.is_file()),
                 *(p for p in map(self.report_image, REPORT_IMAGES) if p.is_file())]
 
+    def bundle_files(self, seeds: Iterable[int], ensemble: dict[str, Any] | None) -> list[Path]:
+        """Every file a bundle of this run may hold: run.json, corpus.parquet, the verdict files, the LOSO
+        files of these seeds, the models `ensemble` lists (None: no models) and the report. The bundle
+        writes no other file, and `verify` refuses a bundle holding one (a `loso/PR\u041eMOTE.json`
+        saying PROMOTE beside an honest HOLD.json, a script)."""
+        files = [p for p in (self.run_json, self.corpus) if p.is_file()] + self.verdict_files() + self.loso_files(seeds)
+        return files + (self.model_files(ensemble) if ensemble is not None else []) + self.report_files()
+
     # ---- step markers ------------------------------------------------------------------------------
 
     def read_marker(self, step: str) -> dict[str, Any]:

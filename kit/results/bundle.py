@@ -96,11 +96,12 @@ def _read_json_if(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _model_files(rd: RunDir) -> list[Path]:
-    """The models listed in ensemble.json, every member's sha256 matching its file. That they were
-    exported under this verdict, from this corpus, `provenance.check` has already made sure."""
+def _checked_ensemble(rd: RunDir) -> dict[str, Any] | None:
+    """models/ensemble.json (None without models), every file it lists present and every member's sha256
+    matching its file. That they were exported under this verdict, from this corpus, `provenance.check`
+    has already made sure."""
     if not rd.ensemble_json.is_file():
-        return []
+        return None
     ensemble = read_json(rd.ensemble_json, what="models/ensemble.json")
     files = rd.model_files(ensemble)
     for path in files[1:]:
@@ -111,7 +112,7 @@ def _model_files(rd: RunDir) -> list[Path]:
         if isinstance(member.get("onnx"), str) and want and sha256_file(rd.models_dir / member["onnx"]) != want:
             raise BadInput(f"{rd.models_dir / member['onnx']}: sha256 differs from ensemble.json",
                            hint="rerun `ensemble-kit export`")
-    return files
+    return ensemble
 
 
 def _ensemble_members(ensemble: dict[str, Any]) -> list[dict[str, Any]]:
@@ -136,10 +137,8 @@ def run_files(run_root: Path) -> list[tuple[str, Path]]:
         raise BadInput(f"{root}: no corpus.parquet", hint="run `ensemble-kit corpus` (or the pipeline) in it first")
     provenance.check(rd)
     seeds = [int(s) for s in verdict.get("seeds") or [] if isinstance(s, int) or str(s).isdigit()]
-    candidates: list[Path] = [p for p in (rd.run_json, rd.corpus) if p.is_file()] + rd.verdict_files()
-    candidates += rd.loso_files(seeds)
-    candidates += _model_files(rd)
-    candidates += rd.report_files()
+    ensemble = _checked_ensemble(rd)
+    candidates = rd.bundle_files(seeds, ensemble)
     recorded = rd.recorded_outputs()
     if recorded is not None:
         allowed = {p.resolve() for p in recorded} | {rd.run_json.resolve(), rd.verdict.resolve(), rd.corpus.resolve()}

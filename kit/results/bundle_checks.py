@@ -18,6 +18,8 @@ rehash the manifest. So each claim a bundle makes is recomputed from the other f
     run-consistent      one run, not parts of several: kit.results.provenance.problems, the rule every step
                         applies at home (loso/ trained on this corpus, verdict.json decided on this
                         loso/summary.json, models/ and report/ made under this verdict)
+    run-files-only      nothing but the files `ensemble-kit bundle` writes for this run (no look-alike
+                        loso/PR\u041eMOTE.json beside HOLD.json, no script)
 
 Each check is one row of `CHECKS`; a new file a run writes gets a new row. A failed check names the
 file and what disagrees; `run_checks` raises one TamperedBundle line naming every failed check.
@@ -542,6 +544,18 @@ def check_run_consistent(b: BundleView) -> list[str]:
     return [_in_bundle(b, stale.what) for stale in found]
 
 
+def check_run_files_only(b: BundleView) -> list[str]:
+    """Only files `ensemble-kit bundle` writes for this run (`RunDir.bundle_files`, for the verdict's seeds
+    and the members ensemble.json lists): anything else was added by hand. Names are shown with non-ASCII
+    letters escaped, so a look-alike (a Cyrillic 'О' in PROMOTE.json) cannot pass for the real name."""
+    seeds = [s for s in b.verdict().get("seeds") or [] if isinstance(s, int) and not isinstance(s, bool)]
+    ensemble = b.doc(b.rd.ensemble_json) if b.has(b.rd.ensemble_json) else None
+    expected = {b.rel(p) for p in b.rd.bundle_files(seeds, ensemble) if p.resolve().is_relative_to(b.root.resolve())}
+    unexpected = sorted(set(b.listed) - expected - {MANIFEST_NAME})
+    return [f"{printable(rel.encode('ascii', 'backslashreplace').decode('ascii'))} is not a file ensemble-kit "
+            "bundles for this run" for rel in unexpected]
+
+
 def _in_bundle(b: BundleView, text: str) -> str:
     """A message about the extracted copy, with the bundle's own relative paths (not the temp folder's)."""
     return printable(text.replace(f"{b.root}/", "").replace(str(b.root), "the bundle"))
@@ -573,6 +587,7 @@ CHECKS: tuple[Check, ...] = (
     Check("models-verdict", check_models_verdict),
     Check("fork-files", check_fork_files),
     Check("run-consistent", check_run_consistent),
+    Check("run-files-only", check_run_files_only),
 )
 
 
