@@ -21,7 +21,9 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 STDERR_TAIL = 4000  # characters of a tool's stderr kept with a failure
 
@@ -94,16 +96,16 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def wait_first(pending: Collection[Future[Any]], timeout: float = 0.5) -> tuple[set[Future[Any]], set[Future[Any]]]:
-    """`concurrent.futures.wait(FIRST_COMPLETED)` with Ctrl-C/SIGTERM held back until it has returned.
+def hold_interrupts(call: Callable[[], T]) -> T:
+    """`call()` with Ctrl-C/SIGTERM held back until it has returned, then raised as KeyboardInterrupt.
 
-    An interrupt raised inside `wait` can land while it holds the futures' locks (it takes them one by
-    one); the worker that finishes such a future then blocks forever, `shutdown(wait=True)` with it, and
-    the run never exits (seen under load: SIGTERM mid-corpus, no exit after 120 s). So a signal that
-    arrives during the wait is recorded and raised as KeyboardInterrupt once the wait is over.
+    For the short waits on worker threads: an interrupt raised inside `concurrent.futures.wait` (or
+    dask's `as_completed`) can land while it holds a lock the workers need (wait takes the futures'
+    locks one by one); the worker that finishes such a future then blocks forever, `shutdown(wait=True)`
+    with it, and the run never exits (seen under load: SIGTERM mid-corpus, no exit after 120 s).
     """
     if threading.current_thread() is not threading.main_thread():
-        return _wait_first(pending, timeout)
+        return call()
     received: list[int] = []
 
     def record(signum: int, frame: Any) -> None:
@@ -112,13 +114,18 @@ def wait_first(pending: Collection[Future[Any]], timeout: float = 0.5) -> tuple[
     held = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) not in (signal.SIG_IGN, None)]
     previous = {s: signal.signal(s, record) for s in held}
     try:
-        done, still = _wait_first(pending, timeout)
+        result = call()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
     if received:
         raise KeyboardInterrupt
-    return done, still
+    return result
+
+
+def wait_first(pending: Collection[Future[Any]], timeout: float = 0.5) -> tuple[set[Future[Any]], set[Future[Any]]]:
+    """`concurrent.futures.wait(FIRST_COMPLETED)` for at most `timeout` s, interrupts held (`hold_interrupts`)."""
+    return hold_interrupts(lambda: _wait_first(pending, timeout))
 
 
 def wait_all(futures: Collection[Future[Any]]) -> None:

@@ -47,6 +47,7 @@ CONNECT_TIMEOUT_S = 20  # reaching the scheduler
 WORKERS_TIMEOUT_S = 60  # a scheduler with no worker yet: how long to wait for the first one
 STOP_TIMEOUT_S = 30  # Ctrl-C: how long to keep killing tools until no worker runs a cell of this run
 TASK_PREFIX = "ensemble-kit-cell"
+POLL_S = 0.1  # how often the waiting loop looks for finished cells (each look holds interrupts back)
 
 
 def check(executor: str, scheduler: str | None) -> None:
@@ -199,7 +200,7 @@ def run_cells(todo: list[Cell], cell_task: Callable[..., Any], on_outcome: Calla
                                      priority=len(todo) - i, pure=False): cell
                        for i, cell in enumerate(todo)}  # todo is longest first: so are the tasks
             try:
-                for fut in as_completed(futures):
+                for fut in _finished(as_completed(futures)):
                     cell = futures[fut]
                     try:
                         outcome = fut.result()
@@ -211,6 +212,18 @@ def run_cells(todo: list[Cell], cell_task: Callable[..., Any], on_outcome: Calla
                 raise
     finally:
         share_file.unlink(missing_ok=True)
+
+
+def _finished(completed: Any) -> Iterator[Any]:
+    """dask's `as_completed`, each short poll with interrupts held (`proc.hold_interrupts`): its blocking
+    `next()` waits on a condition that dask's own thread must take to deliver the next result."""
+    def poll() -> list[Any]:
+        batch = completed.next_batch(block=False)
+        if not batch:
+            time.sleep(POLL_S)
+        return batch
+    while not completed.is_empty():
+        yield from proc.hold_interrupts(poll)
 
 
 def _stop(client: Any, futures: list[Any], prefix: str) -> None:
