@@ -115,3 +115,22 @@ def test_score_cli_geometry_flags_and_bad_pairs(tmp_path, kit_ffmpeg):
     short = lavfi_clip(kit_ffmpeg, "testsrc2=s=64x48:r=25", tmp_path / "short.y4m", frames=3)
     r = CliRunner().invoke(main, ["score", str(ref), str(short), "--width", "64", "--height", "48"])
     assert r.exit_code == ExitCode.BAD_INPUT and "3 frames" in r.output and "4" in r.output
+
+
+def test_frames_libvmaf_cannot_score_are_refused_before_any_work(tmp_path, kit_ffmpeg):
+    """libvmaf kills ffmpeg with SIGSEGV on frames under 18 pixels a side: `corpus` failed every cell (exit 4,
+    'killed by signal 11: no error message') and `score` said work failed; both are the clip's size, exit 2."""
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    lavfi_clip(kit_ffmpeg, "testsrc2=s=16x16:r=25", refs / "thumb.y4m", frames=2)
+    out = tmp_path / "run"
+    for argv in (["corpus", "--ref-dir", str(refs), "--encoders", "libx264", "--cqs", "30", "--out-dir", str(out)],
+                 ["score", str(refs / "thumb.y4m"), str(refs / "thumb.y4m")]):
+        result = CliRunner().invoke(main, argv)
+        assert result.exit_code == ExitCode.BAD_INPUT, result.output
+        assert "thumb.y4m is 16x16: libvmaf cannot score frames under 18 pixels" in result.output
+    assert not list(out.rglob("*.parquet"))
+    # the smallest size it does score
+    lavfi_clip(kit_ffmpeg, "testsrc2=s=100x18:r=25", refs / "thumb.y4m", frames=2)
+    result = CliRunner().invoke(main, ["score", str(refs / "thumb.y4m"), str(refs / "thumb.y4m")])
+    assert result.exit_code == 0, result.output

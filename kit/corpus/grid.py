@@ -22,7 +22,7 @@ from kit.core.rundir import RunDir
 from kit.core.schema import DEFAULT_VMAF_MODEL
 from kit.corpus import encoders as enc_table
 from kit.corpus.ffmpeg import EncoderProbe, FFmpeg, probe_encoder
-from kit.corpus.geometry import chroma_shift
+from kit.corpus.geometry import check_vmaf_size, chroma_shift
 from kit.corpus.sources import Source
 from kit.corpus.vmaf_cli import VmafCli, scorer_fingerprint, scorer_identity
 from kit.env import fingerprint as env_fingerprint
@@ -113,10 +113,12 @@ FOUR_TWO_ZERO_ONLY = frozenset({"libsvtav1"})
 
 
 def check_encodable(sources: Sequence[Source], encoder_names: Sequence[str]) -> None:
-    """Odd frame sizes that an encoder's chroma subsampling cannot take are refused before any encode
-    (libx264 fails every cell of a 175x143 yuv420p clip), naming the clip and how to fix it. No silent
-    crop or pad: the frames VMAF compares are always the reference's own."""
+    """Frames libvmaf cannot score (`check_vmaf_size`) and odd frame sizes that an encoder's chroma
+    subsampling cannot take are refused before any encode (libx264 fails every cell of a 175x143 yuv420p
+    clip), naming the clip and how to fix it. No silent crop or pad: the frames VMAF compares are always
+    the reference's own."""
     for source in sources:
+        check_vmaf_size(source.path.name, source.width, source.height)
         for name in encoder_names:
             enc = enc_table.get(name)
             sx, sy = (1, 1) if enc.hw or name in FOUR_TWO_ZERO_ONLY else chroma_shift(source.pix_fmt)

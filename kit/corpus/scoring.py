@@ -33,7 +33,7 @@ from kit.core.fsio import temp_dir
 from kit.core.proc import STDERR_TAIL, ToolFailed
 from kit.core.schema import DEFAULT_VMAF_MODEL, LIBVMAF_KEYS
 from kit.corpus.ffmpeg import FFmpeg
-from kit.corpus.geometry import vmaf_pix_fmt, vmaf_raw_layout
+from kit.corpus.geometry import check_vmaf_size, vmaf_pix_fmt, vmaf_raw_layout
 from kit.corpus.sources import Source, open_source
 from kit.corpus.vmaf_cli import BackendFallback, VmafCli, fallback_line
 
@@ -239,6 +239,7 @@ def score_files(ff: FFmpeg, ref_path: Path, dis_path: Path, *, n_threads: int = 
     if dis.n_frames != ref.n_frames:
         raise BadInput(f"{dis.path.name} has {dis.n_frames} frames but {ref.path.name} has {ref.n_frames}",
                        hint="score clips with the same frames (trim one of them)")
+    check_vmaf_size(ref.path.name, ref.width, ref.height)
     try:
         return ref, dis, score(ff, ref, dis.input_args(), n_threads=n_threads, model=model, vmaf_cli=vmaf_cli)
     except ToolFailed as exc:
