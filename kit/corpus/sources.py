@@ -350,8 +350,8 @@ def _check_left_out(ref_dir: Path, left_out: list[Path], known: frozenset[str]) 
                if p.is_dir() or p.suffix.lower() not in {".json", ".txt", ".md"}]
     if ignored:
         shown = ", ".join(ignored[:5]) + (f" and {len(ignored) - 5} more" if len(ignored) > 5 else "")
-        warn(f"--ref-dir {ref_dir}: not used: {shown} (only clips directly in the folder are read: "
-             f"{', '.join(sorted(known))}; folders are not searched)")
+        warn(f"--ref-dir {ref_dir}: not used: {shown} (only .yuv, .y4m and video files such as .mp4 directly in "
+             "the folder are read; folders are not searched)")
 
 
 def raw_rekeyer(ref_dir: Path) -> Callable[[Source], Source]:
