@@ -70,6 +70,21 @@ def test_y4m_header_and_truncation(tmp_path, kit_ffmpeg):
         sources.open_source(cut, ff=kit_ffmpeg)
 
 
+def test_y4m_headers_ffmpeg_cannot_read_or_that_omit_the_rate(tmp_path, kit_ffmpeg, capsys):
+    """`Im` (interlacing mixed per frame) was accepted, then ffmpeg refused to open the file in every cell
+    (exit 4); a header without F silently became 25 fps (a raw .yuv without a rate says so)."""
+    frames = (b"FRAME\n" + bytes(64 * 48 * 3 // 2)) * 2
+    mixed = tmp_path / "mixed.y4m"
+    mixed.write_bytes(b"YUV4MPEG2 W64 H48 F25:1 Im C420jpeg\n" + frames)
+    assert subprocess.run([str(kit_ffmpeg.path), "-v", "error", "-i", str(mixed), "-f", "null", "-"]).returncode != 0
+    with pytest.raises(BadInput, match="mixed.y4m: Y4M interlacing Im"):
+        sources.open_source(mixed, ff=kit_ffmpeg)
+    no_rate = tmp_path / "no_rate.y4m"
+    no_rate.write_bytes(b"YUV4MPEG2 W64 H48 C420jpeg\n" + frames)
+    assert sources.open_source(no_rate, ff=kit_ffmpeg).n_frames == 2
+    assert "no_rate.y4m: its Y4M header has no frame rate; assuming 25 fps" in capsys.readouterr().err
+
+
 def test_container_is_decoded_and_counted(tmp_path, kit_ffmpeg):
     clip = lavfi_clip(kit_ffmpeg, "testsrc2=s=96x64:r=24", tmp_path / "c.mp4", frames=7,
                       extra=("-c:v", "libx264", "-preset", "ultrafast", "-bf", "2"))

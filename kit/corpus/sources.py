@@ -189,6 +189,11 @@ def _y4m_source(path: Path, size: int) -> dict[str, object]:
         if width <= 0 or height <= 0 or not 0 < rate <= MAX_FPS:
             raise BadInput(f"{path}: Y4M header {header[:80]!r} has an impossible frame size or rate "
                            f"(W{width} H{height} F{tags.get('F', '25:1')})", hint="re-export the clip")
+        if tags.get("I") == "m":  # ffmpeg refuses to open it: every cell would fail
+            raise BadInput(f"{path}: Y4M interlacing Im (mixed per frame) cannot be read by ffmpeg",
+                           hint="re-export it with one interlacing mode for the whole clip (Ip, It or Ib)")
+        if "F" not in tags:
+            warn(f"{path.name}: its Y4M header has no frame rate; assuming 25 fps")
         cs = tags.get("C", "420jpeg")
         if cs not in Y4M_COLORSPACES:
             raise BadInput(f"{path}: Y4M colourspace C{cs} is not supported",
