@@ -114,3 +114,18 @@ def test_a_run_directory_or_summary_with_a_bad_threshold_is_named(tmp_path, fake
     # a flag for every threshold needs none of the carried ones
     assert _invoke(["verdict", "--out-dir", str(check), "--mean-plcc", "0.9", "--spread-max", "0.01",
                     "--per-seed-min", "0.9"]).exit_code in (ExitCode.OK, ExitCode.HOLD)
+
+
+def test_a_bundle_of_the_retrained_run_verifies_and_its_carried_thresholds_are_checked(tmp_path, hold_bundle):
+    """runs/check (train --corpus BUNDLE, verdict) bundles and verifies; verdict.json saying a threshold came
+    from loso/summary.json is a claim verify re-derives."""
+    check = tmp_path / "check"
+    assert _invoke(["train", "--corpus", str(hold_bundle), "--out-dir", str(check), "-q"]).exit_code == 0
+    _invoke(["verdict", "--out-dir", str(check)])
+    made = bundle.make_bundle(check, tmp_path / "out/").path
+    assert _invoke(["verify", str(made)]).exit_code == 0
+    forged = edited(made, tmp_path / "forged.tar.gz",
+                    edit_json("loso/summary.json", lambda s: s["gate_thresholds"].update(mean_plcc=0.5)),
+                    rehash_manifest=True)
+    _one_error_line(_invoke(["verify", str(forged)]), "thresholds-recorded",
+                    "verdict.json says its mean_plcc 0.999 came from loso/summary.json, which carries 0.5")

@@ -7,7 +7,8 @@ rehash the manifest. So each claim a bundle makes is recomputed from the other f
     manifest-agrees     the manifest's verdict, numbers, seeds and corpus hash are verdict.json's
     folds-per-seed      the folds table gives the per-seed PLCCs (verdict.json, loso/folds.csv, loso/summary.json)
     gate-reapplied      the gate, re-applied to those per-seed PLCCs with the recorded thresholds, gives the verdict
-    thresholds-recorded the thresholds are the ones run.json and the models' gate snapshot recorded
+    thresholds-recorded the thresholds are the ones run.json, loso/summary.json (when verdict.json says they
+                        came from there) and the models' gate snapshot recorded
     config-recorded     run.json's training config and seeds are the LOSO files', the verdict's and the models'
     corpus-hash         the corpus content hash (recomputed, streamed) and row count are the ones recorded
     members-sha256      every ONNX member's sha256 is the one ensemble.json and its sidecar record
@@ -51,7 +52,7 @@ from kit.core.rundir import MEMBER_FILE_KEYS, RunDir
 from kit.corpus.table import corpus_sha256, jsonl_sha256, streamed_corpus_sha256, streamed_jsonl_sha256
 from kit.results import contract, provenance
 from kit.results.bundle import MANIFEST_NAME, TamperedBundle, corpus_sha
-from kit.results.gate import FORK_GATE_KEYS, decide
+from kit.results.gate import FORK_GATE_KEYS, THRESHOLDS_FROM_KEY, decide
 from kit.results.thresholds import (
     GATE_EPS,
     PROMOTE,
@@ -61,7 +62,7 @@ from kit.results.thresholds import (
     checked_thresholds,
     recorded_thresholds,
 )
-from kit.train.config import TrainConfig, result_train_config
+from kit.train.config import SUMMARY_GATE_KEY, TrainConfig, result_train_config
 from kit.train.data import check_trainable, load_corpus, usable
 from kit.train.metrics import nan_safe_summary
 
@@ -303,6 +304,15 @@ def check_thresholds_recorded(b: BundleView) -> list[str]:
         wanted = options["gate"]
         if not isinstance(wanted, dict) or not same({k: wanted.get(k) for k in THRESHOLD_NAMES}, used):
             problems.append(f"verdict.json's gate thresholds {shown(used)} are not run.json's {shown(wanted)}")
+    summary = b.doc(b.rd.loso_summary)
+    carried = summary.get(SUMMARY_GATE_KEY) if summary is not None else None
+    said = v.get(THRESHOLDS_FROM_KEY) if isinstance(v.get(THRESHOLDS_FROM_KEY), dict) else {}
+    for name in THRESHOLD_NAMES:  # "from loso/summary.json" must be what loso/summary.json carries
+        if said.get(name) == b.rel(b.rd.loso_summary) and not (isinstance(carried, dict)
+                                                              and same(carried.get(name), used[name])):
+            theirs = carried.get(name) if isinstance(carried, dict) else None
+            problems.append(f"verdict.json says its {name} {shown(used[name])} came from loso/summary.json, which "
+                            f"carries {shown(theirs)}")
     ensemble = b.doc(b.rd.ensemble_json)
     if ensemble is not None:
         snap = ensemble.get("gate") if isinstance(ensemble.get("gate"), dict) else {}
