@@ -129,6 +129,15 @@ def test_what_discover_leaves_out_is_never_silent(tmp_path, kit_ffmpeg, capsys):
         sources.discover(tmp_path, ff=kit_ffmpeg)
 
 
+def test_names_that_read_the_same_are_one_name(tmp_path, kit_ffmpeg):
+    """'café' typed (U+00E9) and as macOS writes it ('e' + U+0301) were two sources whose names print
+    identically in every table, plot and fold: now the same name clash as two equal stems."""
+    lavfi_clip(kit_ffmpeg, "testsrc2=s=64x48:r=25", tmp_path / "caf\u00e9.y4m", frames=2)
+    lavfi_clip(kit_ffmpeg, "mandelbrot=s=64x48:r=25", tmp_path / "cafe\u0301.y4m", frames=2)
+    with pytest.raises(BadInput, match=r"same name .*spelled 'cafe\\u0301' and 'caf\\xe9'"):
+        sources.discover(tmp_path, ff=kit_ffmpeg)
+
+
 def test_missing_empty_and_unreadable_inputs_are_bad_input(tmp_path, kit_ffmpeg):
     with pytest.raises(BadInput, match="not a directory"):
         sources.discover(tmp_path / "missing", ff=kit_ffmpeg)

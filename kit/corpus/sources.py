@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
@@ -335,10 +336,14 @@ def discover(ref_dir: Path, *, ff: FFmpeg, width: int | None = None, height: int
         if s.src_sha256 in by_sha:
             warn(f"{path.name} has the same content as {by_sha[s.src_sha256].path.name}: using {by_sha[s.src_sha256].src} once")
             continue
-        if s.src in by_src:
-            raise BadInput(f"{by_src[s.src].path.name} and {path.name} have the same name {s.src!r} but different content",
+        name = unicodedata.normalize("NFC", s.src)  # 'café' typed, or as macOS spells it ('cafe' + U+0301)
+        if name in by_src:
+            other = by_src[name]
+            spelled = "" if other.src == s.src else (f" (spelled {ascii(other.src)} and {ascii(s.src)}: one letter "
+                                                      "written two ways in Unicode)")
+            raise BadInput(f"{other.path.name} and {path.name} have the same name {s.src!r}{spelled} but different content",
                            hint="rename one: the name is the source's identity in the corpus")
-        by_sha[s.src_sha256] = by_src[s.src] = s
+        by_sha[s.src_sha256] = by_src[name] = s
         sources.append(s)
     return sources
 
