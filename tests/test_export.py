@@ -85,6 +85,20 @@ def test_export_is_deterministic(corpus, exported, tmp_path, promote_snapshot):
     assert (tmp_path / f"{NAME}_seed0.onnx").read_bytes() == (models / f"{NAME}_seed0.onnx").read_bytes()
 
 
+def test_members_of_an_earlier_export_are_named_not_silently_left(corpus, tmp_path, promote_snapshot, capsys):
+    """A second export under another --name left the first export's five production-id members in models/
+    without a word: copying models/*.onnx into the fork's model/tiny/ shipped them too. They are kept
+    (never deleted) but named."""
+    export.export_ensemble(corpus, CFG, (0, 1), promote_snapshot(), tmp_path)
+    capsys.readouterr()
+    export.export_ensemble(corpus, CFG, (0, 1), promote_snapshot(), tmp_path, name="mine")
+    err = capsys.readouterr().err
+    assert f"also holds 4 file(s) an earlier export wrote ({NAME}_seed0.json, {NAME}_seed0.onnx" in err
+    assert (tmp_path / f"{NAME}_seed0.onnx").is_file()
+    export.export_ensemble(corpus, CFG, (0, 1), promote_snapshot(), tmp_path, name="mine")  # only the old ones
+    assert "also holds 4 file(s)" in capsys.readouterr().err
+
+
 def test_external_data_layout_matches_production_and_predicts_the_same(corpus, exported, tmp_path, promote_snapshot):
     models, _ = exported
     ens = export.export_ensemble(corpus, CFG, (0, 1, 2), promote_snapshot(), tmp_path, external_data=True)

@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 
 from kit import __version__
+from kit.core.console import warn
 from kit.core.errors import BadInput, WorkFailed
 from kit.core.fsio import json_safe, read_json, sha256_bytes, sha256_file, write_bytes, write_json
 from kit.core.ids import shorten
@@ -217,7 +218,22 @@ def export_ensemble(
     })
     write_json(models_dir / ENSEMBLE_JSON, ensemble)
     _check_written(models_dir, df, [s[3] for s in staged])
+    _warn_left_over(models_dir, ensemble)
     return ensemble
+
+
+def _warn_left_over(models_dir: Path, ensemble: dict[str, Any]) -> None:
+    """Members of an earlier export (another --name, more seeds) stay in models/ and are never deleted, but
+    they are not in ensemble.json or registry.rows.json: whoever copies models/*.onnx into the fork's
+    model/tiny/ must hear that some of them are not this export's."""
+    ours = {p.name for p in RunDir(models_dir.parent).model_files(ensemble)}  # ensemble.json, registry, members
+    left = sorted(p.name for p in models_dir.iterdir() if p.is_file() and p.name not in ours
+                  and p.name.endswith((".onnx", ".onnx.data", ".json")))
+    if left:
+        shown = ", ".join(left[:4]) + (f" and {len(left) - 4} more" if len(left) > 4 else "")
+        warn(f"{models_dir} also holds {len(left)} file(s) an earlier export wrote ({shown}): they are not in "
+             f"{ENSEMBLE_JSON} or {contract.REGISTRY_FILE}; remove them before copying {models_dir.name}/ into the "
+             "fork's model/tiny/")
 
 
 def _layout(external_data: bool) -> str:
