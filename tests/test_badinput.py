@@ -276,6 +276,11 @@ def _edge_cases(tmp: Path, refs: Path, corpus: Path, good: Path, fake_run) -> li
     df.loc[0, "encoder"] = None
     null_encoder = tmp / "null_encoder.parquet"
     df.to_parquet(null_encoder, index=False)
+    # a finite but absurd feature: the scaler's std overflowed and that fold trained to a NaN PLCC (exit 0)
+    df = pd.read_parquet(corpus)
+    df.loc[0, "vif_scale0"] = 1e308
+    huge_feature = tmp / "huge_feature.parquet"
+    df.to_parquet(huge_feature, index=False)
     manifest_list = _edited_copy(good, tmp / "verdict_list.tar.gz", "manifest.json",
                                  lambda m: m.update(verdict=["PROMOTE"]))
     ro_home = {"HOME": str(ro), "XDG_CACHE_HOME": None, "ENSEMBLE_KIT_CACHE": None}
@@ -316,6 +321,8 @@ def _edge_cases(tmp: Path, refs: Path, corpus: Path, good: Path, fake_run) -> li
         (["merge", str(string_cqs), "--out", str(tmp / "m.parquet")], {}, "column cq must hold integers"),
         (["train", "--corpus", str(null_encoder), "--out-dir", str(tmp / "t")], {}, "column encoder must name"),
         (["merge", str(null_encoder), "--out", str(tmp / "m.parquet")], {}, "column encoder must name"),
+        (["train", "--corpus", str(huge_feature), "--out-dir", str(tmp / "t_huge")], {},
+         "corpus column vif_scale0 holds 1e+308"),
         (["bundle", str(fake_run(tmp / "run_for_out")), "--out", str(a_file / "b.tar.gz")], {}, "a_file"),
         (["bundle", str(fake_run(tmp / "run_for_ro")), "--out", str(ro) + "/"], {}, str(ro)),
         (["bundle", str(linked_run)], {}, "symbolic link"),

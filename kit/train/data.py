@@ -122,7 +122,25 @@ def check_trainable(df: pd.DataFrame) -> pd.DataFrame:
     if n_bad:
         warn(f"{n_bad} of {len(df)} corpus rows have a NaN/inf VMAF or feature value: left out of training "
              "(recorded as corpus.dropped.non_finite)")
-    return df.loc[ok].reset_index(drop=True)
+    kept = df.loc[ok].reset_index(drop=True)
+    _check_standardisable(kept)
+    return kept
+
+
+def _check_standardisable(df: pd.DataFrame) -> None:
+    """Finite is not enough: a value like 1e308 overflows the scaler's std to inf, and the fold holding it
+    trains to a NaN PLCC (a HOLD that says nothing about why). Bad input naming the column and the value."""
+    columns = [TARGET, *FEATURES]
+    values = df[columns].to_numpy(dtype=float)
+    with np.errstate(over="ignore", invalid="ignore"):
+        spread = values.std(axis=0)
+    for col, s, column in zip(columns, spread, values.T, strict=True):
+        if not np.isfinite(s):
+            row = int(np.abs(column).argmax())
+            raise BadInput(f"corpus column {col} holds {column[row]:.6g} (source {df['src'].iloc[row]}, encoder "
+                           f"{df['encoder'].iloc[row]}, cq {df['cq'].iloc[row]}, frame {df['frame_index'].iloc[row]}): "
+                           "too large to standardise, no libvmaf score is near it",
+                           hint="rescore that source or remove the row from the corpus")
 
 
 def features(df: pd.DataFrame) -> np.ndarray:
