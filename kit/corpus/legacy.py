@@ -9,7 +9,8 @@ a measurement: `src_sha256` becomes `name:<src>` (not a content hash; the fork a
 hashed their sources), `enc_bytes` 0, geometry 0 / "", timings NaN, platform "legacy".
 
 Every value is checked: a score or feature that is null, not a number, a boolean or not finite; a cq or
-frame index that is not an integer (22.7, true, 1e400); a missing key: each is one invalid row,
+frame index that is not an integer (22.7, true, 1e400); a missing key; a value the row rule
+(`kit.corpus.rows`, the same one .parquet corpora meet) puts out of range: each is one invalid row,
 reported with its file:line. By default the first one is an error (exit 2) saying how many there are;
 `drop_invalid` skips them and counts them instead.
 
@@ -34,6 +35,7 @@ from kit.core.errors import BadInput
 from kit.core.fsio import JSONProblem, atomic_open, parse_json
 from kit.core.ids import KEY_LEN, short_id
 from kit.core.schema import CORPUS_COLUMNS, FEATURES, LEGACY_JSONL_COLUMNS, TARGET
+from kit.corpus import rows as row_rule
 
 # What the fork's trainer requires of a row (and so do we); the rest of CORPUS_COLUMNS is optional.
 REQUIRED_KEYS: tuple[str, ...] = ("src", "encoder", "cq", "frame_index", TARGET, *FEATURES)
@@ -41,14 +43,14 @@ REQUIRED_KEYS: tuple[str, ...] = ("src", "encoder", "cq", "frame_index", TARGET,
 FIRST_KEYS: tuple[str, ...] = LEGACY_JSONL_COLUMNS
 KEY_ORDER: tuple[str, ...] = (*FIRST_KEYS, *(c for c in CORPUS_COLUMNS if c not in FIRST_KEYS))
 NUMBER_KEYS: tuple[str, ...] = (TARGET, *FEATURES)  # must be finite numbers
-INT_LIMIT = 2**62  # far beyond any cq, frame index or byte count; keeps int64 safe
+INT_LIMIT = 2**62  # keeps int64 safe; the row rule (kit.corpus.rows) says what is plausible
 # Filled when a row does not have the column (None = computed: src_sha256, cell_id).
 DEFAULTS: dict[str, Any] = {"src_sha256": None, "enc_bytes": 0, "enc_time_ms": math.nan, "width": 0, "height": 0,
                             "pix_fmt": "", "fps": math.nan, "quality_arg": "", "preset": "", "bitrate_kbps": math.nan,
                             "score_time_ms": math.nan, "platform": "legacy", "box_id": "", "ffmpeg_version": "",
                             "libvmaf_version": "", "vmaf_model": "", "env_fingerprint": "", "cell_id": None}
 EXAMPLES = 5  # invalid rows quoted in an error or a report
-FIX_HINT = "fix or remove those lines, or pass --drop-invalid to skip them (they are counted in the report)"
+FIX_HINT = "fix or remove those lines, or pass --drop-invalid to skip and count them"
 
 
 class InvalidRow(ValueError):
@@ -71,14 +73,16 @@ class InvalidRows:
         return {"invalid_rows_dropped": self.count, "invalid_row_examples": list(self.examples)}
 
 
-def _integer(obj: dict[str, Any], key: str, *, minimum: int = -INT_LIMIT) -> int:
+def _integer(obj: dict[str, Any], key: str) -> int:
     value = obj[key]
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidRow(f"{key} is {_shown(value)}, not an integer")
     if isinstance(value, float) and (not math.isfinite(value) or not value.is_integer()):
         raise InvalidRow(f"{key} is {_shown(value)}, not an integer")
-    if not minimum <= value <= INT_LIMIT:
-        raise InvalidRow(f"{key} is {_shown(value)}, out of range")
+    if not -INT_LIMIT <= value <= INT_LIMIT:
+        rule = row_rule.ROW_RULES.get(key)
+        span = f", outside {rule.lo:.0f}..{rule.hi:.0f} ({rule.source})" if rule else ", out of range"
+        raise InvalidRow(f"{key} is {_shown(value)}{span}")
     return int(value)
 
 
@@ -119,14 +123,14 @@ def parse_row(obj: Any) -> dict[str, Any]:
     if missing:
         raise InvalidRow(f"lacks {', '.join(missing)}")
     row: dict[str, Any] = {"src": _text(obj, "src", required=True), "encoder": _text(obj, "encoder", required=True),
-                           "cq": _integer(obj, "cq"), "frame_index": _integer(obj, "frame_index", minimum=0)}
+                           "cq": _integer(obj, "cq"), "frame_index": _integer(obj, "frame_index")}
     for key in NUMBER_KEYS:
         row[key] = _number(obj, key)
     for key, default in DEFAULTS.items():
         if key not in obj:
             row[key] = default
         elif CORPUS_COLUMNS[key] == "int64":
-            row[key] = _integer(obj, key, minimum=0)
+            row[key] = _integer(obj, key)
         elif CORPUS_COLUMNS[key] == "float64":
             row[key] = _number(obj, key, optional=True)
         else:
@@ -152,8 +156,9 @@ def read_jsonl(paths: Sequence[Path], *, drop_invalid: bool = False) -> tuple[pd
     """JSONL files -> (rows with CORPUS_COLUMNS, the invalid rows skipped). Without `drop_invalid` an invalid
     row is bad input naming its file:line (and how many more there are)."""
     rows: list[dict[str, Any]] = []
-    invalid = InvalidRows()
-    for path in paths:
+    lines: list[tuple[int, int]] = []  # (file, line) of each parsed row
+    problems: list[tuple[int, int, str]] = []  # (file, line, reason), in file order once sorted
+    for f, path in enumerate(paths):
         for n, line in _lines(Path(path)):
             try:
                 try:
@@ -161,8 +166,17 @@ def read_jsonl(paths: Sequence[Path], *, drop_invalid: bool = False) -> tuple[pd
                 except JSONProblem as exc:
                     raise InvalidRow(f"not valid JSON ({exc}; truncated line?)") from None
                 rows.append(parse_row(obj))
+                lines.append((f, n))
             except InvalidRow as exc:
-                invalid.add(f"{path}:{n}", str(exc))
+                problems.append((f, n, str(exc)))
+    if rows:  # the row rule (ranges), on every parsed row at once
+        found = row_rule.invalid_rows(pd.DataFrame(rows))
+        for i in found.positions():
+            problems.append((*lines[i], found.reason(int(i))))
+        rows = [r for r, bad in zip(rows, found.mask, strict=True) if not bad]
+    invalid = InvalidRows()
+    for f, n, reason in sorted(problems):
+        invalid.add(f"{paths[f]}:{n}", reason)
     if invalid.count and not drop_invalid:
         more = f" (and {invalid.count - 1} more invalid row(s): {'; '.join(invalid.examples[1:])})" if invalid.count > 1 else ""
         raise BadInput(f"{invalid.examples[0]}{more}", hint=FIX_HINT)

@@ -21,7 +21,7 @@ from kit.core.errors import BadInput
 from kit.core.fsio import read_json, writable_dir, write_json, write_with
 from kit.core.rundir import RunDir
 from kit.core.schema import CONTENT_COLUMNS, CORPUS_COLUMNS, FEATURES, ROW_KEY, SORT_KEY, TARGET
-from kit.corpus import legacy
+from kit.corpus import legacy, rows
 
 # What two rows with the same ROW_KEY must agree on to count as duplicates rather than a conflict.
 VALUE_COLUMNS: tuple[str, ...] = ("enc_bytes", TARGET, *FEATURES)
@@ -87,7 +87,8 @@ def load_corpus_input(path: Path, *, drop_invalid: bool = False, invalid: legacy
             grid = read_json(rd.grid_json, what="grid")
             cells = [rd.cell_path(c["cell_id"]) for c in grid["cells"]]
             names = {c["cell_id"]: c["src"] for c in grid["cells"] if isinstance(c.get("src"), str)}
-            return read_cells([c for c in cells if c.is_file()], names)
+            cells_df = read_cells([c for c in cells if c.is_file()], names)
+            return check_types(cells_df, path, drop_invalid=drop_invalid, invalid=invalid)
     if path.suffix == ".jsonl":
         df, skipped = legacy.read_jsonl([path], drop_invalid=drop_invalid)
         _count_invalid(path, skipped, invalid)
@@ -100,22 +101,22 @@ def load_corpus_input(path: Path, *, drop_invalid: bool = False, invalid: legacy
     if missing:
         raise BadInput(f"{path} is not an ensemble-kit corpus (missing {', '.join(missing[:5])})",
                        hint="old-kit JSONL goes through `ensemble-kit corpus import`")
-    return check_types(df[list(CORPUS_COLUMNS)], path)
+    return check_types(df[list(CORPUS_COLUMNS)], path, drop_invalid=drop_invalid, invalid=invalid)
 
 
-# Text columns every row needs: training groups folds by source and one-hot encodes the encoder.
-REQUIRED_TEXT_COLUMNS: tuple[str, ...] = ("src", "encoder")
+# What a bad row in a .parquet says to do: with --drop-invalid where the command has it (train, merge: they
+# count the dropped rows), else ask for a corpus the kit wrote (it never holds such a row).
+PARQUET_FIX_HINT = "fix or remove those rows, or pass --drop-invalid to skip and count them"
+PARQUET_NO_DROP_HINT = "a corpus ensemble-kit wrote never holds such a row: regenerate it with `ensemble-kit corpus`"
 
 
-def check_types(df: pd.DataFrame, where: Path | str) -> pd.DataFrame:
+def check_types(df: pd.DataFrame, where: Path | str, *, drop_invalid: bool = False,
+                invalid: legacy.InvalidRows | None = None) -> pd.DataFrame:
     """A corpus file is untrusted: every number column must hold numbers (integers where CORPUS_COLUMNS
-    says int64, no gaps there), and the text columns that name a row's source and encoder must hold text;
-    else bad input naming the file, the column and a bad value. -> typed frame."""
-    for col in REQUIRED_TEXT_COLUMNS:
-        missing = df[col].isna()
-        if missing.any():
-            raise BadInput(f"{where}: column {col} must name every row's {col}, but {int(missing.sum())} row(s) "
-                           "hold null", hint="regenerate the corpus with `ensemble-kit corpus`, or fix that column")
+    says int64, no gaps there), else bad input naming the file, the column and a bad value; then every row
+    must keep the row rule (`kit.corpus.rows`: non-empty source and encoder, values in range), else bad
+    input naming the file, row, column and value, or with `drop_invalid` dropped and counted into `invalid`.
+    -> typed frame."""
     for col, dtype in CORPUS_COLUMNS.items():
         if dtype not in ("int64", "float64"):
             continue
@@ -130,7 +131,26 @@ def check_types(df: pd.DataFrame, where: Path | str) -> pd.DataFrame:
                            f"but {int(bad.sum())} row(s) hold e.g. {first!r}",
                            hint="regenerate the corpus with `ensemble-kit corpus`, or fix that column")
         df = df.assign(**{col: values})
+    df = enforce_row_rule(df.reset_index(drop=True), where, drop_invalid=drop_invalid, invalid=invalid)
     return df.astype(CORPUS_COLUMNS)
+
+
+def enforce_row_rule(df: pd.DataFrame, where: Path | str, *, drop_invalid: bool = False,
+                     invalid: legacy.InvalidRows | None = None, first_row: int = 0) -> pd.DataFrame:
+    """The rows of `df` that keep the row rule. A row that breaks it is bad input (`where: row N: ...`, N
+    counted from 0 in the file, `first_row` being df's first), or with `drop_invalid` dropped, counted
+    into `invalid` and warned about."""
+    found = rows.invalid_rows(df)
+    if not found.count:
+        return df
+    at = found.positions()
+    examples = [f"{where}: row {first_row + int(i)}: {found.reason(int(i))}" for i in at[: legacy.EXAMPLES]]
+    if not drop_invalid:
+        more = f" (and {found.count - 1} more invalid row(s))" if found.count > 1 else ""
+        raise BadInput(f"{examples[0]}{more}", hint=PARQUET_FIX_HINT if invalid is not None else PARQUET_NO_DROP_HINT)
+    skipped = legacy.InvalidRows(found.count, examples)
+    _count_invalid(Path(str(where)), skipped, invalid)
+    return df[~found.mask].reset_index(drop=True)
 
 
 def merge(inputs: Sequence[Path], out: Path, *, drop_invalid: bool = False) -> dict[str, Any]:
@@ -267,7 +287,9 @@ def _streamable(path: Path) -> pq.ParquetFile | None:
     """The parquet file, if it is already what the loader (kit.train.data.load_corpus) makes of it: every
     corpus column present, rows strictly in SORT_KEY order (nothing to re-order or de-duplicate) and no
     blank source, sha256, encoder, preset, cq or frame index (nothing to fill in). Every corpus
-    ensemble-kit writes is. Checked in STREAM_BATCH_ROWS batches of the key columns; else None."""
+    ensemble-kit writes is. Checked in STREAM_BATCH_ROWS batches of the key columns; else None.
+    The same pass applies the row rule (`kit.corpus.rows`) to every batch: a row that breaks it is bad
+    input naming the file and row, as the loader says it."""
     try:
         pf = pq.ParquetFile(path)
     except Exception:  # noqa: BLE001 - an unreadable file: the caller's loader names the problem
@@ -276,10 +298,13 @@ def _streamable(path: Path) -> pq.ParquetFile | None:
         return None
     previous: list[np.ndarray] | None = None
     checked = [*_NORMALISED_TEXT, "cq", "frame_index"]
-    for batch in stream_batches(pf, list(dict.fromkeys([*SORT_KEY, *checked]))):
+    offset = 0
+    for batch in stream_batches(pf, list(dict.fromkeys([*SORT_KEY, *checked, *rows.ROW_RULES]))):
         frame = batch.to_pandas()
         if frame[checked].isna().to_numpy().any() or (frame["src_sha256"].astype(str) == "").any():
             return None
+        enforce_row_rule(frame, path, first_row=offset)
+        offset += len(frame)
         keys = [frame[c].to_numpy(dtype=object) for c in SORT_KEY]
         if previous is not None:
             keys = [np.concatenate([p[-1:], k]) for p, k in zip(previous, keys, strict=True)]

@@ -146,10 +146,20 @@ class BundleView:
                 raise Problem("the bundle holds no corpus.parquet")
             try:
                 self._docs["corpus_sha256"] = streamed_corpus_sha256(path) or corpus_sha256(load_corpus(path))
+            except BadInput as exc:  # a row the row rule refuses: its own words (file, row, column, value)
+                raise self._refused_corpus(exc, path) from None
             except Exception as exc:  # noqa: BLE001 - a corrupt file from someone else: name it
                 raise Problem(f"corpus.parquet cannot be read: {type(exc).__name__}: {printable(exc)}") from None
         return self._docs["corpus_sha256"]
 
+
+    def _refused_corpus(self, exc: BadInput, path: Path) -> Problem:
+        """The row rule's words once (file, row, column, value); every later check that reads the corpus
+        points back to them instead of repeating the line."""
+        if "corpus_refused" in self._docs:
+            return Problem("the bundled corpus.parquet is refused (said above)")
+        self._docs["corpus_refused"] = True
+        return Problem(exc.message.replace(str(path), self.rel(path)))
 
     def trained_rows_sha256(self) -> tuple[str, int]:
         """(JSONL sha256, rows) of the corpus rows a full-corpus fit trains on: what a member's corpus block names."""
@@ -160,6 +170,8 @@ class BundleView:
                 if got is None:
                     rows = check_trainable(load_corpus(path))
                     got = (jsonl_sha256(rows), len(rows))
+            except BadInput as exc:
+                raise self._refused_corpus(exc, path) from None
             except Exception as exc:  # noqa: BLE001 - a corrupt file from someone else: name it
                 raise Problem(f"corpus.parquet cannot be read: {type(exc).__name__}: {printable(exc)}") from None
             self._docs["trained_rows"] = got
