@@ -197,6 +197,8 @@ def test_bad_encoders_and_cqs_are_bad_input(tiny_refs, tmp_path):
     assert r.exit_code == ExitCode.BAD_INPUT and "60" in r.output and "0..51" in r.output
     r = run("--encoders", "libx264", "--shard", "4/4")
     assert r.exit_code == ExitCode.BAD_INPUT and "--shard" in r.output
+    r = run("--encoders", "libx264", "--shard", "1/0")  # no "use --shard 0/1 ... 0/1": N is what is wrong
+    assert r.exit_code == ExitCode.BAD_INPUT and "N must be >= 1" in r.output and "--shard 0/1 runs everything" in r.output
     r = CliRunner().invoke(main, ["corpus", "--ref-dir", str(tmp_path / "none"), "--encoders", "libx264",
                                   "--out-dir", str(tmp_path / "o")])
     assert r.exit_code == ExitCode.BAD_INPUT and "none" in r.output

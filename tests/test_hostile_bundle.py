@@ -410,3 +410,30 @@ def test_parts_of_different_runs_are_refused_even_when_their_numbers_agree(tmp_p
     assert phrase in line and str(temp_dir) not in line, line
     result = CliRunner().invoke(main, ["compare", str(good), str(bad)])
     assert result.exit_code == ExitCode.HOLD and "run-consistent" in result.output.splitlines()[1], result.output
+
+
+def _corpus_value(column: str, value: object) -> Callable[[Path], None]:
+    def edit(top: Path) -> None:
+        import pandas as pd  # only this case edits a corpus
+
+        path = top / "corpus.parquet"
+        df = pd.read_parquet(path)
+        df.loc[3, column] = value
+        df.to_parquet(path, index=False)
+
+    return edit
+
+
+@pytest.mark.parametrize(("column", "value", "phrase"), [
+    ("adm2", 1e100, "corpus.parquet: row 3: adm2 is 1e+100, outside 0..100"),  # row order kept: the streamed pass
+    ("cq", 2**62, "corpus.parquet: row 3: cq is 4611686018427387904, outside"),  # order broken: the loader
+    ("frame_index", -1, "corpus.parquet: row 3: frame_index is -1, outside"),
+])
+def test_a_bundled_corpus_row_outside_the_row_rule_is_refused(tmp_path, good, temp_dir, column, value, phrase):
+    """A rehashed bundle whose corpus holds an implausible value: verify (and so train --corpus BUNDLE) names the
+    row once, whichever way the corpus is read."""
+    bad = edited(good, tmp_path / "rows.tar.gz", _corpus_value(column, value), rehash_manifest=True)
+    line = _refused(["verify", str(bad)], phrase, temp_dir)
+    assert line.count(phrase) == 1, line
+    _refused(["train", "--corpus", str(bad), "--out-dir", str(tmp_path / "t")], phrase, temp_dir)
+    assert not (tmp_path / "t" / "corpus.parquet").exists()

@@ -115,6 +115,7 @@ def test_score_cli_geometry_flags_and_bad_pairs(tmp_path, kit_ffmpeg):
     short = lavfi_clip(kit_ffmpeg, "testsrc2=s=64x48:r=25", tmp_path / "short.y4m", frames=3)
     r = CliRunner().invoke(main, ["score", str(ref), str(short), "--width", "64", "--height", "48"])
     assert r.exit_code == ExitCode.BAD_INPUT and "3 frames" in r.output and "4" in r.output
+    assert "(score clips with the same frames: trim one of them)" in r.output  # one pair of parentheses
 
 
 def test_frames_libvmaf_cannot_score_are_refused_before_any_work(tmp_path, kit_ffmpeg):

@@ -161,3 +161,11 @@ def test_real_footage_samples(shared_media, kit_ffmpeg):
     assert (seek.kind, seek.width, seek.height, seek.n_frames, seek.fps) == ("container", 384, 288, 150, 25.0)
     joy = found["park_joy_420_720p50_frm0to9_480x270"]
     assert (joy.kind, joy.width, joy.height, joy.n_frames, joy.fps) == ("y4m", 480, 270, 10, 50.0)
+
+
+def test_a_sidecar_pix_fmt_with_no_raw_layout_names_the_file(tmp_path, kit_ffmpeg):
+    clip = tmp_path / "rgb_64x48_25fps.yuv"
+    clip.write_bytes(b"\0" * 64 * 48 * 3)
+    (tmp_path / "rgb_64x48_25fps.json").write_text(json.dumps({"pix_fmt": "rgb24"}))
+    with pytest.raises(BadInput, match=r"rgb_64x48_25fps\.yuv: pix_fmt 'rgb24' is not a raw layout"):
+        sources.open_source(clip, ff=kit_ffmpeg)

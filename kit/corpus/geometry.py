@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
+from kit.core.console import printable_short
 from kit.core.errors import BadInput
 
 # Raw layouts we can size: pix_fmt -> (chroma subsampling (x, y) shifts or None for no chroma, bytes/sample).
@@ -53,12 +54,13 @@ def chroma_shift(pix_fmt: str) -> tuple[int, int]:
     return (0, 0)
 
 
-def frame_bytes(width: int, height: int, pix_fmt: str) -> int:
-    """Bytes of one raw planar frame."""
+def frame_bytes(width: int, height: int, pix_fmt: str, where: object = None) -> int:
+    """Bytes of one raw planar frame. `where`: the file the geometry is for, named when the layout is unknown."""
     try:
         sub, bps = RAW_PIX_FMTS[pix_fmt]
     except KeyError:
-        raise BadInput(f"pix_fmt {pix_fmt!r} is not a raw layout ensemble-kit can size",
+        named = f"{where}: " if where is not None else ""
+        raise BadInput(f"{named}pix_fmt {printable_short(str(pix_fmt), 40)!r} is not a raw layout ensemble-kit can size",
                        hint=f"use one of {', '.join(RAW_PIX_FMTS)}") from None
     luma = width * height
     if sub is None:

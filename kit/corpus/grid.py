@@ -179,8 +179,11 @@ def parse_shard(text: str) -> tuple[int, int]:
         k, n = int(k_text), int(n_text)
     except ValueError:
         raise BadInput(f"--shard {text!r} is not K/N", hint="e.g. --shard 0/4 ... --shard 3/4") from None
-    if n < 1 or not 0 <= k < n:
-        raise BadInput(f"--shard {text}: need 0 <= K < N", hint=f"use --shard 0/{max(n, 1)} ... {max(n, 1) - 1}/{max(n, 1)}")
+    if n < 1:
+        raise BadInput(f"--shard {text}: N must be >= 1", hint="--shard 0/1 runs everything as one shard; "
+                       "--shard 0/4 ... 3/4 splits it in four")
+    if not 0 <= k < n:
+        raise BadInput(f"--shard {text}: need 0 <= K < N", hint=f"use --shard 0/{n} ... {n - 1}/{n}")
     return k, n
 
 

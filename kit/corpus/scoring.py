@@ -238,7 +238,7 @@ def score_files(ff: FFmpeg, ref_path: Path, dis_path: Path, *, n_threads: int = 
                        hint="VMAF compares equal-size frames: scale the distorted clip to the reference size first")
     if dis.n_frames != ref.n_frames:
         raise BadInput(f"{dis.path.name} has {dis.n_frames} frames but {ref.path.name} has {ref.n_frames}",
-                       hint="score clips with the same frames (trim one of them)")
+                       hint="score clips with the same frames: trim one of them")
     check_vmaf_size(ref.path.name, ref.width, ref.height)
     try:
         return ref, dis, score(ff, ref, dis.input_args(), n_threads=n_threads, model=model, vmaf_cli=vmaf_cli)

@@ -152,7 +152,7 @@ def _raw_source(path: Path, size: int, flags: dict[str, object]) -> dict[str, ob
         rate = DEFAULT_RAW_FPS
     else:
         rate = parse_rate(geo["fps"], str(path))
-    fb = frame_bytes(width, height, pix_fmt)
+    fb = frame_bytes(width, height, pix_fmt, path)
     if size % fb:
         raise BadInput(f"{path}: size {size} bytes is not a whole number of {width}x{height} {pix_fmt} frames "
                        f"({fb} bytes each; {size / fb:.3f} frames)",
@@ -200,7 +200,7 @@ def _y4m_source(path: Path, size: int) -> dict[str, object]:
             raise BadInput(f"{path}: Y4M colourspace C{cs} is not supported",
                            hint=f"convert to one of {', '.join('C' + c for c in Y4M_COLORSPACES)}")
         pix_fmt = Y4M_COLORSPACES[cs]
-        fb = frame_bytes(width, height, pix_fmt)
+        fb = frame_bytes(width, height, pix_fmt, path)
         n, pos = 0, fh.tell()
         while pos < size:  # walk FRAME headers: exact count, and a truncated last frame is caught
             fh.seek(pos)
