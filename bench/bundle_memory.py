@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 from kit.core.fsio import sha256_bytes, write_json
 from kit.core.rundir import RunDir
 from kit.core.schema import CORPUS_COLUMNS, FEATURES
+from kit.corpus.rows import ROW_RULES
 from kit.corpus.table import streamed_corpus_sha256
 from kit.results import bundle
 from kit.results.gate import decide, write_decision
@@ -55,8 +56,8 @@ def _chunk(src: str, sha: str, enc: str, cq: int, start: int, n: int, rng: np.ra
     """n rows of one cell, frames start..start+n, every float random (nothing for parquet to squeeze)."""
     cols: dict[str, pa.Array] = {}
     for col, kind in CORPUS_COLUMNS.items():
-        if col in RANDOM_FLOATS:
-            cols[col] = pa.array(rng.random(n) * 100)
+        if col in RANDOM_FLOATS:  # inside the row rule's range (kit.corpus.rows), as verify requires
+            cols[col] = pa.array(rng.random(n) * min(100.0, ROW_RULES[col].hi))
         elif col == "frame_index":
             cols[col] = pa.array(np.arange(start, start + n, dtype=np.int64))
         elif kind == "int64":
